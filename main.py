@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Sluice command line: `python main.py -c configs/summary.yaml -f input.jsonl`.
+
+Exit codes: 0 ok, 1 rejected line under --strict, 2 usage/config/input error,
+130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_config
+from pipeline.config import override_option
+from pipeline.job import DEFAULT_STATE_DIR, JobOptions, run_job
+from stages import builtin_stages
+
+
+def build_registry() -> Registry:
+    registry = Registry()
+    registry.register_all(builtin_stages(), origin="sluice (built-in)")
+    return registry
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="main.py", description="Run a Sluice YAML pipeline.",
+        epilog="exit codes: 0 ok, 1 rejected line under --strict, "
+               "2 usage/config/input error, 130 interrupted")
+    p.add_argument("-c", "--config", required=True, help="pipeline YAML file")
+    p.add_argument("-f", "--file", help="input path (overrides the input stage's `path`)")
+    p.add_argument("--dead-letter", metavar="PATH",
+                   help="where rejected lines go (default STATE_DIR/dead_letter.jsonl)")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help=f"checkpoints and dead letters (default {DEFAULT_STATE_DIR}/)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop with exit 1 at the first rejected line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, build_registry())
+        if args.file is not None:
+            override_option(cfg, 0, "path", args.file, "-f")
+        opts = JobOptions(state_dir=args.state_dir, dead_letter=args.dead_letter,
+                          strict=args.strict)
+        report = run_job(cfg, opts)
+    except SluiceError as exc:
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sluice: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    for notice in report.notices:
+        print(f"sluice: {notice}", file=sys.stderr)
+    print(f"sluice: {report.summary_line()}", file=sys.stderr)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Sluice's engine: stages, registry, config, runner. It never imports `stages/`."""
+from .config import PipelineConfig, load_config, parse_config
+from .errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
+                     InputError, RejectedLine, SluiceError)
+from .registry import Registry, check_stage_class
+from .stage import Batch, Input, Kind, Option, Output, Processor, Reducer, Stage, positive
+
+__all__ = [
+    "Batch",
+    "ConfigError",
+    "EXIT_BAD_INPUT",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Input",
+    "InputError",
+    "Kind",
+    "Option",
+    "Output",
+    "PipelineConfig",
+    "Processor",
+    "Reducer",
+    "Registry",
+    "RejectedLine",
+    "SluiceError",
+    "Stage",
+    "check_stage_class",
+    "load_config",
+    "parse_config",
+    "positive",
+]

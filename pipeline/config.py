@@ -1,0 +1,247 @@
+"""Load and check a YAML pipeline before anything runs.
+
+    pipeline:
+      - file-input: {path: input.jsonl}
+      - json-decode: {schema: site-event}
+      - site-state-reducer: {}
+      - sorted-stdout-output: {}
+    workers: 2
+    checkpoint: {every_records: 1000000, every_seconds: 60}
+
+Every error names the file and line (`yaml.compose` keeps a mark on every node) and,
+for a misspelt name, the closest valid one.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .registry import Registry
+from .stage import Kind, Option, Stage
+
+TOP_LEVEL = {
+    "pipeline": "the stages, first an input, last an output",
+    "workers": "worker processes for the partitioned part of the chain",
+    "checkpoint": "{every_records: N, every_seconds: S, enabled: true}",
+}
+CHECKPOINT_KEYS = {"every_records": int, "every_seconds": (int, float), "enabled": bool}
+
+
+@dataclass
+class StageSpec:
+    name: str
+    cls: type[Stage]
+    options: dict[str, Any]
+    line: int
+    option_lines: dict[str, int] = field(default_factory=dict)
+
+    def build(self) -> Stage:
+        return self.cls(**self.options)
+
+
+@dataclass
+class PipelineConfig:
+    path: str
+    stages: list[StageSpec]
+    workers: int | None = None
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+
+    def identity(self) -> str:
+        """Hash of everything that changes results: the stages and their options."""
+        body = repr([(s.name, sorted(s.options.items())) for s in self.stages])
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def build(self) -> list[Stage]:
+        return [s.build() for s in self.stages]
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(x.__name__ for x in t)
+    return t.__name__
+
+
+def _type_ok(value: Any, t: type | tuple[type, ...]) -> bool:
+    types = t if isinstance(t, tuple) else (t,)
+    if isinstance(value, bool) and bool not in types:
+        return False  # YAML `yes` must not pass as an int
+    if float in types and isinstance(value, int):
+        return True
+    return isinstance(value, types)
+
+
+def check_option(stage: str, opt: Option, value: Any) -> str | None:
+    """Why `value` is not acceptable for `opt`, or None."""
+    if not _type_ok(value, opt.type):
+        return (f"stage {stage!r}: option {opt.name!r} must be {_type_name(opt.type)}; "
+                f"got {type(value).__name__} {value!r}")
+    if opt.choices is not None and value not in opt.choices:
+        return (f"stage {stage!r}: option {opt.name!r} must be one of "
+                f"{', '.join(map(repr, opt.choices))}; got {value!r}{_suggest(str(value), opt.choices)}")
+    if opt.check is not None:
+        problem = opt.check(value)
+        if problem:
+            return f"stage {stage!r}: option {opt.name!r} {problem}"
+    return None
+
+
+class _Loader:
+    def __init__(self, path: str, text: str):
+        self.path = path
+        self.text = text
+        self._constructor = yaml.SafeLoader("")
+
+    def fail(self, message: str, node: yaml.Node | None) -> ConfigError:
+        return ConfigError(message, self.path, node.start_mark.line + 1 if node else None)
+
+    def value(self, node: yaml.Node) -> Any:
+        return self._constructor.construct_object(node, deep=True)
+
+    def compose(self) -> yaml.Node:
+        try:
+            root = yaml.compose(self.text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else None
+            raise ConfigError(f"YAML syntax error: {exc.problem or exc.context}",
+                              self.path, line) from None
+        if not isinstance(root, yaml.MappingNode):
+            raise ConfigError("a config must be a mapping with a `pipeline:` list",
+                              self.path, 1)
+        return root
+
+
+def load_config(path: str, registry: Registry) -> PipelineConfig:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("config is not UTF-8 text", path) from None
+    return parse_config(text, path, registry)
+
+
+def parse_config(text: str, path: str, registry: Registry) -> PipelineConfig:
+    ld = _Loader(path, text)
+    root = ld.compose()
+    cfg = PipelineConfig(path=path, stages=[], text=text)
+    pipeline_node = None
+    for key_node, value_node in root.value:
+        key = ld.value(key_node)
+        if key == "pipeline":
+            pipeline_node = value_node
+        elif key == "workers":
+            workers = ld.value(value_node)
+            if not _type_ok(workers, int) or workers < 1:
+                raise ld.fail(f"`workers` must be an integer >= 1; got {workers!r}", value_node)
+            cfg.workers = workers
+        elif key == "checkpoint":
+            cfg.checkpoint = _checkpoint(ld, value_node)
+        else:
+            raise ld.fail(f"unknown top-level key {key!r}{_suggest(str(key), TOP_LEVEL)}; "
+                          f"expected {', '.join(TOP_LEVEL)}", key_node)
+    if pipeline_node is None:
+        raise ld.fail("missing `pipeline:` (a list of stages)", root)
+    if not isinstance(pipeline_node, yaml.SequenceNode) or not pipeline_node.value:
+        raise ld.fail("`pipeline` must be a non-empty list of stages", pipeline_node)
+    for item in pipeline_node.value:
+        cfg.stages.append(_stage(ld, item, registry))
+    check_wiring(cfg)
+    return cfg
+
+
+def _checkpoint(ld: _Loader, node: yaml.Node) -> dict[str, Any]:
+    if not isinstance(node, yaml.MappingNode):
+        raise ld.fail("`checkpoint` must be a mapping", node)
+    out = {}
+    for k_node, v_node in node.value:
+        key, value = ld.value(k_node), ld.value(v_node)
+        if key not in CHECKPOINT_KEYS:
+            raise ld.fail(f"checkpoint: unknown key {key!r}{_suggest(str(key), CHECKPOINT_KEYS)}",
+                          k_node)
+        if not _type_ok(value, CHECKPOINT_KEYS[key]) or (key != "enabled" and value <= 0):
+            raise ld.fail(f"checkpoint: {key!r} must be a positive "
+                          f"{_type_name(CHECKPOINT_KEYS[key])}; got {value!r}", v_node)
+        out[key] = value
+    return out
+
+
+def _stage(ld: _Loader, item: yaml.Node, registry: Registry) -> StageSpec:
+    if isinstance(item, yaml.ScalarNode):
+        name_node, opts_node = item, None
+    elif isinstance(item, yaml.MappingNode) and len(item.value) == 1:
+        name_node, opts_node = item.value[0]
+    else:
+        raise ld.fail("each stage must be `- NAME: {options}` or `- NAME`", item)
+    name = ld.value(name_node)
+    if not isinstance(name, str):
+        raise ld.fail(f"stage name must be a string; got {name!r}", name_node)
+    try:
+        cls = registry.get(name)
+    except ConfigError as exc:
+        raise ld.fail(str(exc), name_node) from None
+    line = name_node.start_mark.line + 1
+    spec = StageSpec(name=name, cls=cls, options={}, line=line)
+    declared = {o.name: o for o in cls.options}
+    if opts_node is not None and not (isinstance(opts_node, yaml.ScalarNode)
+                                      and opts_node.tag == "tag:yaml.org,2002:null"):
+        if not isinstance(opts_node, yaml.MappingNode):
+            raise ld.fail(f"stage {name!r}: options must be a mapping", opts_node)
+        for k_node, v_node in opts_node.value:
+            key = ld.value(k_node)
+            if key not in declared:
+                raise ld.fail(f"stage {name!r}: unknown option {key!r}"
+                              f"{_suggest(str(key), declared)}", k_node)
+            value = ld.value(v_node)
+            problem = check_option(name, declared[key], value)
+            if problem:
+                raise ld.fail(problem, v_node)
+            spec.options[key] = value
+            spec.option_lines[key] = k_node.start_mark.line + 1
+    for opt in cls.options:
+        if opt.required and opt.name not in spec.options:
+            raise ld.fail(f"stage {name!r}: missing required option {opt.name!r} "
+                          f"({opt.doc})", name_node)
+    return spec
+
+
+def check_wiring(cfg: PipelineConfig) -> None:
+    """An input starts the chain, an output ends it, and nothing else is in between."""
+    stages = cfg.stages
+    first, last = stages[0], stages[-1]
+    if first.cls.kind is not Kind.INPUT:
+        raise ConfigError(f"the first stage must be an input; {first.name!r} is a "
+                          f"{first.cls.kind.value}", cfg.path, first.line)
+    if len(stages) < 2 or last.cls.kind is not Kind.OUTPUT:
+        raise ConfigError(f"the last stage must be an output; {last.name!r} is a "
+                          f"{last.cls.kind.value}", cfg.path, last.line)
+    for spec in stages[1:-1]:
+        if spec.cls.kind in (Kind.INPUT, Kind.OUTPUT):
+            raise ConfigError(f"stage {spec.name!r} is an {spec.cls.kind.value}; only "
+                              f"processors and reducers go between the input and the "
+                              f"output", cfg.path, spec.line)
+
+
+def override_option(cfg: PipelineConfig, index: int, key: str, value: Any, flag: str) -> None:
+    """Apply a command-line override such as `-f PATH` to stage `index`."""
+    spec = cfg.stages[index]
+    declared = {o.name: o for o in spec.cls.options}
+    if key not in declared:
+        raise ConfigError(f"{flag} needs a first stage with a {key!r} option; "
+                          f"{spec.name!r} has none", cfg.path, spec.line)
+    problem = check_option(spec.name, declared[key], value)
+    if problem:
+        raise ConfigError(f"{flag}: {problem}")
+    spec.options[key] = value

@@ -1,0 +1,63 @@
+"""Run a chain of stages: input -> processors/reducers -> output.
+
+The chain is plain generators, pulled by the output. `barrier()` sits right after
+the input: when the first downstream stage asks for the next batch, every stage has
+finished the previous one, so that is where the engine may take a checkpoint.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from .stage import Batch, Input, Kind, Output, Stage
+
+
+class Context:
+    """What a running stage may ask of the engine."""
+
+    def __init__(self, dead_letter: Any):
+        self.dead_letter = dead_letter
+
+    def reject(self, raw: Any, reason: str, *, line: int | None = None,
+               offset: int | None = None, stage: str = "") -> None:
+        """Send a record to the dead-letter file instead of the next stage."""
+        self.dead_letter.reject(raw, reason, line=line, offset=offset, stage=stage)
+
+
+def barrier(batches: Iterator[Batch], hook: Callable[[], None] | None) -> Iterator[Batch]:
+    # hook() runs *before* the input reads the next batch, never after: the input's
+    # snapshot must point just past the batches the rest of the chain has finished
+    it = iter(batches)
+    while True:
+        if hook is not None:
+            hook()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        yield batch
+
+
+def partition_boundary(stages: list[Stage]) -> int:
+    """Index just past the first reducer: stages before it run once per partition."""
+    for i, stage in enumerate(stages):
+        if stage.kind is Kind.REDUCER:
+            return i + 1
+    return len(stages) - 1
+
+
+def run_chain(stages: list[Stage], ctx: Context,
+              on_barrier: Callable[[], None] | None = None) -> None:
+    """Run input -> ... -> output to the end, closing every generator whatever happens."""
+    source, *middle, sink = stages
+    assert isinstance(source, Input) and isinstance(sink, Output)
+    for stage in stages:
+        stage.open(ctx)
+    gens: list[Any] = [source.read()]
+    gens.append(barrier(gens[0], on_barrier))
+    for stage in middle:
+        gens.append(stage.process(gens[-1]))  # type: ignore[attr-defined]
+    try:
+        sink.write(gens[-1])
+    finally:
+        for gen in reversed(gens):  # downstream first, so none is resumed after close
+            gen.close()

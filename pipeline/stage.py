@@ -1,0 +1,178 @@
+"""The stage interface: what every input, processor, reducer and output implements.
+
+A *batch* is a list of records (`Batch`). Stages work on whole batches because the
+per-record cost of Python generators is what makes a naive pipeline slow.
+
+    class Upper(Processor):
+        '''Upper-case every record.
+
+            - upper: {}
+        '''
+        name = "upper"
+        def process(self, batches):
+            for batch in batches:              # [b'a', b'b'] -> [b'A', b'B']
+                yield Batch(r.upper() for r in batch)
+
+State contract (the same one bytewax uses): `snapshot()` returns a picklable value
+describing everything the stage has done with the batches it has *finished*, and a
+fresh instance given `restore(state)` must continue exactly where that one stopped.
+The engine only snapshots between batches, at the moment the first stage is asked
+for the next batch, so a stage must finish with one batch before it pulls another.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Iterator
+
+
+class Kind(enum.Enum):
+    """Where a stage may run; the engine never has to guess."""
+
+    INPUT = "input"          # yields batches; can be split into partitions
+    PROCESSOR = "processor"  # stateless or per-partition: runs in every worker
+    REDUCER = "reducer"      # per-partition partial state, combined with merge()
+    OUTPUT = "output"        # runs once, after everything upstream has finished
+
+
+class Batch(list):
+    """A list of records plus where its first record came from.
+
+    An input that yields raw lines sets `first_line` (1-based) and `first_offset` (byte
+    offset of the first line); the records are then consecutive lines, so `locate(i)`
+    can point at any one of them. Other batches leave both as None.
+    """
+
+    __slots__ = ("first_line", "first_offset")
+
+    def __init__(self, records: Iterable[Any] = (), first_line: int | None = None,
+                 first_offset: int | None = None):
+        super().__init__(records)
+        self.first_line = first_line
+        self.first_offset = first_offset
+
+    def locate(self, i: int) -> tuple[int | None, int | None]:
+        """(line number, byte offset) of record i of a raw-line batch."""
+        if self.first_line is None or self.first_offset is None:
+            return None, None
+        # rejects are rare, so offsets are summed on demand rather than stored
+        return self.first_line + i, self.first_offset + sum(len(r) + 1 for r in self[:i])
+
+
+@dataclass(frozen=True)
+class Option:
+    """One declared stage option: `Option("path", str, doc="file to read")`."""
+
+    name: str
+    type: type | tuple[type, ...]
+    default: Any = ...      # `...` means required
+    doc: str = ""
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], str | None] | None = None  # returns an error text or None
+
+    @property
+    def required(self) -> bool:
+        return self.default is ...
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else f"must be > 0; got {value!r}"
+
+
+class Stage:
+    """Base of every stage. Options arrive as keyword arguments, already validated."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[Kind]
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def __init__(self, **options: Any):
+        declared = {o.name: o for o in self.options}
+        for key, value in options.items():
+            if key not in declared:
+                raise TypeError(f"stage {self.name!r}: unknown option {key!r}")
+            setattr(self, key, value)
+        for opt in self.options:
+            if opt.name not in options:
+                if opt.required:
+                    raise TypeError(f"stage {self.name!r}: missing option {opt.name!r}")
+                setattr(self, opt.name, opt.default)
+        self.ctx: Any = None
+
+    def open(self, ctx: Any) -> None:
+        """Called once before the stage sees data. `ctx` is the run's `Context`."""
+        self.ctx = ctx
+
+    def snapshot(self) -> Any:
+        """State after the last finished batch. Stateless stages return None."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Continue from a value `snapshot()` returned."""
+
+    def counters(self) -> dict[str, int]:
+        """Named counts for the end-of-run report, e.g. {'lines': 10}."""
+        return {}
+
+    def describe(self) -> str:
+        return self.name
+
+
+class Input(Stage):
+    kind = Kind.INPUT
+
+    def read(self) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def identity(self) -> dict[str, Any]:
+        """What the input is (path, inode, ...). A resume needs the same identity."""
+        return {}
+
+    def split(self, n: int) -> list["Input"]:
+        """Up to n inputs that together read the same records, in order."""
+        return [self]
+
+    def total_bytes(self) -> int | None:
+        return None
+
+    def position(self) -> int:
+        """Bytes consumed so far, for progress."""
+        return 0
+
+
+class Processor(Stage):
+    kind = Kind.PROCESSOR
+
+    def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        raise NotImplementedError
+
+
+class Reducer(Processor):
+    """Folds every batch into a partial state; `merge` combines two partial states.
+
+    `merge(other)` is called with `other` covering input that comes *after* self's
+    input in file order, so order-sensitive rules (first id wins) stay exact.
+    """
+
+    kind = Kind.REDUCER
+
+    def update(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def merge(self, other: "Reducer") -> None:
+        raise NotImplementedError
+
+    def finish(self) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        for batch in batches:
+            self.update(batch)
+        yield from self.finish()
+
+
+class Output(Stage):
+    kind = Kind.OUTPUT
+
+    def write(self, batches: Iterator[Batch]) -> None:
+        raise NotImplementedError

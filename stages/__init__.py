@@ -1,0 +1,17 @@
+"""Sluice's built-in stages, one module per stage.
+
+Importing this package registers nothing; `builtin_stages()` lists the classes and
+the caller registers them (see main.py).
+"""
+from __future__ import annotations
+
+from pipeline import Stage
+
+
+def builtin_stages() -> list[type[Stage]]:
+    from .file_input import FileInput
+    from .json_decode import JsonDecode
+    from .site_state_reducer import SiteStateReducer
+    from .sorted_stdout_output import SortedStdoutOutput
+
+    return [FileInput, JsonDecode, SiteStateReducer, SortedStdoutOutput]
