@@ -18,11 +18,13 @@ Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info
 MESSAGE, ONLINE, OFFLINE = 0, 1, 2
 
 
-class StatusData(msgspec.Struct):
+# gc=False: these hold only str/int/float, and tracking millions of them made the
+# cyclic GC run constantly (decoding took twice as long)
+class StatusData(msgspec.Struct, gc=False):
     status: Literal["online", "offline"]
 
 
-class SiteEvent(msgspec.Struct, tag_field="type"):
+class SiteEvent(msgspec.Struct, tag_field="type", gc=False):
     id: NonEmpty
     from_: NonEmpty = msgspec.field(name="from")
     site_id: Union[NonEmpty, int]

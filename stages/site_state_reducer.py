@@ -109,17 +109,20 @@ class SiteStateReducer(Reducer):
             for i in bad:
                 ids[i] = _FILLER
         joined = "".join(ids)
-        pos, end = 0, len(joined)
-        while True:  # each pass skips one id that is 36 chars but not a UUID
-            m = _UUIDS.match(joined, pos)
-            stop = m.end() - (m.end() % 36)
+        pos, end, more = 0, len(joined), []
+        while True:  # each match runs up to the next 36-char id that is not a UUID
+            stop = _UUIDS.match(joined, pos).end()
             if stop >= end:
                 break
-            i = stop // 36
-            bad.append(i)
-            joined = joined[:stop] + _FILLER + joined[stop + 36:]
+            more.append(stop // 36)
             pos = stop + 36
-        return bytes.fromhex(joined.replace("-", "")), sorted(bad)
+        if more:
+            ids = list(ids)
+            for i in more:
+                ids[i] = _FILLER
+            joined = "".join(ids)
+            bad = sorted(bad + more)
+        return bytes.fromhex(joined.replace("-", "")), bad
 
     # -- state --------------------------------------------------------------------
     def __len__(self) -> int:
@@ -208,8 +211,16 @@ def first_occurrences(hi: np.ndarray, lo: np.ndarray, tag: np.ndarray) -> np.nda
     return keep
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    # a plain sort: numpy 2's hash-based np.unique is several times slower here
+    v = np.sort(values)
+    if len(v) < 2:
+        return v
+    return v[np.concatenate(([True], v[1:] != v[:-1]))]
+
+
 def distinct_per_site(site: np.ndarray, frm: np.ndarray, nsites: int, nfroms: int) -> np.ndarray:
-    pairs = np.unique(site.astype(np.int64) * nfroms + frm)
+    pairs = sorted_unique(site.astype(np.int64) * nfroms + frm)
     return np.bincount(pairs // nfroms, minlength=nsites)
 
 
@@ -243,7 +254,7 @@ def classify_messages(site: np.ndarray, frm: np.ndarray, ts: np.ndarray, kind: n
     count = total - (total[first] - d[first])
     # 3. each message sees the last status of its site at or before its time: rank
     #    times by the distinct status times so (site, rank) is one sortable integer
-    uts = np.unique(t_ts)
+    uts = sorted_unique(t_ts)
     width = len(uts) + 1
     s_key = t_site.astype(np.int64) * width + np.searchsorted(uts, t_ts, side="right")
     m_key = m_site.astype(np.int64) * width + np.searchsorted(uts, m_ts, side="right")
