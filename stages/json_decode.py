@@ -34,7 +34,8 @@ def reject_reason(exc: Exception) -> str:
         problem = problem.replace("Invalid value", "unknown type")
     problem = problem.replace("`str` of length >= 1", "a non-empty string")
     problem = problem.replace("Number out of range", "not a finite number")
-    problem = problem.replace("`float`", "a number").replace("`int | str`", "a string or integer")
+    problem = (problem.replace("xpected `float`", "xpected a number")
+               .replace("xpected `int | str`", "xpected a string or integer"))
     problem = problem[0].lower() + problem[1:]
     return f"field {path.lstrip('.')!r}: {problem}" if path else problem
 

@@ -63,7 +63,8 @@ class SiteStateReducer(Reducer):
 
         - site-state-reducer: {}
 
-    Emits one record per site: (site_id, messages, emails, operators, visitors).
+    Emits one batch: a (site_id, messages, emails, operators, visitors) tuple per
+    site, sorted by site_id.
     """
 
     name = "site-state-reducer"
@@ -183,9 +184,9 @@ class SiteStateReducer(Reducer):
         chats, messages = classify_messages(site, frm, ts, kind, nsites)
         present = np.bincount(site, minlength=nsites) > 0
         names = self.sites.names
-        yield Batch((names[i], int(chats[i]), int(messages[i] - chats[i]),
-                     int(operators[i]), int(visitors[i]))
-                    for i in np.flatnonzero(present))
+        yield Batch(sorted((names[i], int(chats[i]), int(messages[i] - chats[i]),
+                            int(operators[i]), int(visitors[i]))
+                           for i in np.flatnonzero(present)))
 
 
 def first_occurrences(hi: np.ndarray, lo: np.ndarray, tag: np.ndarray) -> np.ndarray:
