@@ -11,7 +11,8 @@ import sys
 
 from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_config
 from pipeline.config import override_option
-from pipeline.job import DEFAULT_STATE_DIR, JobOptions, run_job
+from pipeline.job import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS, DEFAULT_STATE_DIR,
+                          JobOptions, run_job)
 from stages import builtin_stages
 
 
@@ -34,7 +35,25 @@ def parser() -> argparse.ArgumentParser:
                    help=f"checkpoints and dead letters (default {DEFAULT_STATE_DIR}/)")
     p.add_argument("--strict", action="store_true",
                    help="stop with exit 1 at the first rejected line")
+    ck = p.add_argument_group("checkpoints (on by default)")
+    ck.add_argument("--checkpoint-every", type=positive_int, metavar="N",
+                    help=f"checkpoint every N records (default {DEFAULT_EVERY_RECORDS:,}, "
+                         f"or every {DEFAULT_EVERY_SECONDS:g} s, whichever comes first)")
+    ck.add_argument("--no-checkpoint", action="store_true",
+                    help="neither resume from nor write checkpoints")
+    ck.add_argument("--fresh", action="store_true",
+                    help="discard the saved state for this config and input first")
     return p
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.file is not None:
             override_option(cfg, 0, "path", args.file, "-f")
         opts = JobOptions(state_dir=args.state_dir, dead_letter=args.dead_letter,
-                          strict=args.strict)
+                          strict=args.strict, fresh=args.fresh,
+                          checkpoint=False if args.no_checkpoint else None,
+                          every_records=args.checkpoint_every)
         report = run_job(cfg, opts)
     except SluiceError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
@@ -52,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sluice: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    for notice in report.notices:
-        print(f"sluice: {notice}", file=sys.stderr)
     print(f"sluice: {report.summary_line()}", file=sys.stderr)
     return EXIT_OK
 

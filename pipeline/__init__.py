@@ -1,4 +1,5 @@
 """Sluice's engine: stages, registry, config, runner. It never imports `stages/`."""
+from .checkpoint import AppendOnly, unwrap
 from .config import PipelineConfig, load_config, parse_config
 from .errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
                      InputError, RejectedLine, SluiceError)
@@ -6,6 +7,7 @@ from .registry import Registry, check_stage_class
 from .stage import Batch, Input, Kind, Option, Output, Processor, Reducer, Stage, positive
 
 __all__ = [
+    "AppendOnly",
     "Batch",
     "ConfigError",
     "EXIT_BAD_INPUT",
@@ -28,4 +30,5 @@ __all__ = [
     "load_config",
     "parse_config",
     "positive",
+    "unwrap",
 ]

@@ -23,17 +23,27 @@ class Context:
         self.dead_letter.reject(raw, reason, line=line, offset=offset, stage=stage)
 
 
-def barrier(batches: Iterator[Batch], hook: Callable[[], None] | None) -> Iterator[Batch]:
-    # hook() runs *before* the input reads the next batch, never after: the input's
-    # snapshot must point just past the batches the rest of the chain has finished
+Hook = Callable[[int, bool], None]
+
+
+def barrier(batches: Iterator[Batch], hook: Hook | None) -> Iterator[Batch]:
+    """Pass batches through; call hook(records in the finished batch, at_end).
+
+    hook() runs *before* the input reads the next batch, never after: the input's
+    snapshot must point just past the batches the rest of the chain has finished.
+    """
     it = iter(batches)
+    done = 0
     while True:
-        if hook is not None:
-            hook()
+        if hook is not None and done:
+            hook(done, False)
         try:
             batch = next(it)
         except StopIteration:
+            if hook is not None:
+                hook(0, True)  # everything read and folded in; output not yet run
             return
+        done = len(batch) or 1
         yield batch
 
 
@@ -45,8 +55,7 @@ def partition_boundary(stages: list[Stage]) -> int:
     return len(stages) - 1
 
 
-def run_chain(stages: list[Stage], ctx: Context,
-              on_barrier: Callable[[], None] | None = None) -> None:
+def run_chain(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
     """Run input -> ... -> output to the end, closing every generator whatever happens."""
     source, *middle, sink = stages
     assert isinstance(source, Input) and isinstance(sink, Output)

@@ -128,6 +128,18 @@ class Input(Stage):
         """What the input is (path, inode, ...). A resume needs the same identity."""
         return {}
 
+    def resume_problem(self, saved_identity: dict[str, Any], saved_state: Any) -> str | None:
+        """Why a checkpoint taken over `saved_identity` cannot continue here, or None."""
+        return None if saved_identity == self.identity() else "the input changed"
+
+    def resume_has_more(self) -> bool:
+        """After restore(): is there anything new to read?"""
+        return True
+
+    def where(self) -> str:
+        """Current position in words, e.g. 'line 10 (byte 512)'."""
+        return ""
+
     def split(self, n: int) -> list["Input"]:
         """Up to n inputs that together read the same records, in order."""
         return [self]

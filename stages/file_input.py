@@ -78,6 +78,33 @@ class FileInput(Input):
                 "inode": st.st_ino, "head_sha256": hashlib.sha256(head).hexdigest(),
                 "head_len": len(head), "start": self.start}
 
+    def resume_problem(self, saved: dict[str, Any], state: dict[str, int]) -> str | None:
+        try:
+            st = self._stat()
+        except Exception:
+            return "the input is gone"
+        if (saved["path"], saved["device"], saved["inode"]) != (
+                os.path.abspath(self.path), st.st_dev, st.st_ino):
+            return "the input file was replaced"
+        with self._open() as fh:
+            head = fh.read(saved["head_len"])
+            if hashlib.sha256(head).hexdigest() != saved["head_sha256"]:
+                return "the input file was replaced (its first bytes differ)"
+            if st.st_size < state["offset"]:
+                return "the input file was truncated"
+            if state["offset"] > 0 and st.st_size > state["offset"]:
+                fh.seek(state["offset"] - 1)
+                if fh.read(1) != b"\n":
+                    return "the input's last line, read without its newline, has grown"
+        return None
+
+    def resume_has_more(self) -> bool:
+        end = self.end if self.end is not None else self._size()
+        return self.offset < end
+
+    def where(self) -> str:
+        return f"line {self.line:,} (byte {self.offset:,})"
+
     def total_bytes(self) -> int:
         return (self.end if self.end is not None else self._size()) - self.start
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline import Batch, Reducer
+from pipeline import AppendOnly, Batch, Reducer, unwrap
 
 from .site_event import ONLINE, OFFLINE, Status
 
@@ -130,15 +130,17 @@ class SiteStateReducer(Reducer):
         return len(self.cols["ts"])
 
     def snapshot(self) -> dict[str, Any]:
-        # live references: the engine serialises them before this stage runs again
-        return {"cols": self.cols, "sites": self.sites.names, "froms": self.froms.names,
-                "str_ids": self.str_ids.names}
+        # live references, all grow-only: the checkpoint store saves just the new tails
+        return {"cols": {k: AppendOnly(v) for k, v in self.cols.items()},
+                "sites": AppendOnly(self.sites.names), "froms": AppendOnly(self.froms.names),
+                "str_ids": AppendOnly(self.str_ids.names)}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.cols = {name: array(code, state["cols"][name]) for name, code in COLUMNS}
-        self.sites = Interner(list(state["sites"]))
-        self.froms = Interner(list(state["froms"]))
-        self.str_ids = Interner(list(state["str_ids"]))
+        cols = state["cols"]
+        self.cols = {name: array(code, unwrap(cols[name])) for name, code in COLUMNS}
+        self.sites = Interner(list(unwrap(state["sites"])))
+        self.froms = Interner(list(unwrap(state["froms"])))
+        self.str_ids = Interner(list(unwrap(state["str_ids"])))
 
     def merge(self, other: "SiteStateReducer") -> None:
         """Append `other`, which covers input after this one's, re-indexing its tables."""

@@ -12,10 +12,10 @@ def test_public_api_names():
     """pipeline's public names are exactly these (sorted __all__)."""
     assert pipeline.__all__ == sorted(pipeline.__all__)
     assert pipeline.__all__ == [
-        "Batch", "ConfigError", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK",
+        "AppendOnly", "Batch", "ConfigError", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK",
         "EXIT_USAGE", "Input", "InputError", "Kind", "Option", "Output", "PipelineConfig",
         "Processor", "Reducer", "Registry", "RejectedLine", "SluiceError", "Stage",
-        "check_stage_class", "load_config", "parse_config", "positive"]
+        "check_stage_class", "load_config", "parse_config", "positive", "unwrap"]
 
 
 def test_builtins_are_registered_by_name():

@@ -148,11 +148,11 @@ def test_merge_with_empty_partials(log):
     full = SiteStateReducer()
     for b in decoded_batches(log):
         full.update(b)
-    expected = list(full.snapshot()["cols"]["ts"])
+    expected = list(full.cols["ts"])
     left = SiteStateReducer()
     left.merge(full)
     left.merge(SiteStateReducer())
-    assert list(left.snapshot()["cols"]["ts"]) == expected
+    assert list(left.cols["ts"]) == expected
     assert list(left.finish()) == list(full.finish())
 
 

@@ -1,0 +1,236 @@
+"""The checkpoint store: one consistent, atomic, incremental checkpoint per save.
+
+Layout of a slot (one per config file + input path, inside the state directory):
+
+    checkpoint-00000012     manifest: header, sha256, pickled body
+    checkpoint-00000011     the previous one, kept as a fallback
+    seg-00000012            new tails of every append-only sequence since seq 11
+
+A snapshot is any picklable tree. A value wrapped in `AppendOnly(seq)` promises that
+it only ever grows; the store then writes just the items added since the last save
+into a new segment, so at 10M records a checkpoint costs what changed, not the whole
+state. Every `compact_every` segments a sequence is written whole once more, and
+segments no kept manifest refers to are deleted.
+
+Write order makes a torn checkpoint impossible to mistake for a good one: segment
+(fsync) -> manifest temp (fsync) -> rename -> fsync directory. A reader verifies the
+manifest's checksum and every segment piece's CRC, and falls back to the previous
+manifest, or to a fresh start, with a notice.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zlib
+from array import array
+from typing import Any, Callable
+
+MAGIC = b"SLUICE-CHECKPOINT-1\n"
+KEEP = 2  # manifests kept: the newest and one fallback
+
+
+class AppendOnly:
+    """Marks a list or array in a snapshot as grow-only. Pickles as the plain value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: list[Any] | array):
+        self.value = value
+
+    def __reduce__(self) -> Any:
+        return (_identity, (self.value,))
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def unwrap(value: Any) -> Any:
+    return value.value if isinstance(value, AppendOnly) else value
+
+
+class _Ref:
+    """Stands in the manifest's tree for an AppendOnly at `key`."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str):
+        self.key = key
+
+
+class CorruptCheckpoint(Exception):
+    pass
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CheckpointStore:
+    def __init__(self, directory: str, compact_every: int = 32):
+        self.dir = directory
+        self.compact_every = compact_every
+        self.seq = 0
+        # key -> list of pieces (segment, offset, length, crc, typecode or None, count)
+        self.index: dict[str, list[tuple[str, int, int, int, str | None, int]]] = {}
+        self.saved_len: dict[str, int] = {}
+        self.bytes_written = 0
+
+    # -- saving -------------------------------------------------------------------
+    def save(self, body: dict[str, Any]) -> None:
+        """Write `body` (a snapshot tree) as the next checkpoint, atomically."""
+        os.makedirs(self.dir, exist_ok=True)
+        seq = self.seq + 1
+        seg_name = f"seg-{seq:08d}"
+        pieces: list[bytes] = []
+        pos = 0
+        new_index = {k: list(v) for k, v in self.index.items()}
+        new_len = dict(self.saved_len)
+
+        def tail(key: str, seq_value: Any) -> _Ref:
+            nonlocal pos
+            n = len(seq_value)
+            start = new_len.get(key, 0)
+            if n < start:
+                raise ValueError(f"checkpoint: AppendOnly {key!r} shrank from {start} to {n}")
+            if len(new_index.get(key, ())) >= self.compact_every:
+                start, new_index[key] = 0, []  # compaction: write it whole once more
+            if n > start or key not in new_index:
+                if isinstance(seq_value, array):
+                    data, code = seq_value[start:n].tobytes(), seq_value.typecode
+                else:
+                    data, code = pickle.dumps(list(seq_value[start:n]), 5), None
+                pieces.append(data)
+                new_index.setdefault(key, []).append(
+                    (seg_name, pos, len(data), zlib.crc32(data), code, n - start))
+                pos += len(data)
+            new_len[key] = n
+            return _Ref(key)
+
+        tree = _replace(body, "", tail)
+        if pieces:
+            self._write_durably(os.path.join(self.dir, seg_name), pieces)
+        manifest = pickle.dumps({"seq": seq, "tree": tree, "index": new_index}, 5)
+        self._write_manifest(seq, manifest)
+        self.seq, self.index, self.saved_len = seq, new_index, new_len
+        self.bytes_written += pos + len(manifest)
+        self._collect_garbage()
+
+    def _write_durably(self, path: str, pieces: list[bytes]) -> None:
+        with open(path, "wb") as fh:
+            for p in pieces:
+                fh.write(p)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _write_manifest(self, seq: int, body: bytes) -> None:
+        final = os.path.join(self.dir, f"checkpoint-{seq:08d}")
+        tmp = final + ".tmp"
+        self._write_durably(tmp, [MAGIC, hashlib.sha256(body).digest(), body])
+        os.replace(tmp, final)
+        _fsync_dir(self.dir)
+
+    def _collect_garbage(self) -> None:
+        manifests = self._manifests()
+        for name in manifests[KEEP:]:
+            os.unlink(os.path.join(self.dir, name))
+        live = set()
+        for name in manifests[:KEEP]:
+            try:
+                live |= {p[0] for pieces in self._read_manifest(name)["index"].values()
+                         for p in pieces}
+            except CorruptCheckpoint:
+                pass
+        for name in os.listdir(self.dir):
+            if (name.startswith("seg-") and name not in live) or name.endswith(".tmp"):
+                os.unlink(os.path.join(self.dir, name))
+
+    # -- loading ------------------------------------------------------------------
+    def _manifests(self) -> list[str]:
+        if not os.path.isdir(self.dir):
+            return []
+        names = [n for n in os.listdir(self.dir)
+                 if n.startswith("checkpoint-") and not n.endswith(".tmp")]
+        return sorted(names, reverse=True)
+
+    def _read_manifest(self, name: str) -> dict[str, Any]:
+        with open(os.path.join(self.dir, name), "rb") as fh:
+            raw = fh.read()
+        if not raw.startswith(MAGIC):
+            raise CorruptCheckpoint("bad header" if raw else "empty file")
+        digest, body = raw[len(MAGIC):len(MAGIC) + 32], raw[len(MAGIC) + 32:]
+        if hashlib.sha256(body).digest() != digest:
+            raise CorruptCheckpoint("checksum mismatch")
+        try:
+            return pickle.loads(body)
+        except Exception as exc:  # checksum passed: a bug or a foreign file
+            raise CorruptCheckpoint(f"unreadable ({exc})") from None
+
+    def _materialize(self, index: dict[str, list[Any]]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        handles: dict[str, Any] = {}
+        try:
+            for key, pieces in index.items():
+                acc: Any = None
+                for seg, off, length, crc, code, _count in pieces:
+                    fh = handles.get(seg)
+                    if fh is None:
+                        try:
+                            fh = handles[seg] = open(os.path.join(self.dir, seg), "rb")
+                        except OSError:
+                            raise CorruptCheckpoint(f"segment {seg} is missing") from None
+                    fh.seek(off)
+                    data = fh.read(length)
+                    if len(data) != length or zlib.crc32(data) != crc:
+                        raise CorruptCheckpoint(f"segment {seg} is damaged")
+                    if code is not None:
+                        acc = array(code) if acc is None else acc
+                        acc.frombytes(data)
+                    else:
+                        acc = [] if acc is None else acc
+                        acc.extend(pickle.loads(data))
+                values[key] = acc
+        finally:
+            for fh in handles.values():
+                fh.close()
+        return values
+
+    def load(self, notice: Callable[[str], None]) -> dict[str, Any] | None:
+        """The newest good checkpoint's tree, or None. Corrupt ones are reported."""
+        for name in self._manifests():
+            try:
+                manifest = self._read_manifest(name)
+                values = self._materialize(manifest["index"])
+            except (CorruptCheckpoint, OSError) as exc:
+                notice(f"checkpoint {os.path.join(self.dir, name)} is unusable ({exc}); "
+                       f"trying an older one")
+                continue
+            self.seq = manifest["seq"]
+            self.index = manifest["index"]
+            self.saved_len = {k: len(v) for k, v in values.items()}
+            return _replace(manifest["tree"], "", lambda key, ref: values[ref.key],
+                            wrapped=_Ref)
+        return None
+
+    def size_bytes(self) -> int:
+        if not os.path.isdir(self.dir):
+            return 0
+        return sum(os.path.getsize(os.path.join(self.dir, n)) for n in os.listdir(self.dir))
+
+
+def _replace(tree: Any, key: str, fn: Callable[[str, Any], Any],
+             wrapped: type = AppendOnly) -> Any:
+    """Copy of `tree` with each `wrapped` leaf replaced by fn(path, leaf)."""
+    if isinstance(tree, wrapped):
+        return fn(key, tree.value if wrapped is AppendOnly else tree)
+    if isinstance(tree, dict):
+        return {k: _replace(v, f"{key}/{k}", fn, wrapped) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)) and not isinstance(tree, array):
+        items = [_replace(v, f"{key}/{i}", fn, wrapped) for i, v in enumerate(tree)]
+        return items if isinstance(tree, list) else tuple(items)
+    return tree
