@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
                    help="where rejected lines go (default STATE_DIR/dead_letter.jsonl)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                    help=f"checkpoints and dead letters (default {DEFAULT_STATE_DIR}/)")
+    p.add_argument("-w", "--workers", type=positive_int, metavar="N",
+                   help="worker processes (default: the config's `workers`, else one per "
+                        "CPU for inputs over 32 MiB each)")
     p.add_argument("--strict", action="store_true",
                    help="stop with exit 1 at the first rejected line")
     ck = p.add_argument_group("checkpoints (on by default)")
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = JobOptions(state_dir=args.state_dir, dead_letter=args.dead_letter,
                           strict=args.strict, fresh=args.fresh,
                           checkpoint=False if args.no_checkpoint else None,
-                          every_records=args.checkpoint_every)
+                          every_records=args.checkpoint_every, workers=args.workers)
         report = run_job(cfg, opts)
     except SluiceError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)

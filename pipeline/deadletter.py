@@ -30,15 +30,15 @@ class DeadLetter:
     def reject(self, raw: Any, reason: str, *, line: int | None = None,
                offset: int | None = None, stage: str = "") -> None:
         if self.strict:
-            where = f"line {line}" if line is not None else f"stage {stage!r}"
-            raise RejectedLine(f"{where}: {reason} (--strict stops at the first "
-                               f"rejected line)")
+            raise RejectedLine(reason, line, stage)
         if isinstance(raw, bytes):
             text = raw.decode("utf-8", errors="backslashreplace")
         else:
             text = raw if isinstance(raw, str) else repr(raw)
-        entry = {"line": line, "offset": offset, "stage": stage, "reason": reason,
-                 "raw": text}
+        self.append_entry({"line": line, "offset": offset, "stage": stage,
+                           "reason": reason, "raw": text})
+
+    def append_entry(self, entry: dict[str, Any]) -> None:
         if self._fh is None:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._fh = open(self.path, "ab")

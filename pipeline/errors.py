@@ -32,3 +32,11 @@ class RejectedLine(SluiceError):
     """A rejected line under --strict."""
 
     exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, reason: str, line: int | None = None, stage: str = ""):
+        where = f"line {line}" if line is not None else f"stage {stage!r}"
+        super().__init__(f"{where}: {reason} (--strict stops at the first rejected line)")
+        self.reason, self.line, self.stage = reason, line, stage
+
+    def __reduce__(self):  # keep line and reason across a worker process boundary
+        return (RejectedLine, (self.reason, self.line, self.stage))

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from .checkpoint import CheckpointStore
 from .config import PipelineConfig
 from .deadletter import DeadLetter
+from .errors import SluiceError
 from .runner import Context, run_chain
 from .stage import Input, Stage
 
@@ -30,6 +31,7 @@ class JobOptions:
     every_records: int | None = None
     every_seconds: float | None = None
     fresh: bool = False
+    workers: int | None = None       # None: the config's `workers`, else one per CPU
     notify: Callable[[str], None] = lambda text: print(f"sluice: {text}", file=sys.stderr)
 
     @property
@@ -143,44 +145,95 @@ class _Notices(list):
         self.notify(text)
 
 
+def checkpoint_enabled(cfg: PipelineConfig, opts: JobOptions) -> bool:
+    return opts.checkpoint if opts.checkpoint is not None else cfg.checkpoint.get("enabled", True)
+
+
+def open_slot(slot: str, stages: list[Stage], header: dict[str, Any], dead: DeadLetter,
+              notices: list[str], fresh: bool = False) -> tuple[CheckpointStore, int | None]:
+    """Resume `stages` from `slot` if its checkpoint fits, else clear it and start over.
+
+    Returns the store and, after a resume, the lines the checkpoint had already read.
+    """
+    if fresh and os.path.isdir(slot):
+        shutil.rmtree(slot)
+        notices.append("--fresh: discarded the saved state")
+    store = CheckpointStore(slot)
+    if _resume(store, header, stages, dead, notices):
+        return store, collect_counters(stages[:1]).get("lines", 0)
+    if os.path.isdir(slot):
+        shutil.rmtree(slot)
+    dead.start(0)
+    return CheckpointStore(slot), None
+
+
+def make_checkpointer(store: CheckpointStore, stages: list[Stage], dead: DeadLetter,
+                      header: dict[str, Any], cfg: PipelineConfig, opts: JobOptions,
+                      periodic: bool = True) -> Checkpointer:
+    every_r = opts.every_records or cfg.checkpoint.get("every_records", DEFAULT_EVERY_RECORDS)
+    every_s = opts.every_seconds or cfg.checkpoint.get("every_seconds", DEFAULT_EVERY_SECONDS)
+    if not periodic:
+        every_r, every_s = 1 << 62, float("inf")
+    return Checkpointer(store, stages, dead, header, every_r, every_s)
+
+
 def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
+    """Run the pipeline in this process, or partitioned over worker processes."""
+    from .executor import partition_count, run_partitioned
+
     stages = cfg.build()
     source = stages[0]
     assert isinstance(source, Input)
+    if partition_count(cfg, opts, source) > 1:
+        return run_partitioned(cfg, opts, stages)
     dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)
     notices = _Notices(opts.notify)
-    ck = cfg.checkpoint
-    enabled = opts.checkpoint if opts.checkpoint is not None else ck.get("enabled", True)
     checkpointer = None
     resumed_lines = None
-    if enabled:
-        slot = slot_dir(opts.state_dir, cfg, source)
-        if opts.fresh and os.path.isdir(slot):
-            shutil.rmtree(slot)
-            notices.append("--fresh: discarded the saved state")
-        header = {"version": STATE_VERSION, "config": cfg.identity(),
+    if checkpoint_enabled(cfg, opts):
+        header = {"version": STATE_VERSION, "config": cfg.identity(), "workers": 1,
                   "input": source.identity()}
-        store = CheckpointStore(slot)
-        if _resume(store, header, stages, dead, notices):
-            resumed_lines = collect_counters(stages[:1]).get("lines", 0)
-        else:
-            if os.path.isdir(slot):
-                shutil.rmtree(slot)
-            store = CheckpointStore(slot)
-            dead.start(0)
-        checkpointer = Checkpointer(
-            store, stages, dead, header,
-            opts.every_records or ck.get("every_records", DEFAULT_EVERY_RECORDS),
-            opts.every_seconds or ck.get("every_seconds", DEFAULT_EVERY_SECONDS))
+        with SlotLock(slot_dir(opts.state_dir, cfg, source)) as slot:
+            store, resumed_lines = open_slot(slot, stages, header, dead, notices, opts.fresh)
+            checkpointer = make_checkpointer(store, stages, dead, header, cfg, opts)
+            _run(stages, dead, checkpointer)
     else:
         dead.start(0)
-    try:
-        run_chain(stages, Context(dead), on_barrier=checkpointer)
-    finally:
-        dead.close()
+        _run(stages, dead, None)
     report = RunReport(collect_counters(stages), dead.count, dead.path, list(notices),
                        resumed_lines=resumed_lines)
     if checkpointer is not None:
         report.checkpoints = checkpointer.count
         report.state_bytes = checkpointer.store.size_bytes()
     return report
+
+
+def _run(stages: list[Stage], dead: DeadLetter, checkpointer: Checkpointer | None) -> None:
+    try:
+        run_chain(stages, Context(dead), on_barrier=checkpointer)
+    finally:
+        dead.close()
+
+
+class SlotLock:
+    """Holds an exclusive lock on a slot so two runs never write the same state."""
+
+    def __init__(self, slot: str):
+        self.slot = slot
+        self.fh: Any = None
+
+    def __enter__(self) -> str:
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.slot) or ".", exist_ok=True)
+        self.fh = open(self.slot + ".lock", "w")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            raise SluiceError(f"another run is using the state in {self.slot}; wait for it "
+                              f"or use another --state-dir") from None
+        return self.slot
+
+    def __exit__(self, *exc: Any) -> None:
+        self.fh.close()

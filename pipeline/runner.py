@@ -47,12 +47,13 @@ def barrier(batches: Iterator[Batch], hook: Hook | None) -> Iterator[Batch]:
         yield batch
 
 
-def partition_boundary(stages: list[Stage]) -> int:
-    """Index just past the first reducer: stages before it run once per partition."""
+def partition_boundary(stages: list[Any]) -> int | None:
+    """Index just past the first reducer (stages before it run once per partition), or
+    None when there is no reducer: such a chain cannot be split and merged."""
     for i, stage in enumerate(stages):
         if stage.kind is Kind.REDUCER:
             return i + 1
-    return len(stages) - 1
+    return None
 
 
 def run_chain(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
@@ -69,4 +70,41 @@ def run_chain(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None)
         sink.write(gens[-1])
     finally:
         for gen in reversed(gens):  # downstream first, so none is resumed after close
+            gen.close()
+
+
+def run_partial(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
+    """Run input -> processors -> reducer.update(), leaving the reducer unfinished.
+
+    This is what one partition does; the engine merges the reducers afterwards.
+    """
+    source, *middle, reducer = stages
+    assert isinstance(source, Input) and reducer.kind is Kind.REDUCER
+    for stage in stages:
+        stage.open(ctx)
+    gens: list[Any] = [source.read()]
+    gens.append(barrier(gens[0], on_barrier))
+    for stage in middle:
+        gens.append(stage.process(gens[-1]))  # type: ignore[attr-defined]
+    try:
+        for batch in gens[-1]:
+            reducer.update(batch)  # type: ignore[attr-defined]
+    finally:
+        for gen in reversed(gens):
+            gen.close()
+
+
+def run_tail(reducer: Stage, rest: list[Stage], ctx: Context) -> None:
+    """Finish a (merged) reducer and push its result through the stages after it."""
+    for stage in rest:
+        stage.open(ctx)
+    *middle, sink = rest
+    assert isinstance(sink, Output)
+    gens: list[Any] = [reducer.finish()]  # type: ignore[attr-defined]
+    for stage in middle:
+        gens.append(stage.process(gens[-1]))  # type: ignore[attr-defined]
+    try:
+        sink.write(gens[-1])
+    finally:
+        for gen in reversed(gens):
             gen.close()

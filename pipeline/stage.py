@@ -132,6 +132,10 @@ class Input(Stage):
         """Why a checkpoint taken over `saved_identity` cannot continue here, or None."""
         return None if saved_identity == self.identity() else "the input changed"
 
+    def lines_before(self) -> int:
+        """Lines in the source before this reader's range (for absolute line numbers)."""
+        return 0
+
     def resume_has_more(self) -> bool:
         """After restore(): is there anything new to read?"""
         return True
@@ -143,6 +147,10 @@ class Input(Stage):
     def split(self, n: int) -> list["Input"]:
         """Up to n inputs that together read the same records, in order."""
         return [self]
+
+    def part(self, start: int, end: int | None) -> "Input":
+        """The reader of one partition that split() described by (start, end)."""
+        raise NotImplementedError
 
     def total_bytes(self) -> int | None:
         return None

@@ -51,13 +51,14 @@ class FileInput(Input):
                 if bounds[-1] < pos < size:
                     bounds.append(pos)
         bounds.append(size)
-        parts = []
-        for lo, hi in zip(bounds, bounds[1:]):
-            part = FileInput(path=self.path, block_size=self.block_size)
-            part.start = part.offset = lo
-            part.end = hi
-            parts.append(part)
-        return parts
+        return [self.part(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+
+    def part(self, start: int, end: int | None) -> "FileInput":
+        """A reader of the lines starting in [start, end); end None means to EOF."""
+        part = FileInput(path=self.path, block_size=self.block_size)
+        part.start = part.offset = start
+        part.end = end
+        return part
 
     # -- state --------------------------------------------------------------------
     def snapshot(self) -> dict[str, int]:
@@ -97,6 +98,17 @@ class FileInput(Input):
                 if fh.read(1) != b"\n":
                     return "the input's last line, read without its newline, has grown"
         return None
+
+    def lines_before(self) -> int:
+        count, left = 0, self.start
+        with self._open() as fh:
+            while left > 0:
+                block = fh.read(min(left, 16 << 20))
+                if not block:
+                    break
+                count += block.count(b"\n")
+                left -= len(block)
+        return count
 
     def resume_has_more(self) -> bool:
         end = self.end if self.end is not None else self._size()
