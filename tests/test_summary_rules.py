@@ -196,3 +196,28 @@ def test_empty_input_prints_nothing(run):
     r = run(b"")
     assert (r.rc, r.out) == (0, "")
     assert r.err == "sluice: 0 lines read, 0 records, 0 duplicates skipped; rejected 0 of 0 lines\n"
+
+
+def test_timestamps_that_are_not_round_decimals(run):
+    """Any finite double works: 0.1 + 0.2 is after 0.3, and huge ranges are fine."""
+    r = run([rec(U.format(1), "status", "1", "o", 0.30000000000000004, "online"),
+             rec(U.format(2), "message", "1", "v", 0.3),
+             rec(U.format(3), "message", "1", "v", 0.30000000000000004),
+             rec(U.format(4), "status", "2", "o", -1e300, "online"),
+             rec(U.format(5), "message", "2", "v", 1e300)])
+    assert r.out == ("1,messages=1,emails=1,operators=1,visitors=1\n"
+                     "2,messages=1,emails=0,operators=1,visitors=1\n")
+
+
+def test_lexsort_fallback_gives_the_same_answer(run, monkeypatch):
+    """The (group, time) composite key and its lexsort fallback agree."""
+    import stages.site_state_reducer as ssr
+    lines = [rec(U.format(1), "status", "1", "o", 10, "online"),
+             rec(U.format(2), "status", "1", "o", 10, "offline"),
+             rec(U.format(3), "status", "1", "p", 5, "online"),
+             rec(U.format(4), "message", "1", "v", 10),
+             rec(U.format(5), "status", "1", "p", 10, "offline"),
+             rec(U.format(6), "message", "1", "v", 11)]
+    expected = run(lines).out
+    monkeypatch.setattr(ssr, "COMPOSITE_LIMIT", 0)
+    assert run(lines).out == expected == "1,messages=0,emails=2,operators=2,visitors=1\n"
