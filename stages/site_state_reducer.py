@@ -80,6 +80,9 @@ class SiteStateReducer(Reducer):
         self.froms = Interner()
         self.str_ids = Interner()
         self.cols = {name: array(code) for name, code in COLUMNS}
+        # partial states merged in after this one's own rows, already re-indexed; kept
+        # as separate numpy segments so a merge never reallocates the growing columns
+        self.merged: list[dict[str, np.ndarray]] = []
         self.duplicates = 0
 
     # -- ingest -------------------------------------------------------------------
@@ -135,9 +138,17 @@ class SiteStateReducer(Reducer):
 
     # -- state --------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.cols["ts"])
+        return len(self.cols["ts"]) + sum(len(seg["ts"]) for seg in self.merged)
+
+    def _fold(self) -> None:
+        """Move merged segments into the array columns (only needed for a snapshot)."""
+        for seg in self.merged:
+            for name, _ in COLUMNS:
+                self.cols[name].frombytes(memoryview(np.ascontiguousarray(seg[name])).cast("B"))
+        self.merged = []
 
     def snapshot(self) -> dict[str, Any]:
+        self._fold()
         # live references, all grow-only: the checkpoint store saves just the new tails
         return {"cols": {k: AppendOnly(v) for k, v in self.cols.items()},
                 "sites": AppendOnly(self.sites.names), "froms": AppendOnly(self.froms.names),
@@ -152,47 +163,67 @@ class SiteStateReducer(Reducer):
 
     def merge(self, other: "SiteStateReducer") -> None:
         """Append `other`, which covers input after this one's, re-indexing its tables."""
+        other._fold()
         if not len(other):
             return
         remap = {}
         for attr in ("sites", "froms", "str_ids"):
             mine: Interner = getattr(self, attr)
             remap[attr] = np.array([mine.add(n) for n in getattr(other, attr).names] or [0],
-                                   dtype=np.uint64)
+                                   dtype=np.uint32)
         oc = other.cols
-        code = np.frombuffer(oc["code"], np.uint8)
-        ids = np.frombuffer(oc["ids"], np.uint64).reshape(-1, 2).copy()
-        strings = (code & STRING_ID).astype(bool)
-        ids[strings, 0] = remap["str_ids"][ids[strings, 0]]
-        self.cols["ids"].frombytes(ids.tobytes())
+        seg = {name: np.frombuffer(oc[name], code) for name, code in
+               (("ts", np.float64), ("code", np.uint8))}
+        ids = np.frombuffer(oc["ids"], np.uint64)
+        strings = np.flatnonzero(seg["code"] & STRING_ID)
+        if len(strings):
+            ids = ids.copy()
+            ids[2 * strings] = remap["str_ids"][ids[2 * strings]]
+        seg["ids"] = ids
         for name, attr in (("site", "sites"), ("frm", "froms")):
-            col = remap[attr][np.frombuffer(oc[name], np.uint32)].astype(np.uint32)
-            self.cols[name].frombytes(col.tobytes())
-        self.cols["ts"].extend(oc["ts"])
-        self.cols["code"].extend(oc["code"])
+            seg[name] = remap[attr][np.frombuffer(oc[name], np.uint32)]
+        self.merged.append(seg)
 
     def counters(self) -> dict[str, int]:
         return {"rows": len(self), "duplicates": self.duplicates}
 
     # -- result -------------------------------------------------------------------
+    def _take(self, name: str) -> np.ndarray:
+        """One whole column as a numpy array, released from this reducer."""
+        dtype = {"Q": np.uint64, "d": np.float64, "I": np.uint32, "B": np.uint8}[
+            self.cols[name].typecode]
+        parts = [np.frombuffer(self.cols[name], dtype)] if len(self.cols[name]) else []
+        parts += [seg.pop(name) for seg in self.merged]
+        self.cols[name] = array(self.cols[name].typecode)
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
     def finish(self) -> Iterator[Batch]:
-        n = len(self)
-        c = self.cols
-        code = np.frombuffer(c["code"], np.uint8) if n else np.zeros(0, np.uint8)
-        ids = np.frombuffer(c["ids"], np.uint64).reshape(n, 2) if n else np.zeros((0, 2), np.uint64)
+        """The summary. Consumes the rows: columns are freed as soon as they are used,
+        which keeps the peak at 10M rows well under the sum of all temporaries."""
+        ids = self._take("ids").reshape(-1, 2)
+        code = self._take("code")
+        n = len(code)
         keep = first_occurrences(ids[:, 0], ids[:, 1], code >> 2)
-        self.duplicates = int(n - keep.sum())
-        site = (np.frombuffer(c["site"], np.uint32) if n else np.zeros(0, np.uint32))[keep]
-        frm = (np.frombuffer(c["frm"], np.uint32) if n else np.zeros(0, np.uint32))[keep]
-        ts = (np.frombuffer(c["ts"], np.float64) if n else np.zeros(0))[keep]
+        del ids
+        self.duplicates = int(n - np.count_nonzero(keep))
         kind = (code & 3)[keep]
-        del code, ids, keep
+        del code
+        site = self._take("site")[keep]
+        frm = self._take("frm")[keep]
+        ts = self._take("ts")[keep]
+        del keep
+        self.merged = []
         nsites, nfroms = len(self.sites.names), max(len(self.froms.names), 1)
         is_status = kind != 0
         operators = distinct_per_site(site[is_status], frm[is_status], nsites, nfroms)
         visitors = distinct_per_site(site[~is_status], frm[~is_status], nsites, nfroms)
-        chats, messages = classify_messages(site, frm, ts, kind, nsites)
+        del is_status
         present = np.bincount(site, minlength=nsites) > 0
+        rows = {"site": site, "frm": frm, "ts": ts, "kind": kind}
+        del site, frm, ts, kind
+        chats, messages = classify_messages(rows, nsites)
         names = self.sites.names
         yield Batch(sorted((names[i], int(chats[i]), int(messages[i] - chats[i]),
                             int(operators[i]), int(visitors[i]))
@@ -269,19 +300,29 @@ def stable_order(groups: np.ndarray, ngroups: int, tkey: np.ndarray, width: int)
     return np.lexsort((tkey, groups))
 
 
-def classify_messages(site: np.ndarray, frm: np.ndarray, ts: np.ndarray, kind: np.ndarray,
-                      nsites: int) -> tuple[np.ndarray, np.ndarray]:
-    """(chats per site, messages per site); rows are deduplicated and in file order."""
+def classify_messages(rows: dict[str, np.ndarray], nsites: int) -> tuple[np.ndarray, np.ndarray]:
+    """(chats per site, messages per site).
+
+    `rows` holds the deduplicated site, frm, ts and kind columns in file order; they
+    are popped, so each is freed as soon as it has been split into statuses/messages.
+    """
+    kind = rows.pop("kind")
     st = np.flatnonzero(kind != 0)
     ms = np.flatnonzero(kind == 0)
-    m_site = site[ms]
-    messages = np.bincount(m_site, minlength=nsites)
-    if not len(st) or not len(ms):
-        return np.zeros(nsites, np.int64), messages
-    s_site, s_frm = site[st], frm[st]
     s_on = kind[st] == ONLINE
-    s_t, m_t, width = time_keys(ts[st], ts[ms])
-    del st, ms
+    del kind
+    site = rows.pop("site")
+    m_site, s_site = site[ms], site[st]
+    del site
+    s_frm = rows.pop("frm")[st]
+    ts = rows.pop("ts")
+    s_ts, m_ts = ts[st], ts[ms]
+    del ts, st, ms
+    messages = np.bincount(m_site, minlength=nsites)
+    if not len(s_site) or not len(m_site):
+        return np.zeros(nsites, np.int64), messages
+    s_t, m_t, width = time_keys(s_ts, m_ts)
+    del s_ts, m_ts
     # 1. each status's effect on its site's online-operator count (-1, 0, +1): one
     #    operator's statuses in time order, ties in file order
     nfroms = int(s_frm.max()) + 1
@@ -306,9 +347,16 @@ def classify_messages(site: np.ndarray, frm: np.ndarray, ts: np.ndarray, kind: n
     #    per-site totals are needed, so the message keys can simply be sorted.
     #    (width <= rows + 1 or 2**40 here and nsites <= rows: no int64 overflow)
     s_key = t_site.astype(np.int64) * width + s_t[t]
-    m_key = np.sort(m_site.astype(np.int64) * width + m_t)
-    j = np.searchsorted(s_key, m_key, side="right") - 1
+    m_key = m_site.astype(np.int64)
+    del m_site
+    m_key *= width
+    m_key += m_t
+    del m_t
+    m_key.sort()
+    j = np.searchsorted(s_key, m_key, side="right")
+    j -= 1
     m_site_sorted = m_key // width
+    del m_key
     jc = np.maximum(j, 0)
     online = (j >= 0) & (t_site[jc] == m_site_sorted) & (count[jc] > 0)
     return np.bincount(m_site_sorted[online], minlength=nsites), messages

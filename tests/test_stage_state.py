@@ -152,7 +152,7 @@ def test_merge_with_empty_partials(log):
     left = SiteStateReducer()
     left.merge(full)
     left.merge(SiteStateReducer())
-    assert list(left.cols["ts"]) == expected
+    assert list(left.snapshot()["cols"]["ts"].value) == expected
     assert list(left.finish()) == list(full.finish())
 
 
