@@ -87,7 +87,7 @@ class CheckpointStore:
         os.makedirs(self.dir, exist_ok=True)
         seq = self.seq + 1
         seg_name = f"seg-{seq:08d}"
-        pieces: list[bytes] = []
+        pieces: list[Any] = []
         pos = 0
         new_index = {k: list(v) for k, v in self.index.items()}
         new_len = dict(self.saved_len)
@@ -102,7 +102,10 @@ class CheckpointStore:
                 start, new_index[key] = 0, []  # compaction: write it whole once more
             if n > start or key not in new_index:
                 if isinstance(seq_value, array):
-                    data, code = seq_value[start:n].tobytes(), seq_value.typecode
+                    # a view, not a copy: a first save of 10M rows would double memory
+                    size = seq_value.itemsize
+                    data = memoryview(seq_value).cast("B")[start * size:n * size]
+                    code = seq_value.typecode
                 else:
                     data, code = pickle.dumps(list(seq_value[start:n]), 5), None
                 pieces.append(data)
@@ -115,6 +118,10 @@ class CheckpointStore:
         tree = _replace(body, "", tail)
         if pieces:
             self._write_durably(os.path.join(self.dir, seg_name), pieces)
+            for piece in pieces:  # release the views so the arrays may grow again
+                if isinstance(piece, memoryview):
+                    piece.release()
+            pieces.clear()
         manifest = pickle.dumps({"seq": seq, "tree": tree, "index": new_index}, 5)
         self._write_manifest(seq, manifest)
         self.seq, self.index, self.saved_len = seq, new_index, new_len
