@@ -7,9 +7,11 @@ Exit codes: 0 ok, 1 rejected line under --strict, 2 usage/config/input error,
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_config
+from pipeline import progress
 from pipeline.config import override_option
 from pipeline.job import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS, DEFAULT_STATE_DIR,
                           JobOptions, run_job)
@@ -38,6 +40,11 @@ def parser() -> argparse.ArgumentParser:
                         "CPU for inputs over 32 MiB each)")
     p.add_argument("--strict", action="store_true",
                    help="stop with exit 1 at the first rejected line")
+    p.add_argument("--stats", action="store_true",
+                   help="print per-stage records in/out, rejects and seconds at the end")
+    p.add_argument("--stats-json", metavar="PATH", help="write the per-stage metrics as JSON")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (it is only drawn when stderr is a terminal)")
     ck = p.add_argument_group("checkpoints (on by default)")
     ck.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                     help=f"checkpoint every N records (default {DEFAULT_EVERY_RECORDS:,}, "
@@ -68,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         opts = JobOptions(state_dir=args.state_dir, dead_letter=args.dead_letter,
                           strict=args.strict, fresh=args.fresh,
                           checkpoint=False if args.no_checkpoint else None,
-                          every_records=args.checkpoint_every, workers=args.workers)
+                          every_records=args.checkpoint_every, workers=args.workers,
+                          progress=progress.wanted(args.quiet))
         report = run_job(cfg, opts)
     except SluiceError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
@@ -76,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sluice: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if args.stats:
+        print(report.stats_table(), file=sys.stderr)
+    if args.stats_json:
+        with open(args.stats_json, "w", encoding="utf-8") as fh:
+            json.dump({"stages": report.stages, "counters": report.counters,
+                       "rejected": report.rejected}, fh, indent=2)
+            fh.write("\n")
     print(f"sluice: {report.summary_line()}", file=sys.stderr)
     return EXIT_OK
 

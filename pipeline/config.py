@@ -214,6 +214,9 @@ def _stage(ld: _Loader, item: yaml.Node, registry: Registry) -> StageSpec:
         if opt.required and opt.name not in spec.options:
             raise ld.fail(f"stage {name!r}: missing required option {opt.name!r} "
                           f"({opt.doc})", name_node)
+    problem = cls.check_options(spec.options)
+    if problem:
+        raise ld.fail(problem, name_node)
     return spec
 
 

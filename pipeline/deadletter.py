@@ -19,6 +19,7 @@ class DeadLetter:
         self.path = path
         self.strict = strict
         self.count = 0
+        self.by_stage: dict[str, int] = {}
         self._fh: BinaryIO | None = None
 
     def start(self, keep_bytes: int = 0) -> None:
@@ -39,6 +40,8 @@ class DeadLetter:
                            "reason": reason, "raw": text})
 
     def append_entry(self, entry: dict[str, Any]) -> None:
+        stage = entry.get("stage") or ""
+        self.by_stage[stage] = self.by_stage.get(stage, 0) + 1
         if self._fh is None:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._fh = open(self.path, "ab")

@@ -18,7 +18,7 @@ import json
 import os
 import pickle
 import shutil
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from typing import Any
 
@@ -28,7 +28,8 @@ from .deadletter import DeadLetter
 from .errors import RejectedLine
 from .job import (STATE_VERSION, JobOptions, RunReport, SlotLock, _Notices,
                   checkpoint_enabled, collect_counters, make_checkpointer, open_slot,
-                  slot_dir)
+                  slot_dir, stage_metrics)
+from .progress import Progress, chain_hooks
 from .runner import Context, partition_boundary, run_partial, run_tail
 from .stage import Input, Stage
 
@@ -58,8 +59,11 @@ def _die_with_parent() -> None:
         pass
 
 
+_POSITIONS: Any = None  # shared array of bytes read per partition, set before forking
+
+
 def _run_partition(cfg: PipelineConfig, settings: dict[str, Any], part: Input,
-                   part_slot: str, header: dict[str, Any]) -> dict[str, Any]:
+                   part_slot: str, header: dict[str, Any], index: int) -> dict[str, Any]:
     """Worker: run input -> ... -> reducer on one partition; leave its state on disk."""
     boundary = partition_boundary([s.cls for s in cfg.stages])
     assert boundary is not None
@@ -71,8 +75,12 @@ def _run_partition(cfg: PipelineConfig, settings: dict[str, Any], part: Input,
     store, resumed = open_slot(part_slot, stages, header, dead, notices)
     checkpointer = make_checkpointer(store, stages, dead, header, cfg, opts,
                                      periodic=settings["checkpoint"])
+    def publish(records: int, at_end: bool) -> None:
+        if _POSITIONS is not None:
+            _POSITIONS[index] = part.position()
+    ctx = Context(dead)
     try:
-        run_partial(stages, Context(dead), on_barrier=checkpointer)
+        run_partial(stages, ctx, on_barrier=chain_hooks(checkpointer, publish))
     except RejectedLine as exc:
         if exc.line is None:
             raise
@@ -80,7 +88,8 @@ def _run_partition(cfg: PipelineConfig, settings: dict[str, Any], part: Input,
     finally:
         dead.close()
     return {"counters": collect_counters(stages[:-1]), "notices": notices,
-            "resumed_lines": resumed, "where": part.where()}
+            "resumed_lines": resumed, "where": part.where(),
+            "meters": [m.as_dict() for m in ctx.meters]}
 
 
 def _plan(slot: str, cfg: PipelineConfig, source: Input, n: int,
@@ -139,12 +148,22 @@ def run_partitioned(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage]) 
         part_slots = [os.path.join(slot, f"part-{i:03d}") for i in range(len(parts))]
         header = {"version": STATE_VERSION, "config": cfg.identity(), "workers": n,
                   "input": source.identity()}
-        with ProcessPoolExecutor(len(parts), mp_context=get_context("fork"),
-                                 initializer=_die_with_parent) as pool:
-            futures = [pool.submit(_run_partition, cfg, settings, part, ps,
-                                   {**header, "partition": i})
-                       for i, (part, ps) in enumerate(zip(parts, part_slots))]
-            results = [f.result() for f in futures]
+        global _POSITIONS
+        mp = get_context("fork")
+        _POSITIONS = mp.Array("q", len(parts), lock=False)
+        bar = Progress(source.total_bytes(), opts.progress)
+        try:
+            with ProcessPoolExecutor(len(parts), mp_context=mp,
+                                     initializer=_die_with_parent) as pool:
+                futures = [pool.submit(_run_partition, cfg, settings, part, ps,
+                                       {**header, "partition": i}, i)
+                           for i, (part, ps) in enumerate(zip(parts, part_slots))]
+                while wait(futures, timeout=0.2).not_done:
+                    bar.update(sum(_POSITIONS))
+                results = [f.result() for f in futures]
+        finally:
+            bar.close()
+            _POSITIONS = None
         resumed = [r for r in results if r["resumed_lines"] is not None]
         if resumed:
             notices.append(f"resumed {len(resumed)} of {len(parts)} partitions at "
@@ -158,7 +177,8 @@ def run_partitioned(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage]) 
             base += r["counters"].get("lines", 0)
         dead.close()
         reducer = _merge(cfg, boundary, part_slots, notices)
-        run_tail(reducer, stages[boundary:], Context(dead))
+        tail_ctx = Context(dead)
+        run_tail(reducer, stages[boundary:], tail_ctx)
         state_bytes = _tree_bytes(slot)
         if not checkpointing:
             shutil.rmtree(slot)
@@ -170,9 +190,27 @@ def run_partitioned(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage]) 
         counters[k] = counters.get(k, 0) + v
     report = RunReport(counters, dead.count, dead.path, list(notices),
                        resumed_lines=sum(r["resumed_lines"] or 0 for r in results)
-                       if resumed else None)
+                       if resumed else None,
+                       stages=stage_metrics(_combine_meters(results, tail_ctx.meters), dead))
     report.state_bytes = state_bytes if checkpointing else 0
     return report
+
+
+def _combine_meters(results: list[dict[str, Any]], tail: list[Any]) -> list[dict[str, Any]]:
+    """Per-stage metrics over all workers (seconds are summed: worker CPU time), then the
+    stages after the reducer; the reducer's finish() time is added to its own."""
+    head: list[dict[str, Any]] = []
+    for r in results:
+        for i, m in enumerate(r["meters"]):
+            if i == len(head):
+                head.append(dict(m))
+            else:
+                for k in ("records_in", "records_out", "seconds"):
+                    head[i][k] += m[k]
+    tail_dicts = [m.as_dict() for m in tail]
+    head[-1]["seconds"] += tail_dicts[0]["seconds"]
+    head[-1]["records_out"] = tail_dicts[0]["records_out"]
+    return head + tail_dicts[1:]
 
 
 def _merge(cfg: PipelineConfig, boundary: int, part_slots: list[str],

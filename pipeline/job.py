@@ -13,6 +13,7 @@ from .checkpoint import CheckpointStore
 from .config import PipelineConfig
 from .deadletter import DeadLetter
 from .errors import SluiceError
+from .progress import Progress, chain_hooks
 from .runner import Context, run_chain
 from .stage import Input, Stage
 
@@ -32,6 +33,7 @@ class JobOptions:
     every_seconds: float | None = None
     fresh: bool = False
     workers: int | None = None       # None: the config's `workers`, else one per CPU
+    progress: bool = False           # draw a progress bar on stderr
     notify: Callable[[str], None] = lambda text: print(f"sluice: {text}", file=sys.stderr)
 
     @property
@@ -48,6 +50,14 @@ class RunReport:
     checkpoints: int = 0
     state_bytes: int = 0
     resumed_lines: int | None = None  # lines already counted by the checkpoint resumed
+    stages: list[dict[str, Any]] = field(default_factory=list)  # per-stage metrics
+
+    def stats_table(self) -> str:
+        """The per-stage metrics as an aligned text table (this run only)."""
+        head = f"{'stage':<24} {'records in':>12} {'records out':>12} {'rejected':>9} {'seconds':>8}"
+        rows = [head] + [f"{m['stage']:<24} {m['records_in']:>12,} {m['records_out']:>12,} "
+                         f"{m['rejected']:>9,} {m['seconds']:>8.2f}" for m in self.stages]
+        return "\n".join(rows)
 
     def summary_line(self) -> str:
         c = self.counters
@@ -196,23 +206,42 @@ def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
         with SlotLock(slot_dir(opts.state_dir, cfg, source)) as slot:
             store, resumed_lines = open_slot(slot, stages, header, dead, notices, opts.fresh)
             checkpointer = make_checkpointer(store, stages, dead, header, cfg, opts)
-            _run(stages, dead, checkpointer)
+            meters = _run(stages, dead, checkpointer, opts.progress)
     else:
         dead.start(0)
-        _run(stages, dead, None)
+        meters = _run(stages, dead, None, opts.progress)
     report = RunReport(collect_counters(stages), dead.count, dead.path, list(notices),
-                       resumed_lines=resumed_lines)
+                       resumed_lines=resumed_lines, stages=stage_metrics(meters, dead))
     if checkpointer is not None:
         report.checkpoints = checkpointer.count
         report.state_bytes = checkpointer.store.size_bytes()
     return report
 
 
-def _run(stages: list[Stage], dead: DeadLetter, checkpointer: Checkpointer | None) -> None:
+def stage_metrics(meters: list[Any], dead: DeadLetter) -> list[dict[str, Any]]:
+    out = []
+    for m in meters:
+        d = m.as_dict() if not isinstance(m, dict) else dict(m)
+        d["rejected"] = dead.by_stage.get(d["stage"], 0)
+        out.append(d)
+    return out
+
+
+def _run(stages: list[Stage], dead: DeadLetter, checkpointer: Checkpointer | None,
+         progress: bool) -> list[Any]:
+    source = stages[0]
+    assert isinstance(source, Input)
+    bar = Progress(source.total_bytes(), progress)
+
+    def show(records: int, at_end: bool) -> None:
+        bar.update(source.position(), source.counters().get("lines", 0), force=at_end)
+    ctx = Context(dead)
     try:
-        run_chain(stages, Context(dead), on_barrier=checkpointer)
+        run_chain(stages, ctx, on_barrier=chain_hooks(checkpointer, show))
     finally:
+        bar.close()
         dead.close()
+    return ctx.meters
 
 
 class SlotLock:

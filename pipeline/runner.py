@@ -6,9 +6,53 @@ finished the previous one, so that is where the engine may take a checkpoint.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterator
 
 from .stage import Batch, Input, Kind, Output, Stage
+
+
+class Meter:
+    """One stage's counts and time. `inclusive` covers upstream stages too; a stage's
+    own time is its inclusive time minus its upstream neighbour's."""
+
+    __slots__ = ("name", "records_in", "records_out", "batches", "inclusive", "seconds")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.records_in = self.records_out = self.batches = 0
+        self.inclusive = self.seconds = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.name, "records_in": self.records_in,
+                "records_out": self.records_out, "seconds": round(self.seconds, 3)}
+
+
+def metered(batches: Iterator[Batch], meter: Meter) -> Iterator[Batch]:
+    it = iter(batches)
+    clock = time.perf_counter
+    while True:
+        t0 = clock()
+        try:
+            batch = next(it)
+        except StopIteration:
+            meter.inclusive += clock() - t0
+            return
+        meter.inclusive += clock() - t0
+        meter.batches += 1
+        meter.records_out += len(batch)
+        yield batch
+
+
+def settle(meters: list[Meter], total: float) -> None:
+    """Turn inclusive times into each stage's own time; the last meter gets the rest."""
+    previous = 0.0
+    for i, m in enumerate(meters):
+        if i:
+            m.records_in = meters[i - 1].records_out
+        incl = total if i == len(meters) - 1 else m.inclusive
+        m.seconds = max(incl - previous, 0.0)
+        previous = incl
 
 
 class Context:
@@ -16,6 +60,7 @@ class Context:
 
     def __init__(self, dead_letter: Any):
         self.dead_letter = dead_letter
+        self.meters: list[Meter] = []
 
     def reject(self, raw: Any, reason: str, *, line: int | None = None,
                offset: int | None = None, stage: str = "") -> None:
@@ -62,15 +107,20 @@ def run_chain(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None)
     assert isinstance(source, Input) and isinstance(sink, Output)
     for stage in stages:
         stage.open(ctx)
+    ctx.meters = [Meter(s.name) for s in stages]
+    start = time.perf_counter()
     gens: list[Any] = [source.read()]
-    gens.append(barrier(gens[0], on_barrier))
-    for stage in middle:
+    gens.append(metered(gens[-1], ctx.meters[0]))
+    gens.append(barrier(gens[-1], on_barrier))
+    for stage, meter in zip(middle, ctx.meters[1:]):
         gens.append(stage.process(gens[-1]))  # type: ignore[attr-defined]
+        gens.append(metered(gens[-1], meter))
     try:
         sink.write(gens[-1])
     finally:
         for gen in reversed(gens):  # downstream first, so none is resumed after close
             gen.close()
+        settle(ctx.meters, time.perf_counter() - start)
 
 
 def run_partial(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
@@ -82,16 +132,21 @@ def run_partial(stages: list[Stage], ctx: Context, on_barrier: Hook | None = Non
     assert isinstance(source, Input) and reducer.kind is Kind.REDUCER
     for stage in stages:
         stage.open(ctx)
+    ctx.meters = [Meter(s.name) for s in stages]
+    start = time.perf_counter()
     gens: list[Any] = [source.read()]
-    gens.append(barrier(gens[0], on_barrier))
-    for stage in middle:
+    gens.append(metered(gens[-1], ctx.meters[0]))
+    gens.append(barrier(gens[-1], on_barrier))
+    for stage, meter in zip(middle, ctx.meters[1:]):
         gens.append(stage.process(gens[-1]))  # type: ignore[attr-defined]
+        gens.append(metered(gens[-1], meter))
     try:
         for batch in gens[-1]:
             reducer.update(batch)  # type: ignore[attr-defined]
     finally:
         for gen in reversed(gens):
             gen.close()
+        settle(ctx.meters, time.perf_counter() - start)
 
 
 def run_tail(reducer: Stage, rest: list[Stage], ctx: Context) -> None:
@@ -100,11 +155,16 @@ def run_tail(reducer: Stage, rest: list[Stage], ctx: Context) -> None:
         stage.open(ctx)
     *middle, sink = rest
     assert isinstance(sink, Output)
+    ctx.meters = [Meter(s.name) for s in [reducer, *rest]]
+    start = time.perf_counter()
     gens: list[Any] = [reducer.finish()]  # type: ignore[attr-defined]
-    for stage in middle:
+    gens.append(metered(gens[-1], ctx.meters[0]))
+    for stage, meter in zip(middle, ctx.meters[1:]):
         gens.append(stage.process(gens[-1]))  # type: ignore[attr-defined]
+        gens.append(metered(gens[-1], meter))
     try:
         sink.write(gens[-1])
     finally:
         for gen in reversed(gens):
             gen.close()
+        settle(ctx.meters, time.perf_counter() - start)

@@ -99,6 +99,11 @@ class Stage:
                 setattr(self, opt.name, opt.default)
         self.ctx: Any = None
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> str | None:
+        """Why these (individually valid) options do not go together, or None."""
+        return None
+
     def open(self, ctx: Any) -> None:
         """Called once before the stage sees data. `ctx` is the run's `Context`."""
         self.ctx = ctx
