@@ -59,7 +59,7 @@ def _die_with_parent() -> None:
         pass
 
 
-_POSITIONS: Any = None  # shared array of bytes read per partition, set before forking
+_POSITIONS: Any = None  # shared (bytes, lines) read per partition, set before forking
 
 
 def _run_partition(cfg: PipelineConfig, settings: dict[str, Any], part: Input,
@@ -77,7 +77,8 @@ def _run_partition(cfg: PipelineConfig, settings: dict[str, Any], part: Input,
                                      periodic=settings["checkpoint"])
     def publish(records: int, at_end: bool) -> None:
         if _POSITIONS is not None:
-            _POSITIONS[index] = part.position()
+            _POSITIONS[2 * index] = part.position()
+            _POSITIONS[2 * index + 1] = part.counters().get("lines", 0)
     ctx = Context(dead)
     try:
         run_partial(stages, ctx, on_barrier=chain_hooks(checkpointer, publish))
@@ -150,7 +151,7 @@ def run_partitioned(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage]) 
                   "input": source.identity()}
         global _POSITIONS
         mp = get_context("fork")
-        _POSITIONS = mp.Array("q", len(parts), lock=False)
+        _POSITIONS = mp.Array("q", 2 * len(parts), lock=False)  # (bytes, lines) each
         bar = Progress(source.total_bytes(), opts.progress)
         try:
             with ProcessPoolExecutor(len(parts), mp_context=mp,
@@ -159,7 +160,7 @@ def run_partitioned(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage]) 
                                        {**header, "partition": i}, i)
                            for i, (part, ps) in enumerate(zip(parts, part_slots))]
                 while wait(futures, timeout=0.2).not_done:
-                    bar.update(sum(_POSITIONS))
+                    bar.update(sum(_POSITIONS[0::2]), sum(_POSITIONS[1::2]))
                 results = [f.result() for f in futures]
         finally:
             bar.close()
