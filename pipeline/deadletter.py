@@ -29,15 +29,18 @@ class DeadLetter:
                 fh.truncate(keep_bytes)
 
     def reject(self, raw: Any, reason: str, *, line: int | None = None,
-               offset: int | None = None, stage: str = "") -> None:
+               offset: int | None = None, stage: str = "", file: str | None = None) -> None:
         if self.strict:
             raise RejectedLine(reason, line, stage)
         if isinstance(raw, bytes):
             text = raw.decode("utf-8", errors="backslashreplace")
         else:
             text = raw if isinstance(raw, str) else repr(raw)
-        self.append_entry({"line": line, "offset": offset, "stage": stage,
-                           "reason": reason, "raw": text})
+        entry = {"line": line, "offset": offset, "stage": stage, "reason": reason,
+                 "raw": text}
+        if file is not None:
+            entry = {"file": file, **entry}
+        self.append_entry(entry)
 
     def append_entry(self, entry: dict[str, Any]) -> None:
         stage = entry.get("stage") or ""

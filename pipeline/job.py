@@ -200,7 +200,12 @@ def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
     notices = _Notices(opts.notify)
     checkpointer = None
     resumed_lines = None
-    if checkpoint_enabled(cfg, opts):
+    enabled = checkpoint_enabled(cfg, opts)
+    if enabled and not source.resumable:
+        notices.append(f"checkpoints are off: {source.describe()} cannot be read again "
+                       f"after a kill")
+        enabled = False
+    if enabled:
         header = {"version": STATE_VERSION, "config": cfg.identity(), "workers": 1,
                   "input": source.identity()}
         with SlotLock(slot_dir(opts.state_dir, cfg, source)) as slot:

@@ -63,9 +63,9 @@ class Context:
         self.meters: list[Meter] = []
 
     def reject(self, raw: Any, reason: str, *, line: int | None = None,
-               offset: int | None = None, stage: str = "") -> None:
+               offset: int | None = None, stage: str = "", file: str | None = None) -> None:
         """Send a record to the dead-letter file instead of the next stage."""
-        self.dead_letter.reject(raw, reason, line=line, offset=offset, stage=stage)
+        self.dead_letter.reject(raw, reason, line=line, offset=offset, stage=stage, file=file)
 
 
 Hook = Callable[[int, bool], None]

@@ -43,13 +43,14 @@ class Batch(list):
     can point at any one of them. Other batches leave both as None.
     """
 
-    __slots__ = ("first_line", "first_offset")
+    __slots__ = ("first_line", "first_offset", "source")
 
     def __init__(self, records: Iterable[Any] = (), first_line: int | None = None,
-                 first_offset: int | None = None):
+                 first_offset: int | None = None, source: str | None = None):
         super().__init__(records)
         self.first_line = first_line
         self.first_offset = first_offset
+        self.source = source  # the file it came from, when the input reads several
 
     def locate(self, i: int) -> tuple[int | None, int | None]:
         """(line number, byte offset) of record i of a raw-line batch."""
@@ -132,6 +133,8 @@ class Input(Stage):
     def identity(self) -> dict[str, Any]:
         """What the input is (path, inode, ...). A resume needs the same identity."""
         return {}
+
+    resumable = True  # False: it cannot be read again after a kill (stdin), so no checkpoints
 
     def resume_problem(self, saved_identity: dict[str, Any], saved_state: Any) -> str | None:
         """Why a checkpoint taken over `saved_identity` cannot continue here, or None."""

@@ -9,9 +9,16 @@ from pipeline import Stage
 
 
 def builtin_stages() -> list[type[Stage]]:
+    from .count import Count
+    from .csv_output import CsvOutput
+    from .dedupe import Dedupe
     from .file_input import FileInput
     from .json_decode import JsonDecode
+    from .jsonl_output import JsonlOutput
     from .site_state_reducer import SiteStateReducer
     from .sorted_stdout_output import SortedStdoutOutput
+    from .summary_json_output import SummaryJsonOutput
+    from .where import Where
 
-    return [FileInput, JsonDecode, SiteStateReducer, SortedStdoutOutput]
+    return [FileInput, JsonDecode, Where, Dedupe, SiteStateReducer, Count,
+            SortedStdoutOutput, SummaryJsonOutput, JsonlOutput, CsvOutput]

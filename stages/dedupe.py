@@ -39,7 +39,7 @@ class Dedupe(Processor):
         self.dropped = state["dropped"]
 
     def counters(self) -> dict[str, int]:
-        return {"deduped": self.dropped}
+        return {"duplicates": self.dropped}
 
     def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         get, seen = self.get, self.seen

@@ -1,8 +1,12 @@
-"""file-input: read a file of newline-separated lines in large blocks."""
+"""file-input: read files of newline-separated lines in large blocks."""
 from __future__ import annotations
 
+import bz2
+import glob
+import gzip
 import hashlib
 import os
+import sys
 from typing import Any, Iterator
 
 from pipeline import Batch, Input, InputError, Option, positive
@@ -11,34 +15,73 @@ BOM = b"\xef\xbb\xbf"
 FINGERPRINT_BYTES = 1024
 
 
+def expand(path: str | list[str]) -> list[str]:
+    """The files a `path` option names: a path, "-", a glob, or a list of those."""
+    out: list[str] = []
+    for item in [path] if isinstance(path, str) else path:
+        if item != "-" and glob.has_magic(item):
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise InputError(f"no input file matches {item!r}")
+            out.extend(matches)
+        else:
+            out.append(item)
+    return out
+
+
 class FileInput(Input):
-    """Read lines from a file; each batch is one block of whole lines (bytes).
+    """Read lines from files; each batch is one block of whole lines (bytes).
 
         - file-input:
             path: chat.jsonl
 
-    Handles a UTF-8 BOM, CRLF (the `\\r` is left for the decoder, which treats it as
-    whitespace), a missing final newline and lines far longer than a block. Every
-    batch knows the line number and byte offset of its first line.
+    `path` may be a file, `-` for standard input, a glob (`logs/*.jsonl`) or a list of
+    those, read in order; `.gz` and `.bz2` files are decompressed. Handles a UTF-8 BOM,
+    CRLF (the `\\r` is left for the decoder, which treats it as whitespace), a missing
+    final newline and lines far longer than a block. Every batch knows the line number
+    and byte offset (in the decompressed file) of its first line. A single plain file
+    can be split between workers; several files, compressed files and stdin are read
+    by one process, and stdin cannot be resumed after a kill.
     """
 
     name = "file-input"
     options = (
-        Option("path", str, doc="file to read"),
+        Option("path", (str, list), doc="file, `-` (stdin), glob, or a list of them"),
         Option("block_size", int, 4 << 20, "bytes read per batch", check=positive),
     )
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> str | None:
+        path = options.get("path")
+        if isinstance(path, list) and (not path or not all(isinstance(p, str) for p in path)):
+            return "stage 'file-input': option 'path' must be a non-empty list of paths"
+        return None
+
     def __init__(self, **options: Any):
         super().__init__(**options)
+        self.files = expand(self.path)
+        self.index = 0          # the file being read, in `files`
         self.start = 0          # first byte of this reader's range (a line start)
         self.end: int | None = None  # one past its last byte; None means end of file
         self.offset = 0         # next byte to read: always a line start
         self.line = 1           # number of the line that starts at `offset`
         self.lines_read = 0
 
+    @property
+    def resumable(self) -> bool:  # type: ignore[override]
+        return "-" not in self.files
+
+    @property
+    def plain(self) -> bool:
+        """One regular, uncompressed file: can be split, resumed and grown."""
+        f = self.files
+        return len(f) == 1 and f[0] != "-" and not f[0].endswith((".gz", ".bz2"))
+
     # -- partitioning -------------------------------------------------------------
     def split(self, n: int) -> list["FileInput"]:
         """Up to n readers over newline-aligned byte ranges, in file order."""
+        if not self.plain:
+            return [self]
         size = self._size()
         bounds = [0]
         with self._open() as fh:
@@ -55,37 +98,57 @@ class FileInput(Input):
 
     def part(self, start: int, end: int | None) -> "FileInput":
         """A reader of the lines starting in [start, end); end None means to EOF."""
-        part = FileInput(path=self.path, block_size=self.block_size)
+        part = FileInput(path=self.files[0], block_size=self.block_size)
         part.start = part.offset = start
         part.end = end
         return part
 
     # -- state --------------------------------------------------------------------
     def snapshot(self) -> dict[str, int]:
-        return {"offset": self.offset, "line": self.line, "lines_read": self.lines_read}
+        return {"offset": self.offset, "line": self.line, "lines_read": self.lines_read,
+                "index": self.index}
 
     def restore(self, state: dict[str, int]) -> None:
         self.offset, self.line = state["offset"], state["line"]
         self.lines_read = state["lines_read"]
+        self.index = state.get("index", 0)
 
     def counters(self) -> dict[str, int]:
         return {"lines": self.lines_read}
 
     def identity(self) -> dict[str, Any]:
+        if not self.plain:
+            return {"files": [self._file_identity(f) for f in self.files]}
         st = self._stat()
         with self._open() as fh:
             head = fh.read(FINGERPRINT_BYTES)
-        return {"path": os.path.abspath(self.path), "device": st.st_dev,
+        return {"path": os.path.abspath(self.files[0]), "device": st.st_dev,
                 "inode": st.st_ino, "head_sha256": hashlib.sha256(head).hexdigest(),
                 "head_len": len(head), "start": self.start}
 
+    @staticmethod
+    def _file_identity(path: str) -> dict[str, Any]:
+        if path == "-":
+            return {"path": "-"}
+        st = os.stat(path)
+        return {"path": os.path.abspath(path), "device": st.st_dev, "inode": st.st_ino,
+                "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
     def resume_problem(self, saved: dict[str, Any], state: dict[str, int]) -> str | None:
+        if not self.plain or "files" in saved:
+            if "-" in self.files:
+                return "standard input cannot be re-read"
+            try:
+                now = self.identity()
+            except OSError:
+                return "an input file is gone"
+            return None if now == saved else "the input files changed"
         try:
             st = self._stat()
         except Exception:
             return "the input is gone"
         if (saved["path"], saved["device"], saved["inode"]) != (
-                os.path.abspath(self.path), st.st_dev, st.st_ino):
+                os.path.abspath(self.files[0]), st.st_dev, st.st_ino):
             return "the input file was replaced"
         with self._open() as fh:
             head = fh.read(saved["head_len"])
@@ -99,6 +162,10 @@ class FileInput(Input):
                     return "the input's last line, read without its newline, has grown"
         return None
 
+    def describe(self) -> str:
+        name = self.files[0] if len(self.files) == 1 else f"{self.files[0]}+{len(self.files) - 1}"
+        return f"{self.name}({name})"
+
     def lines_before(self) -> int:
         count, left = 0, self.start
         with self._open() as fh:
@@ -111,44 +178,62 @@ class FileInput(Input):
         return count
 
     def resume_has_more(self) -> bool:
+        if not self.plain:
+            return True
         end = self.end if self.end is not None else self._size()
         return self.offset < end
 
     def where(self) -> str:
-        return f"line {self.line:,} (byte {self.offset:,})"
+        prefix = f"{self.files[self.index]} " if len(self.files) > 1 else ""
+        return f"{prefix}line {self.line:,} (byte {self.offset:,})"
 
-    def total_bytes(self) -> int:
+    def total_bytes(self) -> int | None:
+        if not self.plain:
+            return None
         return (self.end if self.end is not None else self._size()) - self.start
 
     def position(self) -> int:
         return self.offset - self.start
 
-    def describe(self) -> str:
-        return f"{self.name}({self.path})"
-
     # -- reading ------------------------------------------------------------------
     def _stat(self) -> os.stat_result:
+        path = self.files[self.index]
         try:
-            return os.stat(self.path)
+            return os.stat(path)
         except OSError as exc:
-            raise InputError(f"cannot read input {self.path!r}: {exc.strerror}") from None
+            raise InputError(f"cannot read input {path!r}: {exc.strerror}") from None
 
     def _size(self) -> int:
         return self._stat().st_size
 
     def _open(self) -> Any:
+        path = self.files[self.index]
+        if path == "-":
+            return open(sys.stdin.fileno(), "rb", closefd=False)
+        opener = {".gz": gzip.open, ".bz2": bz2.open}.get(os.path.splitext(path)[1], open)
         try:
-            fh = open(self.path, "rb")
+            fh = opener(path, "rb")
         except OSError as exc:
-            raise InputError(f"cannot read input {self.path!r}: {exc.strerror}") from None
-        if not os.path.isfile(self.path):
+            raise InputError(f"cannot read input {path!r}: {exc.strerror}") from None
+        if not os.path.isfile(path):
             fh.close()
-            raise InputError(f"input {self.path!r} is not a regular file")
+            raise InputError(f"input {path!r} is not a regular file")
         return fh
 
     def read(self) -> Iterator[Batch]:
+        while self.index < len(self.files):
+            yield from self._read_file()
+            if self.index + 1 >= len(self.files):
+                return
+            self.index, self.offset, self.line = self.index + 1, 0, 1
+
+    def _read_file(self) -> Iterator[Batch]:
+        source = self.files[self.index] if len(self.files) > 1 else None
         with self._open() as fh:
-            fh.seek(self.offset)
+            if self.offset:
+                if self.files[self.index] == "-":
+                    raise InputError("standard input cannot be re-read from a checkpoint")
+                fh.seek(self.offset)  # compressed files: decompresses up to there
             end = self.end
             carry = b""
             carry_at = self.offset  # file offset of carry[0]
@@ -173,6 +258,7 @@ class FileInput(Input):
                     nxt = cut + 1
                 lines = data[:cut].split(b"\n")
                 batch = Batch(lines, first_line=self.line, first_offset=carry_at)
+                batch.source = source
                 carry = data[nxt:]
                 carry_at += nxt
                 # the snapshot points *after* this batch: set it before yielding

@@ -136,4 +136,5 @@ class JsonDecode(Processor):
     def _reject(self, batch: Batch, i: int, reason: str) -> None:
         self.rejected += 1
         line, offset = batch.locate(i)
-        self.ctx.reject(batch[i], reason, line=line, offset=offset, stage=self.name)
+        extra = {"file": batch.source} if batch.source else {}
+        self.ctx.reject(batch[i], reason, line=line, offset=offset, stage=self.name, **extra)

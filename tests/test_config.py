@@ -48,7 +48,7 @@ def test_shipped_summary_config_loads():
     (GOOD.replace("path:", "pth:"),
      "configs/x.yaml:3: stage 'file-input': unknown option 'pth' (did you mean 'path'?)"),
     (GOOD.replace("      path: in.jsonl\n", "      block_size: 10\n"),
-     "configs/x.yaml:2: stage 'file-input': missing required option 'path' (file to read)"),
+     "configs/x.yaml:2: stage 'file-input': missing required option 'path' (file, `-` (stdin), glob, or a list of them)"),
     (GOOD.replace("schema: site-event", "schema: site-events"),
      "configs/x.yaml:5: stage 'json-decode': option 'schema' must be one of 'site-event', "
      "'object'; got 'site-events' (did you mean 'site-event'?)"),

@@ -1,0 +1,59 @@
+"""jsonl-output: one JSON document per record, to a file or stdout."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterator
+
+import msgspec
+
+from pipeline import Batch, Output, Option
+
+from .resumable_file import ResumableFile
+
+
+class JsonlOutput(Output):
+    """Write each record as one line of JSON.
+
+        - jsonl-output:
+            path: out.jsonl
+
+    The file is written as `PATH.partial` and renamed to PATH at the end, so readers
+    never see half a file. It takes part in checkpoints: a resumed run cuts the partial
+    file back to the checkpointed length, so no line is written twice. `path: "-"`
+    writes to stdout (which cannot be taken back, so a resumed run writes again).
+    Structs, dicts, lists and tuples are all encoded as JSON.
+    """
+
+    name = "jsonl-output"
+    options = (Option("path", str, doc='file to write, or "-" for stdout'),)
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.written = 0
+        self.file = None if self.path == "-" else ResumableFile(self.path)
+        self.encoder = msgspec.json.Encoder()
+
+    def snapshot(self) -> dict[str, int]:
+        return {"bytes": self.file.mark() if self.file else 0}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.written = state["bytes"]
+
+    def describe(self) -> str:
+        return f"{self.name}({self.path})"
+
+    def write(self, batches: Iterator[Batch]) -> None:
+        encode = self.encoder.encode
+        if self.file is None:
+            out = sys.stdout.buffer
+            for batch in batches:
+                out.write(b"".join(encode(r) + b"\n" for r in batch))
+            out.flush()
+            return
+        fh = self.file.open(self.written)
+        try:
+            for batch in batches:
+                fh.write(b"".join(encode(r) + b"\n" for r in batch))
+            self.file.commit()
+        finally:
+            self.file.close()

@@ -1,0 +1,121 @@
+"""where, dedupe, count, the file outputs, and file-input's stdin/gz/bz2/globs."""
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+
+import pytest
+
+from conftest import ROOT, SUMMARY, cli, rec
+from reference import summarize
+
+LINES = [rec("a", "message", "1", "v1", 1), rec("b", "message", 2, "v2", 2),
+         rec("c", "status", "3", "o", 3, "online"), rec("a", "message", "1", "v1", 1)]
+
+
+def pipeline(tmp_path, body: str) -> str:
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("pipeline:\n  - file-input: {path: in.jsonl}\n" + body)
+    return str(cfg)
+
+
+def write(tmp_path, lines) -> str:
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("where,expected", [
+    ("{field: site_id, in: ['1', '2']}", ["a", "b", "a"]),          # 2 matches "2"
+    ("{field: site_id, equals: 2}", ["b"]),
+    ("{field: type, equals: status, drop: true}", ["a", "b", "a"]),
+    ("{field: nope, equals: x}", []),
+])
+def test_where(tmp_path, where, expected):
+    cfg = pipeline(tmp_path, f"  - json-decode\n  - where: {where}\n  - jsonl-output: {{path: '-'}}\n")
+    p = cli("-c", cfg, "-f", write(tmp_path, LINES), "--state-dir", str(tmp_path / "s"))
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(x)["id"] for x in p.stdout.splitlines()] == expected
+
+
+def test_where_needs_exactly_one_test(tmp_path):
+    cfg = pipeline(tmp_path, "  - where: {field: a}\n  - jsonl-output: {path: '-'}\n")
+    p = cli("validate", "-c", cfg)
+    assert p.returncode == 2
+    assert p.stderr == f"sluice: error: {cfg}:3: stage 'where': give exactly one of `equals` or `in`\n"
+
+
+def test_dedupe_and_count(tmp_path):
+    cfg = pipeline(tmp_path, "  - json-decode: {schema: object}\n  - dedupe: {field: id}\n"
+                             "  - count: {field: type}\n  - jsonl-output: {path: '-'}\n")
+    p = cli("-c", cfg, "-f", write(tmp_path, LINES), "--state-dir", str(tmp_path / "s"))
+    assert p.stdout == '["message",2]\n["status",1]\n'
+    assert "1 duplicates skipped" in p.stderr
+
+
+def test_jsonl_output_file_is_atomic_and_resumable(tmp_path):
+    """A file output appears only when complete, and a rerun rewrites it identically."""
+    out = tmp_path / "out.jsonl"
+    cfg = pipeline(tmp_path, f"  - json-decode\n  - jsonl-output: {{path: '{out}'}}\n")
+    data = write(tmp_path, LINES)
+    p = cli("-c", cfg, "-f", data, "--state-dir", str(tmp_path / "s"))
+    assert p.returncode == 0
+    first = out.read_text()
+    assert [json.loads(x)["id"] for x in first.splitlines()] == ["a", "b", "c", "a"]
+    assert not (tmp_path / "out.jsonl.partial").exists()
+    again = cli("-c", cfg, "-f", data, "--state-dir", str(tmp_path / "s"))
+    assert "nothing new to read" in again.stderr
+    assert out.read_text() == first
+
+
+def test_csv_and_summary_json_outputs(tmp_path):
+    data = write(tmp_path, LINES)
+    csv_out = tmp_path / "s.csv"
+    cfg = pipeline(tmp_path, "  - json-decode\n  - site-state-reducer\n"
+                             f"  - csv-output: {{path: '{csv_out}', columns: [site, m, e, o, v]}}\n")
+    assert cli("-c", cfg, "-f", data, "--state-dir", str(tmp_path / "a")).returncode == 0
+    assert csv_out.read_text() == "site,m,e,o,v\n1,0,1,0,1\n2,0,1,0,1\n3,0,0,1,0\n"
+    cfg2 = pipeline(tmp_path, "  - json-decode\n  - site-state-reducer\n  - summary-json-output\n")
+    p = cli("-c", cfg2, "-f", data, "--state-dir", str(tmp_path / "b"))
+    assert json.loads(p.stdout)["sites"][2] == {"site_id": "3", "messages": 0, "emails": 0,
+                                                "operators": 1, "visitors": 0}
+
+
+def test_stdin_gz_bz2_and_globs_give_the_same_summary(tmp_path):
+    """-f -, .gz, .bz2, a glob and a list of files all read the same records."""
+    sample = (ROOT / "tests" / "data" / "sample" / "input.jsonl").read_bytes()
+    expected = summarize(sample)
+    gz, bz = tmp_path / "log.jsonl.gz", tmp_path / "log.jsonl.bz2"
+    gz.write_bytes(gzip.compress(sample))
+    bz.write_bytes(bz2.compress(sample))
+    for source in (str(gz), str(bz)):
+        p = cli("-c", SUMMARY, "-f", source, "--state-dir", str(tmp_path / "s"))
+        assert p.stdout == expected, source
+    p = cli("-c", SUMMARY, "-f", "-", "--state-dir", str(tmp_path / "s"),
+            stdin=sample.decode("utf-8", "surrogateescape"))
+    assert p.stdout == expected
+    assert "checkpoints are off: file-input(-) cannot be read again after a kill" in p.stderr
+    lines = sample.split(b"\n")
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    cut = len(lines) // 3
+    (parts / "a.jsonl").write_bytes(b"\n".join(lines[:cut]) + b"\n")
+    (parts / "b.jsonl").write_bytes(b"\n".join(lines[cut:]))
+    cfg = tmp_path / "glob.yaml"
+    cfg.write_text(f"pipeline:\n  - file-input: {{path: '{parts}/*.jsonl'}}\n  - json-decode\n"
+                   "  - site-state-reducer\n  - sorted-stdout-output\n")
+    p = cli("-c", str(cfg), "--state-dir", str(tmp_path / "g"))
+    assert p.stdout == expected
+    rejects = [json.loads(x) for x in (tmp_path / "g" / "dead_letter.jsonl").read_text().splitlines()]
+    assert {r["file"] for r in rejects} == {str(parts / "b.jsonl")}
+    again = cli("-c", str(cfg), "--state-dir", str(tmp_path / "g"))
+    assert again.stdout == expected and "resumed at" in again.stderr
+    listed = cli("-c", SUMMARY, "--state-dir", str(tmp_path / "l"), "-f", str(gz))
+    assert listed.stdout == expected
+
+
+def test_no_file_matches_glob(tmp_path):
+    p = cli("-c", SUMMARY, "-f", str(tmp_path / "*.jsonl"), "--state-dir", str(tmp_path))
+    assert p.returncode == 2
+    assert p.stderr == f"sluice: error: no input file matches '{tmp_path / '*.jsonl'}'\n"
