@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
-"""Sluice command line: `python main.py -c configs/summary.yaml -f input.jsonl`.
+"""Sluice command line.
 
-Exit codes: 0 ok, 1 rejected line under --strict, 2 usage/config/input error,
-130 interrupted.
+    python main.py -c configs/summary.yaml -f input.jsonl     # run (the default verb)
+    python main.py stages [NAME]                              # the stage catalogue
+    python main.py validate -c CONFIG                         # check without running
+    python main.py graph -c CONFIG [--mermaid]                # show the chain
+    python main.py test PATH...                               # run *_test.yaml cases
+
+Exit codes: 0 ok, 1 rejected line under --strict (or a failed `test` case),
+2 usage/config/input error, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -10,34 +16,53 @@ import argparse
 import json
 import sys
 
-from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_config
-from pipeline import progress
+from pipeline import (EXIT_INTERRUPTED, EXIT_OK, ConfigError, Registry, SluiceError,
+                      load_config, progress)
 from pipeline.config import override_option
+from pipeline.describe import graph_mermaid, graph_text, list_stages, show_stage
 from pipeline.job import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS, DEFAULT_STATE_DIR,
                           JobOptions, run_job)
+from pipeline.sidecar import run_tests
 from stages import builtin_stages
 
+EPILOG = ("exit codes: 0 ok, 1 rejected line under --strict (or a failed test case), "
+          "2 usage/config/input error, 130 interrupted")
+VERBS = ("run", "stages", "validate", "graph", "test")
 
-def build_registry() -> Registry:
+
+def build_registry(warn: bool = False) -> Registry:
+    """Built-ins first, then plugins from the `sluice.stages` entry points."""
     registry = Registry()
     registry.register_all(builtin_stages(), origin="sluice (built-in)")
+    for problem in registry.discover():
+        if warn:
+            print(f"sluice: warning: {problem}", file=sys.stderr)
     return registry
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="main.py", description="Run a Sluice YAML pipeline.",
-        epilog="exit codes: 0 ok, 1 rejected line under --strict, "
-               "2 usage/config/input error, 130 interrupted")
+        prog="main.py", description="Run a Sluice YAML pipeline. Other verbs: "
+        "stages, validate, graph, test (see `main.py VERB -h`).", epilog=EPILOG)
     p.add_argument("-c", "--config", required=True, help="pipeline YAML file")
     p.add_argument("-f", "--file", help="input path (overrides the input stage's `path`)")
+    p.add_argument("-w", "--workers", type=positive_int, metavar="N",
+                   help="worker processes (default: the config's `workers`, else one per "
+                        "CPU for inputs over 32 MiB each)")
     p.add_argument("--dead-letter", metavar="PATH",
                    help="where rejected lines go (default STATE_DIR/dead_letter.jsonl)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                    help=f"checkpoints and dead letters (default {DEFAULT_STATE_DIR}/)")
-    p.add_argument("-w", "--workers", type=positive_int, metavar="N",
-                   help="worker processes (default: the config's `workers`, else one per "
-                        "CPU for inputs over 32 MiB each)")
     p.add_argument("--strict", action="store_true",
                    help="stop with exit 1 at the first rejected line")
     p.add_argument("--stats", action="store_true",
@@ -56,43 +81,90 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+def cmd_run(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    cfg = load_config(args.config, build_registry(warn=True))
+    if args.file is not None:
+        override_option(cfg, 0, "path", args.file, "-f")
+    opts = JobOptions(state_dir=args.state_dir, dead_letter=args.dead_letter,
+                      strict=args.strict, fresh=args.fresh,
+                      checkpoint=False if args.no_checkpoint else None,
+                      every_records=args.checkpoint_every, workers=args.workers,
+                      progress=progress.wanted(args.quiet))
+    report = run_job(cfg, opts)
+    if args.stats:
+        print(report.stats_table(), file=sys.stderr)
+    if args.stats_json:
+        try:
+            with open(args.stats_json, "w", encoding="utf-8") as fh:
+                json.dump({"stages": report.stages, "counters": report.counters,
+                           "rejected": report.rejected}, fh, indent=2)
+                fh.write("\n")
+        except OSError as exc:
+            raise SluiceError(f"cannot write --stats-json {args.stats_json!r}: "
+                              f"{exc.strerror}") from None
+    print(f"sluice: {report.summary_line()}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_stages(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py stages", epilog=EPILOG,
+                                description="List every stage, or show one in detail.")
+    p.add_argument("name", nargs="?", help="a stage to describe")
+    args = p.parse_args(argv)
+    registry = build_registry(warn=True)
+    print(show_stage(registry, args.name) if args.name else list_stages(registry),
+          end="" if args.name else "\n")
+    return EXIT_OK
+
+
+def cmd_validate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py validate", epilog=EPILOG,
+                                description="Check a config (options, types, wiring) "
+                                            "without running it.")
+    p.add_argument("-c", "--config", required=True)
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, build_registry(warn=True))
+    chain = " -> ".join(s.name for s in cfg.stages)
+    print(f"{args.config}: ok ({chain})")
+    return EXIT_OK
+
+
+def cmd_graph(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py graph", epilog=EPILOG,
+                                description="Print the chain of a config.")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--mermaid", action="store_true", help="as a Mermaid flowchart")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, build_registry(warn=True))
+    print(graph_mermaid(cfg) if args.mermaid else graph_text(cfg), end="")
+    return EXIT_OK
+
+
+def cmd_test(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py test", epilog=EPILOG,
+                                description="Run pipeline unit tests: *_test.yaml files "
+                                            "(or directories holding them).")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    args = p.parse_args(argv)
+    return run_tests(args.paths, build_registry(warn=True))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = "run"
+    if argv and argv[0] in VERBS:
+        verb = argv.pop(0)
+    command = {"run": cmd_run, "stages": cmd_stages, "validate": cmd_validate,
+               "graph": cmd_graph, "test": cmd_test}[verb]
     try:
-        cfg = load_config(args.config, build_registry())
-        if args.file is not None:
-            override_option(cfg, 0, "path", args.file, "-f")
-        opts = JobOptions(state_dir=args.state_dir, dead_letter=args.dead_letter,
-                          strict=args.strict, fresh=args.fresh,
-                          checkpoint=False if args.no_checkpoint else None,
-                          every_records=args.checkpoint_every, workers=args.workers,
-                          progress=progress.wanted(args.quiet))
-        report = run_job(cfg, opts)
+        return command(argv)
     except SluiceError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sluice: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if args.stats:
-        print(report.stats_table(), file=sys.stderr)
-    if args.stats_json:
-        with open(args.stats_json, "w", encoding="utf-8") as fh:
-            json.dump({"stages": report.stages, "counters": report.counters,
-                       "rejected": report.rejected}, fh, indent=2)
-            fh.write("\n")
-    print(f"sluice: {report.summary_line()}", file=sys.stderr)
-    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ class Registry:
     def register(self, cls: type[Stage], origin: str = "built-in") -> None:
         problem = check_stage_class(cls)
         if problem:
-            raise ValueError(f"cannot register stage from {origin}: {problem}")
+            raise ValueError(problem)
         if cls.name in self._stages and self._stages[cls.name] is not cls:
             raise ValueError(f"stage name {cls.name!r} from {origin} clashes with the "
                              f"one from {self._origins[cls.name]}")

@@ -19,12 +19,13 @@ def test_public_api_names():
 
 
 def test_builtins_are_registered_by_name():
-    """The four built-ins register under their documented names and kinds."""
+    """The built-ins register under their documented names and kinds."""
     reg = main.build_registry()
-    assert reg.names() == ["file-input", "json-decode", "site-state-reducer",
-                           "sorted-stdout-output"]
-    assert [reg.get(n).kind.value for n in reg.names()] == ["input", "processor",
-                                                            "reducer", "output"]
+    assert {n: reg.get(n).kind.value for n in reg.names()} == {
+        "count": "reducer", "csv-output": "output", "dedupe": "processor",
+        "file-input": "input", "json-decode": "processor", "jsonl-output": "output",
+        "site-state-reducer": "reducer", "sorted-stdout-output": "output",
+        "summary-json-output": "output", "where": "processor"}
 
 
 def test_every_builtin_documents_itself():
@@ -75,7 +76,7 @@ def test_clash_names_both_origins():
 def test_invalid_classes_are_refused_before_insert(bad, problem):
     """A class is checked first and inserted last: a bad one leaves nothing behind."""
     reg = Registry()
-    with pytest.raises(ValueError, match="cannot register stage from plug: .*" + problem.split("<")[0][:20]):
+    with pytest.raises(ValueError, match=problem.split("<")[0][:20]):
         reg.register(bad, "plug")
     assert reg.names() == []
 
