@@ -101,26 +101,36 @@ def partition_boundary(stages: list[Any]) -> int | None:
     return None
 
 
-def run_chain(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
-    """Run input -> ... -> output to the end, closing every generator whatever happens."""
-    source, *middle, sink = stages
-    assert isinstance(source, Input) and isinstance(sink, Output)
-    for stage in stages:
-        stage.open(ctx)
+def _drive(head: Iterator[Batch], stages: list[Stage], ctx: Context,
+           consume: Callable[[Iterator[Batch]], None], on_barrier: Hook | None) -> None:
+    """stages[0] produced `head`; stages[1:-1] process it; consume() is the last stage.
+
+    Meters every stage, puts the checkpoint barrier after the first, and closes every
+    generator whatever happens (downstream first, so none is resumed after a close).
+    """
     ctx.meters = [Meter(s.name) for s in stages]
     start = time.perf_counter()
-    gens: list[Any] = [source.read()]
-    gens.append(metered(gens[-1], ctx.meters[0]))
-    gens.append(barrier(gens[-1], on_barrier))
-    for stage, meter in zip(middle, ctx.meters[1:]):
+    gens: list[Any] = [head, metered(head, ctx.meters[0])]
+    if on_barrier is not None:
+        gens.append(barrier(gens[-1], on_barrier))
+    for stage, meter in zip(stages[1:-1], ctx.meters[1:]):
         gens.append(stage.process(gens[-1]))  # type: ignore[attr-defined]
         gens.append(metered(gens[-1], meter))
     try:
-        sink.write(gens[-1])
+        consume(gens[-1])
     finally:
-        for gen in reversed(gens):  # downstream first, so none is resumed after close
+        for gen in reversed(gens):
             gen.close()
         settle(ctx.meters, time.perf_counter() - start)
+
+
+def run_chain(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
+    """Run input -> ... -> output to the end."""
+    source, sink = stages[0], stages[-1]
+    assert isinstance(source, Input) and isinstance(sink, Output)
+    for stage in stages:
+        stage.open(ctx)
+    _drive(source.read(), stages, ctx, sink.write, on_barrier)
 
 
 def run_partial(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
@@ -128,43 +138,21 @@ def run_partial(stages: list[Stage], ctx: Context, on_barrier: Hook | None = Non
 
     This is what one partition does; the engine merges the reducers afterwards.
     """
-    source, *middle, reducer = stages
+    source, reducer = stages[0], stages[-1]
     assert isinstance(source, Input) and reducer.kind is Kind.REDUCER
     for stage in stages:
         stage.open(ctx)
-    ctx.meters = [Meter(s.name) for s in stages]
-    start = time.perf_counter()
-    gens: list[Any] = [source.read()]
-    gens.append(metered(gens[-1], ctx.meters[0]))
-    gens.append(barrier(gens[-1], on_barrier))
-    for stage, meter in zip(middle, ctx.meters[1:]):
-        gens.append(stage.process(gens[-1]))  # type: ignore[attr-defined]
-        gens.append(metered(gens[-1], meter))
-    try:
-        for batch in gens[-1]:
+
+    def fold(batches: Iterator[Batch]) -> None:
+        for batch in batches:
             reducer.update(batch)  # type: ignore[attr-defined]
-    finally:
-        for gen in reversed(gens):
-            gen.close()
-        settle(ctx.meters, time.perf_counter() - start)
+    _drive(source.read(), stages, ctx, fold, on_barrier)
 
 
 def run_tail(reducer: Stage, rest: list[Stage], ctx: Context) -> None:
     """Finish a (merged) reducer and push its result through the stages after it."""
+    sink = rest[-1]
+    assert isinstance(sink, Output)
     for stage in rest:
         stage.open(ctx)
-    *middle, sink = rest
-    assert isinstance(sink, Output)
-    ctx.meters = [Meter(s.name) for s in [reducer, *rest]]
-    start = time.perf_counter()
-    gens: list[Any] = [reducer.finish()]  # type: ignore[attr-defined]
-    gens.append(metered(gens[-1], ctx.meters[0]))
-    for stage, meter in zip(middle, ctx.meters[1:]):
-        gens.append(stage.process(gens[-1]))  # type: ignore[attr-defined]
-        gens.append(metered(gens[-1], meter))
-    try:
-        sink.write(gens[-1])
-    finally:
-        for gen in reversed(gens):
-            gen.close()
-        settle(ctx.meters, time.perf_counter() - start)
+    _drive(reducer.finish(), [reducer, *rest], ctx, sink.write, None)  # type: ignore[attr-defined]
