@@ -70,6 +70,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-json", metavar="PATH", help="write the per-stage metrics as JSON")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar (it is only drawn when stderr is a terminal)")
+    ex = p.add_argument_group("executors")
+    ex.add_argument("--executor", choices=("local", "dask"),
+                    help="local processes (default) or a Dask cluster")
+    ex.add_argument("--scheduler", metavar="ADDRESS",
+                    help="Dask scheduler, e.g. tcp://127.0.0.1:8786 (default: a LocalCluster)")
+    ex.add_argument("--partition-mb", type=positive_int, metavar="N",
+                    help="Dask partition size in MiB (default 64)")
     ck = p.add_argument_group("checkpoints (on by default)")
     ck.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                     help=f"checkpoint every N records (default {DEFAULT_EVERY_RECORDS:,}, "
@@ -90,7 +97,8 @@ def cmd_run(argv: list[str]) -> int:
                       strict=args.strict, fresh=args.fresh,
                       checkpoint=False if args.no_checkpoint else None,
                       every_records=args.checkpoint_every, workers=args.workers,
-                      progress=progress.wanted(args.quiet))
+                      progress=progress.wanted(args.quiet), executor=args.executor,
+                      scheduler=args.scheduler, partition_mb=args.partition_mb)
     report = run_job(cfg, opts)
     if args.stats:
         print(report.stats_table(), file=sys.stderr)

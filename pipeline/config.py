@@ -28,8 +28,10 @@ TOP_LEVEL = {
     "pipeline": "the stages, first an input, last an output",
     "workers": "worker processes for the partitioned part of the chain",
     "checkpoint": "{every_records: N, every_seconds: S, enabled: true}",
+    "executor": "{type: local | dask, scheduler: tcp://HOST:PORT, partition_mb: 64}",
 }
 CHECKPOINT_KEYS = {"every_records": int, "every_seconds": (int, float), "enabled": bool}
+EXECUTOR_KEYS = {"type": str, "scheduler": str, "partition_mb": int}
 
 
 @dataclass
@@ -50,6 +52,7 @@ class PipelineConfig:
     stages: list[StageSpec]
     workers: int | None = None
     checkpoint: dict[str, Any] = field(default_factory=dict)
+    executor: dict[str, Any] = field(default_factory=dict)
     text: str = ""
 
     def identity(self) -> str:
@@ -149,6 +152,8 @@ def parse_config(text: str, path: str, registry: Registry) -> PipelineConfig:
             cfg.workers = workers
         elif key == "checkpoint":
             cfg.checkpoint = _checkpoint(ld, value_node)
+        elif key == "executor":
+            cfg.executor = _executor(ld, value_node)
         else:
             raise ld.fail(f"unknown top-level key {key!r}{_suggest(str(key), TOP_LEVEL)}; "
                           f"expected {', '.join(TOP_LEVEL)}", key_node)
@@ -174,6 +179,26 @@ def _checkpoint(ld: _Loader, node: yaml.Node) -> dict[str, Any]:
         if not _type_ok(value, CHECKPOINT_KEYS[key]) or (key != "enabled" and value <= 0):
             raise ld.fail(f"checkpoint: {key!r} must be a positive "
                           f"{_type_name(CHECKPOINT_KEYS[key])}; got {value!r}", v_node)
+        out[key] = value
+    return out
+
+
+def _executor(ld: _Loader, node: yaml.Node) -> dict[str, Any]:
+    if not isinstance(node, yaml.MappingNode):
+        raise ld.fail("`executor` must be a mapping", node)
+    out = {}
+    for k_node, v_node in node.value:
+        key, value = ld.value(k_node), ld.value(v_node)
+        if key not in EXECUTOR_KEYS:
+            raise ld.fail(f"executor: unknown key {key!r}{_suggest(str(key), EXECUTOR_KEYS)}",
+                          k_node)
+        if not _type_ok(value, EXECUTOR_KEYS[key]):
+            raise ld.fail(f"executor: {key!r} must be {_type_name(EXECUTOR_KEYS[key])}; "
+                          f"got {value!r}", v_node)
+        if key == "type" and value not in ("local", "dask"):
+            raise ld.fail(f"executor: type must be 'local' or 'dask'; got {value!r}", v_node)
+        if key == "partition_mb" and value <= 0:
+            raise ld.fail(f"executor: partition_mb must be > 0; got {value!r}", v_node)
         out[key] = value
     return out
 

@@ -15,8 +15,9 @@ class DeadLetter:
     checkpointed length, so a resumed run holds each rejected line once.
     """
 
-    def __init__(self, path: str, strict: bool = False):
-        self.path = path
+    def __init__(self, path: str | None, strict: bool = False):
+        self.path = path  # None: keep the entries in memory, in `entries`
+        self.entries: list[dict[str, Any]] = []
         self.strict = strict
         self.count = 0
         self.by_stage: dict[str, int] = {}
@@ -24,7 +25,7 @@ class DeadLetter:
 
     def start(self, keep_bytes: int = 0) -> None:
         """Begin a run: drop whatever a previous run wrote past `keep_bytes`."""
-        if os.path.exists(self.path):
+        if self.path is not None and os.path.exists(self.path):
             with open(self.path, "r+b") as fh:
                 fh.truncate(keep_bytes)
 
@@ -45,6 +46,10 @@ class DeadLetter:
     def append_entry(self, entry: dict[str, Any]) -> None:
         stage = entry.get("stage") or ""
         self.by_stage[stage] = self.by_stage.get(stage, 0) + 1
+        if self.path is None:
+            self.entries.append(entry)
+            self.count += 1
+            return
         if self._fh is None:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._fh = open(self.path, "ab")

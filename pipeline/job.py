@@ -34,6 +34,9 @@ class JobOptions:
     fresh: bool = False
     workers: int | None = None       # None: the config's `workers`, else one per CPU
     progress: bool = False           # draw a progress bar on stderr
+    executor: str | None = None      # "local" or "dask"; None: the config's, else local
+    scheduler: str | None = None     # dask scheduler address; None: a LocalCluster
+    partition_mb: int | None = None  # dask partition size
     notify: Callable[[str], None] = lambda text: print(f"sluice: {text}", file=sys.stderr)
 
     @property
@@ -194,6 +197,12 @@ def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
     stages = cfg.build()
     source = stages[0]
     assert isinstance(source, Input)
+    ex = cfg.executor
+    if (opts.executor or ex.get("type", "local")) == "dask":
+        from .dask_executor import DEFAULT_PARTITION_MB, run_dask
+
+        return run_dask(cfg, opts, stages, opts.scheduler or ex.get("scheduler"),
+                        opts.partition_mb or ex.get("partition_mb", DEFAULT_PARTITION_MB))
     if partition_count(cfg, opts, source) > 1:
         return run_partitioned(cfg, opts, stages)
     dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)

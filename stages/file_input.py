@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import os
 import sys
+import zlib
 from typing import Any, Iterator
 
 from pipeline import Batch, Input, InputError, Option, positive
@@ -15,11 +16,28 @@ BOM = b"\xef\xbb\xbf"
 FINGERPRINT_BYTES = 1024
 
 
+def is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def url_stat(path: str) -> Any:
+    """An os.stat_result look-alike for an fsspec URL (size, and an etag/mtime as inode)."""
+    import types
+
+    import fsspec
+
+    fs, _, (where,) = fsspec.get_fs_token_paths(path)
+    info = fs.info(where)
+    tag = str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or "")
+    return types.SimpleNamespace(st_size=int(info.get("size") or 0), st_dev=0,
+                                 st_ino=zlib.crc32(tag.encode()), st_mtime_ns=0)
+
+
 def expand(path: str | list[str]) -> list[str]:
     """The files a `path` option names: a path, "-", a glob, or a list of those."""
     out: list[str] = []
     for item in [path] if isinstance(path, str) else path:
-        if item != "-" and glob.has_magic(item):
+        if item != "-" and not is_url(item) and glob.has_magic(item):
             matches = sorted(glob.glob(item))
             if not matches:
                 raise InputError(f"no input file matches {item!r}")
@@ -75,7 +93,8 @@ class FileInput(Input):
     def plain(self) -> bool:
         """One regular, uncompressed file: can be split, resumed and grown."""
         f = self.files
-        return len(f) == 1 and f[0] != "-" and not f[0].endswith((".gz", ".bz2"))
+        return (len(f) == 1 and f[0] != "-" and not f[0].endswith((".gz", ".bz2"))
+                and not is_url(f[0]))
 
     # -- partitioning -------------------------------------------------------------
     def split(self, n: int) -> list["FileInput"]:
@@ -126,13 +145,27 @@ class FileInput(Input):
                 "inode": st.st_ino, "head_sha256": hashlib.sha256(head).hexdigest(),
                 "head_len": len(head), "start": self.start}
 
+    def partitions(self, target_bytes: int) -> list["FileInput"]:
+        """Readers of about `target_bytes` each, file by file, in order. A compressed
+        file is one partition; stdin cannot be partitioned."""
+        out: list[FileInput] = []
+        for path in self.files:
+            if path == "-":
+                raise InputError("standard input cannot be split into partitions")
+            one = FileInput(path=path, block_size=self.block_size)
+            if one.plain:
+                out.extend(one.split(max(1, -(-one._size() // target_bytes))))
+            else:
+                out.append(one)
+        return out
+
     @staticmethod
     def _file_identity(path: str) -> dict[str, Any]:
         if path == "-":
             return {"path": "-"}
-        st = os.stat(path)
-        return {"path": os.path.abspath(path), "device": st.st_dev, "inode": st.st_ino,
-                "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        st = url_stat(path) if is_url(path) else os.stat(path)
+        return {"path": path if is_url(path) else os.path.abspath(path), "device": st.st_dev,
+                "inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
     def resume_problem(self, saved: dict[str, Any], state: dict[str, int]) -> str | None:
         if not self.plain or "files" in saved:
@@ -196,12 +229,14 @@ class FileInput(Input):
         return self.offset - self.start
 
     # -- reading ------------------------------------------------------------------
-    def _stat(self) -> os.stat_result:
+    def _stat(self) -> Any:
         path = self.files[self.index]
         try:
+            if is_url(path):
+                return url_stat(path)
             return os.stat(path)
         except OSError as exc:
-            raise InputError(f"cannot read input {path!r}: {exc.strerror}") from None
+            raise InputError(f"cannot read input {path!r}: {exc.strerror or exc}") from None
 
     def _size(self) -> int:
         return self._stat().st_size
@@ -210,6 +245,13 @@ class FileInput(Input):
         path = self.files[self.index]
         if path == "-":
             return open(sys.stdin.fileno(), "rb", closefd=False)
+        if is_url(path):
+            import fsspec  # comes with dask; s3://, hdfs://, ... need their own packages
+
+            try:
+                return fsspec.open(path, "rb", compression="infer").open()
+            except (OSError, ValueError, ImportError) as exc:
+                raise InputError(f"cannot read input {path!r}: {exc}") from None
         opener = {".gz": gzip.open, ".bz2": bz2.open}.get(os.path.splitext(path)[1], open)
         try:
             fh = opener(path, "rb")

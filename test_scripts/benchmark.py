@@ -8,6 +8,7 @@ For each size it generates (or reuses) a log with generate.py, then runs in turn
 
     sluice      python main.py -c configs/summary.yaml -f LOG -w N          (checkpoints on)
     sluice-nock the same with --no-checkpoint
+    sluice-dask the same on a Dask LocalCluster, with --executor dask   (if asked)
     duckdb      test_scripts/duckdb_summary.py LOG                          (one SQL query)
 
 and checks that the three outputs are byte-identical. It prints wall and CPU seconds,
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-duckdb", action="store_true", help="skip the DuckDB run")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="dask: also run on a Dask LocalCluster (2 workers) and report its "
+                        "overhead against the local workers")
     args = p.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     main_py = os.path.join(ROOT, "main.py")
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         base = [sys.executable, main_py, "-c", config, "-f", log, "--state-dir", state,
                 "-w", str(args.workers)]
         runs = {"sluice": base, "sluice-nock": base + ["--no-checkpoint"]}
+        if args.executor == "dask":
+            runs["sluice-dask"] = base + ["--executor", "dask", "--fresh"]
         if not args.no_duckdb:
             runs["duckdb"] = [sys.executable, os.path.join(ROOT, "test_scripts",
                                                            "duckdb_summary.py"), log]
@@ -138,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         failed |= not same
         for name, r in results.items():
             rows.append((lines, name, r, results.get("duckdb"), same))
+        if "sluice-dask" in results:
+            ratio = results["sluice-dask"]["wall"] / results["sluice"]["wall"]
+            print(f"{lines:,} lines: dask overhead {100 * (ratio - 1):+.1f}% "
+                  f"(dask/local wall {ratio:.2f})", file=sys.stderr)
         if "sluice" in results:
             ck = results["sluice"]["wall"] / results["sluice-nock"]["wall"]
             print(f"{lines:,} lines: checkpoint overhead {100 * (ck - 1):+.1f}% "
