@@ -181,6 +181,7 @@ def _compute(client: Any, as_completed: Any, cfg: PipelineConfig, parts: list[An
             level.append(client.scatter([loaded.pop(i)["state"]], hash=False)[0])
         else:
             level.append(client.submit(_state_of, futures[i], pure=False))
+    futures.clear()  # the tree holds what it needs; let merged inputs be released
     while len(level) > 1:
         nxt = [client.submit(merge_states, cfg, level[j], level[j + 1], pure=False)
                for j in range(0, len(level) - 1, 2)]
