@@ -16,8 +16,7 @@ import argparse
 import json
 import sys
 
-from pipeline import (EXIT_INTERRUPTED, EXIT_OK, ConfigError, Registry, SluiceError,
-                      load_config, progress)
+from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_config, progress
 from pipeline.config import override_option
 from pipeline.describe import graph_mermaid, graph_text, list_stages, show_stage
 from pipeline.job import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS, DEFAULT_STATE_DIR,

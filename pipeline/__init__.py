@@ -1,6 +1,5 @@
 """Sluice's engine: stages, registry, config, runner. It never imports `stages/`."""
 from .checkpoint import AppendOnly, unwrap
-from . import progress
 from .config import PipelineConfig, load_config, parse_config
 from .errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
                      InputError, RejectedLine, SluiceError)

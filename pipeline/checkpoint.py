@@ -220,7 +220,7 @@ class CheckpointStore:
             self.seq = manifest["seq"]
             self.index = manifest["index"]
             self.saved_len = {k: len(v) for k, v in values.items()}
-            return _replace(manifest["tree"], "", lambda key, ref: values[ref.key],
+            return _replace(manifest["tree"], "", lambda key, ref, v=values: v[ref.key],
                             wrapped=_Ref)
         return None
 

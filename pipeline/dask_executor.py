@@ -24,9 +24,9 @@ from typing import Any
 from .config import PipelineConfig
 from .deadletter import DeadLetter
 from .errors import SluiceError
-from .job import (STATE_VERSION, JobOptions, RunReport, SlotLock, _Notices, collect_counters,
+from .job import (STATE_VERSION, JobOptions, RunReport, SlotLock, Notices, collect_counters,
                   slot_dir, stage_metrics)
-from .executor import _combine_meters
+from .executor import combine_meters
 from .runner import Context, partition_boundary, run_partial, run_tail
 from .stage import Input, Stage
 
@@ -73,7 +73,7 @@ def run_dask(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
     boundary = partition_boundary(stages)
     if boundary is None or not hasattr(source, "partitions"):
         raise SluiceError("--executor dask needs a chain with a reducer and a file input")
-    notices = _Notices(opts.notify)
+    notices = Notices(opts.notify)
     parts = source.partitions(partition_mb << 20)  # type: ignore[attr-defined]
     slot = slot_dir(opts.state_dir, cfg, source) + ".dask"
     ident = {"version": STATE_VERSION, "config": cfg.identity(), "input": source.identity(),
@@ -116,7 +116,7 @@ def run_dask(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
             counters[k] = counters.get(k, 0) + v
     for k, v in collect_counters([reducer]).items():
         counters[k] = counters.get(k, 0) + v
-    meters = _combine_meters(results["parts"], tail_ctx.meters)
+    meters = combine_meters(results["parts"], tail_ctx.meters)
     return RunReport(counters, dead.count, dead.path, list(notices),
                      stages=stage_metrics(meters, dead))
 

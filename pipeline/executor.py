@@ -26,7 +26,7 @@ from .checkpoint import CheckpointStore
 from .config import PipelineConfig
 from .deadletter import DeadLetter
 from .errors import RejectedLine
-from .job import (STATE_VERSION, JobOptions, RunReport, SlotLock, _Notices,
+from .job import (STATE_VERSION, JobOptions, RunReport, SlotLock, Notices,
                   checkpoint_enabled, collect_counters, make_checkpointer, open_slot,
                   slot_dir, stage_metrics)
 from .progress import Progress, chain_hooks
@@ -135,7 +135,7 @@ def run_partitioned(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage]) 
     boundary = partition_boundary(stages)
     assert boundary is not None
     n = partition_count(cfg, opts, source)
-    notices = _Notices(opts.notify)
+    notices = Notices(opts.notify)
     checkpointing = checkpoint_enabled(cfg, opts)
     settings = {"strict": opts.strict, "checkpoint": checkpointing,
                 "every_records": opts.every_records, "every_seconds": opts.every_seconds}
@@ -192,12 +192,12 @@ def run_partitioned(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage]) 
     report = RunReport(counters, dead.count, dead.path, list(notices),
                        resumed_lines=sum(r["resumed_lines"] or 0 for r in results)
                        if resumed else None,
-                       stages=stage_metrics(_combine_meters(results, tail_ctx.meters), dead))
+                       stages=stage_metrics(combine_meters(results, tail_ctx.meters), dead))
     report.state_bytes = state_bytes if checkpointing else 0
     return report
 
 
-def _combine_meters(results: list[dict[str, Any]], tail: list[Any]) -> list[dict[str, Any]]:
+def combine_meters(results: list[dict[str, Any]], tail: list[Any]) -> list[dict[str, Any]]:
     """Per-stage metrics over all workers (seconds are summed: worker CPU time), then the
     stages after the reducer; the reducer's finish() time is added to its own."""
     head: list[dict[str, Any]] = []

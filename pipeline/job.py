@@ -146,7 +146,7 @@ def _resume(store: CheckpointStore, header: dict[str, Any], stages: list[Stage],
     return True
 
 
-class _Notices(list):
+class Notices(list):
     """A list of notices that also shows each one as it is added."""
 
     def __init__(self, notify: Callable[[str], None]):
@@ -206,7 +206,7 @@ def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
     if partition_count(cfg, opts, source) > 1:
         return run_partitioned(cfg, opts, stages)
     dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)
-    notices = _Notices(opts.notify)
+    notices = Notices(opts.notify)
     checkpointer = None
     resumed_lines = None
     enabled = checkpoint_enabled(cfg, opts)

@@ -1,7 +1,6 @@
 """Plugins: found through entry points, checked first, never breaking the built-ins."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
