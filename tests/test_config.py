@@ -103,3 +103,22 @@ def test_identity_changes_with_options_not_with_comments():
     a = load(GOOD).identity()
     assert load("# comment\n" + GOOD).identity() == a
     assert load(GOOD.replace("in.jsonl", "other.jsonl")).identity() != a
+
+
+def test_readme_config_example_parses():
+    """The config in README's "Config format" is a valid config."""
+    from conftest import ROOT
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Config format\n\n```yaml\n")[1].split("```")[0]
+    cfg = parse_config(block, "README.md", main.build_registry())
+    assert (cfg.workers, cfg.executor["type"]) == (2, "dask")
+
+
+def test_ci_runs_the_readme_commands():
+    """.ci/run installs what the README's first command installs and runs its test command."""
+    from conftest import ROOT
+    readme = (ROOT / "README.md").read_text().split("```sh\n")[1].split("```")[0].splitlines()
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = readme[0].split(" && ")[0]
+    assert install.split("-e ")[1] in ci
+    assert readme[1] in ci.splitlines()
