@@ -27,6 +27,7 @@ from .errors import SluiceError
 from .job import (STATE_VERSION, JobOptions, RunReport, SlotLock, Notices, collect_counters,
                   slot_dir, stage_metrics)
 from .executor import combine_meters
+from .progress import Progress
 from .runner import Context, partition_boundary, run_partial, run_tail
 from .stage import Input, Stage
 
@@ -167,12 +168,20 @@ def _compute(client: Any, as_completed: Any, cfg: PipelineConfig, parts: list[An
                        f"computing {len(futures)}")
     order = {f.key: i for i, f in futures.items()}
     results: dict[int, dict[str, Any]] = dict(loaded)
-    for future in as_completed(list(futures.values())):
-        i = order[future.key]
-        result = future.result()
-        _save(slot, keys[i], result)  # a killed client will not recompute this one
-        results[i] = {k: v for k, v in result.items() if k != "state"}
-        del result
+    sizes = [p.total_bytes() or 0 for p in parts]
+    bar = Progress(sum(sizes), opts.progress)
+    done_bytes = sum(sizes[i] for i in loaded)
+    try:
+        for future in as_completed(list(futures.values())):
+            i = order[future.key]
+            result = future.result()
+            _save(slot, keys[i], result)  # a killed client will not recompute this one
+            results[i] = {k: v for k, v in result.items() if k != "state"}
+            del result
+            done_bytes += sizes[i]
+            bar.update(done_bytes, force=True)
+    finally:
+        bar.close()
     # the tree merge runs on the cluster: computed states stay there, saved ones are
     # scattered back; the client keeps only rejects and counters
     level = []
