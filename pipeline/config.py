@@ -167,40 +167,42 @@ def parse_config(text: str, path: str, registry: Registry) -> PipelineConfig:
     return cfg
 
 
-def _checkpoint(ld: _Loader, node: yaml.Node) -> dict[str, Any]:
+def _section(ld: _Loader, node: yaml.Node, name: str, keys: dict[str, Any],
+             problem: Any) -> dict[str, Any]:
+    """A top-level mapping of known keys; problem(key, value) names a bad value."""
     if not isinstance(node, yaml.MappingNode):
-        raise ld.fail("`checkpoint` must be a mapping", node)
+        raise ld.fail(f"`{name}` must be a mapping", node)
     out = {}
     for k_node, v_node in node.value:
         key, value = ld.value(k_node), ld.value(v_node)
-        if key not in CHECKPOINT_KEYS:
-            raise ld.fail(f"checkpoint: unknown key {key!r}{_suggest(str(key), CHECKPOINT_KEYS)}",
-                          k_node)
-        if not _type_ok(value, CHECKPOINT_KEYS[key]) or (key != "enabled" and value <= 0):
-            raise ld.fail(f"checkpoint: {key!r} must be a positive "
-                          f"{_type_name(CHECKPOINT_KEYS[key])}; got {value!r}", v_node)
+        if key not in keys:
+            raise ld.fail(f"{name}: unknown key {key!r}{_suggest(str(key), keys)}", k_node)
+        bad = problem(key, value)
+        if bad:
+            raise ld.fail(f"{name}: {bad}", v_node)
         out[key] = value
     return out
+
+
+def _checkpoint(ld: _Loader, node: yaml.Node) -> dict[str, Any]:
+    def problem(key: str, value: Any) -> str | None:
+        if not _type_ok(value, CHECKPOINT_KEYS[key]) or (key != "enabled" and value <= 0):
+            return (f"{key!r} must be a positive {_type_name(CHECKPOINT_KEYS[key])}; "
+                    f"got {value!r}")
+        return None
+    return _section(ld, node, "checkpoint", CHECKPOINT_KEYS, problem)
 
 
 def _executor(ld: _Loader, node: yaml.Node) -> dict[str, Any]:
-    if not isinstance(node, yaml.MappingNode):
-        raise ld.fail("`executor` must be a mapping", node)
-    out = {}
-    for k_node, v_node in node.value:
-        key, value = ld.value(k_node), ld.value(v_node)
-        if key not in EXECUTOR_KEYS:
-            raise ld.fail(f"executor: unknown key {key!r}{_suggest(str(key), EXECUTOR_KEYS)}",
-                          k_node)
+    def problem(key: str, value: Any) -> str | None:
         if not _type_ok(value, EXECUTOR_KEYS[key]):
-            raise ld.fail(f"executor: {key!r} must be {_type_name(EXECUTOR_KEYS[key])}; "
-                          f"got {value!r}", v_node)
+            return f"{key!r} must be {_type_name(EXECUTOR_KEYS[key])}; got {value!r}"
         if key == "type" and value not in ("local", "dask"):
-            raise ld.fail(f"executor: type must be 'local' or 'dask'; got {value!r}", v_node)
+            return f"type must be 'local' or 'dask'; got {value!r}"
         if key == "partition_mb" and value <= 0:
-            raise ld.fail(f"executor: partition_mb must be > 0; got {value!r}", v_node)
-        out[key] = value
-    return out
+            return f"partition_mb must be > 0; got {value!r}"
+        return None
+    return _section(ld, node, "executor", EXECUTOR_KEYS, problem)
 
 
 def _stage(ld: _Loader, item: yaml.Node, registry: Registry) -> StageSpec:

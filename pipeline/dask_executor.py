@@ -26,7 +26,7 @@ from .deadletter import DeadLetter
 from .errors import SluiceError
 from .job import (STATE_VERSION, JobOptions, RunReport, SlotLock, Notices, collect_counters,
                   slot_dir, stage_metrics)
-from .executor import combine_meters
+from .executor import combine_meters, partition_stages, sum_counters
 from .progress import Progress
 from .runner import Context, partition_boundary, run_partial, run_tail
 from .stage import Input, Stage
@@ -36,9 +36,7 @@ DEFAULT_PARTITION_MB = 64
 
 def run_partition(cfg: PipelineConfig, part: Input, strict: bool) -> dict[str, Any]:
     """A Dask task: one partition up to its reducer's partial state."""
-    boundary = partition_boundary([s.cls for s in cfg.stages])
-    assert boundary is not None
-    stages: list[Stage] = [part] + [s.build() for s in cfg.stages[1:boundary]]
+    stages = partition_stages(cfg, part)
     sink = DeadLetter(None, strict=strict)  # kept in memory, returned with the result
     ctx = Context(sink)
     run_partial(stages, ctx)
@@ -111,14 +109,8 @@ def run_dask(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
         run_tail(reducer, stages[boundary:], tail_ctx)
         if opts.checkpoint is False:
             shutil.rmtree(slot, ignore_errors=True)
-    counters: dict[str, int] = {}
-    for r in results["parts"]:
-        for k, v in r["counters"].items():
-            counters[k] = counters.get(k, 0) + v
-    for k, v in collect_counters([reducer]).items():
-        counters[k] = counters.get(k, 0) + v
     meters = combine_meters(results["parts"], tail_ctx.meters)
-    return RunReport(counters, dead.count, dead.path, list(notices),
+    return RunReport(sum_counters(results["parts"], reducer), dead.count, dead.path, list(notices),
                      stages=stage_metrics(meters, dead))
 
 

@@ -48,6 +48,22 @@ def partition_count(cfg: PipelineConfig, opts: JobOptions, source: Input) -> int
     return max(1, min(os.cpu_count() or 1, size // MIN_PARTITION_BYTES))
 
 
+def partition_stages(cfg: PipelineConfig, part: Input) -> list[Stage]:
+    """Fresh stages for one partition: its input, then everything up to the reducer."""
+    boundary = partition_boundary([s.cls for s in cfg.stages])
+    assert boundary is not None
+    return [part] + [s.build() for s in cfg.stages[1:boundary]]
+
+
+def sum_counters(results: list[dict[str, Any]], reducer: Stage) -> dict[str, int]:
+    """The partitions' counters added up, plus the merged reducer's."""
+    counters: dict[str, int] = {}
+    for counts in [r["counters"] for r in results] + [collect_counters([reducer])]:
+        for k, v in counts.items():
+            counters[k] = counters.get(k, 0) + v
+    return counters
+
+
 def _die_with_parent() -> None:
     # a SIGKILLed run must not leave workers writing into the state directory
     try:
@@ -65,9 +81,7 @@ _POSITIONS: Any = None  # shared (bytes, lines) read per partition, set before f
 def _run_partition(cfg: PipelineConfig, settings: dict[str, Any], part: Input,
                    part_slot: str, header: dict[str, Any], index: int) -> dict[str, Any]:
     """Worker: run input -> ... -> reducer on one partition; leave its state on disk."""
-    boundary = partition_boundary([s.cls for s in cfg.stages])
-    assert boundary is not None
-    stages: list[Stage] = [part] + [s.build() for s in cfg.stages[1:boundary]]
+    stages = partition_stages(cfg, part)
     notices: list[str] = []
     dead = DeadLetter(os.path.join(part_slot, "dead_letter.jsonl"), strict=settings["strict"])
     opts = JobOptions(every_records=settings["every_records"],
@@ -183,13 +197,7 @@ def run_partitioned(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage]) 
         state_bytes = _tree_bytes(slot)
         if not checkpointing:
             shutil.rmtree(slot)
-    counters: dict[str, int] = {}
-    for r in results:
-        for k, v in r["counters"].items():
-            counters[k] = counters.get(k, 0) + v
-    for k, v in collect_counters([reducer]).items():
-        counters[k] = counters.get(k, 0) + v
-    report = RunReport(counters, dead.count, dead.path, list(notices),
+    report = RunReport(sum_counters(results, reducer), dead.count, dead.path, list(notices),
                        resumed_lines=sum(r["resumed_lines"] or 0 for r in results)
                        if resumed else None,
                        stages=stage_metrics(combine_meters(results, tail_ctx.meters), dead))

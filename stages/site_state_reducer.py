@@ -116,14 +116,16 @@ class SiteStateReducer(Reducer):
         against the canonical lower-case layout and hex-decoded by table lookup.
         """
         n = len(ids)
-        fixed = list(ids)
+        fixed = ids  # copied only when some id must be replaced by a filler
         odd = []
         if list(map(len, ids)).count(36) != n:
             odd = [i for i, x in enumerate(ids) if len(x) != 36]
+            fixed = list(ids)
             for i in odd:
                 fixed[i] = _FILLER
         joined = "".join(fixed)
         if not joined.isascii():
+            fixed = list(fixed)
             for i, x in enumerate(fixed):
                 if not x.isascii():
                     odd.append(i)
