@@ -19,13 +19,14 @@ import sys
 from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_config, progress
 from pipeline.config import override_option
 from pipeline.describe import graph_mermaid, graph_text, list_stages, show_stage
-from pipeline.job import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS, DEFAULT_STATE_DIR,
-                          JobOptions, run_job)
+from pipeline.job import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS, DEFAULT_MEMORY_MB,
+                          DEFAULT_STATE_DIR, Interrupted, JobOptions, run_job)
 from pipeline.sidecar import run_tests
 from stages import builtin_stages
 
-EPILOG = ("exit codes: 0 ok, 1 rejected line under --strict (or a failed test case), "
-          "2 usage/config/input error, 130 interrupted")
+EPILOG = ("exit codes: 0 ok, 1 rejected line under --strict (or a failed test case, or a "
+          "worker process that died), 2 usage/config/input error, 130 interrupted "
+          "(SIGINT), 143 stopped by SIGTERM")
 VERBS = ("run", "stages", "validate", "graph", "test")
 
 
@@ -69,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-json", metavar="PATH", help="write the per-stage metrics as JSON")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar (it is only drawn when stderr is a terminal)")
+    p.add_argument("--memory-mb", type=positive_int, metavar="N",
+                   help=f"memory budget of the whole run, all processes together "
+                        f"(default: the config's `memory_mb`, else {DEFAULT_MEMORY_MB})")
     ex = p.add_argument_group("executors")
     ex.add_argument("--executor", choices=("local", "dask"),
                     help="local processes (default) or a Dask cluster")
@@ -96,6 +100,7 @@ def cmd_run(argv: list[str]) -> int:
                       strict=args.strict, fresh=args.fresh,
                       checkpoint=False if args.no_checkpoint else None,
                       every_records=args.checkpoint_every, workers=args.workers,
+                      memory_mb=args.memory_mb,
                       progress=progress.wanted(args.quiet), executor=args.executor,
                       scheduler=args.scheduler, partition_mb=args.partition_mb)
     report = run_job(cfg, opts)
@@ -166,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                "graph": cmd_graph, "test": cmd_test}[verb]
     try:
         return command(argv)
+    except Interrupted as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return exc.exit_code
     except SluiceError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return exc.exit_code

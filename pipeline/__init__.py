@@ -1,6 +1,8 @@
 """Sluice's engine: stages, registry, config, runner. It never imports `stages/`."""
 from .checkpoint import AppendOnly, unwrap
 from .config import PipelineConfig, load_config, parse_config
+from . import keys
+from .keyed import KeyedReducer, ReduceIO
 from .errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
                      InputError, RejectedLine, SluiceError)
 from .registry import Registry, check_stage_class
@@ -16,17 +18,20 @@ __all__ = [
     "EXIT_USAGE",
     "Input",
     "InputError",
+    "KeyedReducer",
     "Kind",
     "Option",
     "Output",
     "PipelineConfig",
     "Processor",
+    "ReduceIO",
     "Reducer",
     "Registry",
     "RejectedLine",
     "SluiceError",
     "Stage",
     "check_stage_class",
+    "keys",
     "load_config",
     "parse_config",
     "positive",

@@ -20,6 +20,7 @@ manifest, or to a fresh start, with a notice.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import zlib
@@ -241,3 +242,23 @@ def _replace(tree: Any, key: str, fn: Callable[[str, Any], Any],
         items = [_replace(v, f"{key}/{i}", fn, wrapped) for i, v in enumerate(tree)]
         return items if isinstance(tree, list) else tuple(items)
     return tree
+
+
+def write_json_atomic(path: str, value: Any) -> None:
+    """Write `value` as JSON to `path` atomically (temp file, fsync, rename, dir fsync)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(value, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def read_json(path: str) -> Any:
+    """The JSON value in `path`, or None if it is missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None

@@ -29,6 +29,7 @@ TOP_LEVEL = {
     "workers": "worker processes for the partitioned part of the chain",
     "checkpoint": "{every_records: N, every_seconds: S, enabled: true}",
     "executor": "{type: local | dask, scheduler: tcp://HOST:PORT, partition_mb: 64}",
+    "memory_mb": "memory budget of the whole run, all processes together (default 512)",
 }
 CHECKPOINT_KEYS = {"every_records": int, "every_seconds": (int, float), "enabled": bool}
 EXECUTOR_KEYS = {"type": str, "scheduler": str, "partition_mb": int}
@@ -51,6 +52,7 @@ class PipelineConfig:
     path: str
     stages: list[StageSpec]
     workers: int | None = None
+    memory_mb: int | None = None
     checkpoint: dict[str, Any] = field(default_factory=dict)
     executor: dict[str, Any] = field(default_factory=dict)
     text: str = ""
@@ -150,6 +152,11 @@ def parse_config(text: str, path: str, registry: Registry) -> PipelineConfig:
             if not _type_ok(workers, int) or workers < 1:
                 raise ld.fail(f"`workers` must be an integer >= 1; got {workers!r}", value_node)
             cfg.workers = workers
+        elif key == "memory_mb":
+            memory = ld.value(value_node)
+            if not _type_ok(memory, int) or memory < 1:
+                raise ld.fail(f"`memory_mb` must be an integer >= 1; got {memory!r}", value_node)
+            cfg.memory_mb = memory
         elif key == "checkpoint":
             cfg.checkpoint = _checkpoint(ld, value_node)
         elif key == "executor":

@@ -1,26 +1,42 @@
-"""One run of a configured pipeline: build, resume if a checkpoint allows, run, report."""
+"""One run of a configured pipeline: plan it, run its tasks, merge, report.
+
+    chain without a reducer     one task in this process, reading the input in order
+    chain with reducers         plan.py's segments: map tasks over input ranges, reduce
+                                tasks per bucket, then the tail here; on any executor
+
+Whatever runs the tasks, this module decides what is still to do after a resume, copies
+the rejected lines into the run's dead-letter file once, and builds the report.
+"""
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 import shutil
-import time
-from dataclasses import dataclass, field
 import sys
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
-from .checkpoint import CheckpointStore
 from .config import PipelineConfig
 from .deadletter import DeadLetter
 from .errors import SluiceError
+from .keyed import KeyedReducer, result_batches
+from .plan import Plan, open_plan
 from .progress import Progress, chain_hooks
-from .runner import Context, run_chain
-from .stage import Input, Stage
+from .runner import Context, run_chain, run_stream
+from .signals import StopRequest, Stopped, stop_on_signals
+from .slots import (Checkpointer, Notices, SlotLock, add_counters, collect_counters,
+                    open_slot, slot_dir)
+from .stage import Batch, Input, Kind, Stage
+from .tasks import (STATE_VERSION, Env, JobSpec, MapTask, finished_map, finished_reduce,
+                    load_state, run_task)
 
 DEFAULT_STATE_DIR = ".pipeline-state"
 DEFAULT_EVERY_RECORDS = 1_000_000
 DEFAULT_EVERY_SECONDS = 30.0
-STATE_VERSION = 1
+DEFAULT_MEMORY_MB = 512
+MIN_PARTITION_BYTES = 32 << 20  # below this a default run stays in one process
+MAP_WORK_BYTES = 48 << 20       # a map task's batches and temporaries, besides its buffer
+MIN_TASK_BYTES = 256 << 10      # the smallest input range worth a map task
 
 
 @dataclass
@@ -33,6 +49,7 @@ class JobOptions:
     every_seconds: float | None = None
     fresh: bool = False
     workers: int | None = None       # None: the config's `workers`, else one per CPU
+    memory_mb: int | None = None     # None: the config's `memory_mb`, else 512
     progress: bool = False           # draw a progress bar on stderr
     executor: str | None = None      # "local" or "dask"; None: the config's, else local
     scheduler: str | None = None     # dask scheduler address; None: a LocalCluster
@@ -76,207 +93,405 @@ class RunReport:
         return ", ".join(parts) + "; " + tail
 
 
-def collect_counters(stages: list[Stage]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for stage in stages:
-        for key, value in stage.counters().items():
-            out[key] = out.get(key, 0) + value
-    return out
+class Budget:
+    """How `--memory-mb` is shared: every process's interpreter, each worker's map
+    buffers and batches, and the bucket each worker reduces at a time."""
+
+    def __init__(self, memory_mb: int, workers: int, base_bytes: int):
+        total = memory_mb << 20
+        processes = workers + (1 if workers > 1 else 0)  # the workers and this process
+        self.per_worker = (total - processes * base_bytes) // workers
+        self.buffer_bytes = int(min(max(self.per_worker // 16, 1 << 20), 16 << 20))
+        self.reduce_bytes = int(self.per_worker * 0.75)
+        self.workers, self.memory_mb, self.base_bytes = workers, memory_mb, base_bytes
+
+    @staticmethod
+    def fit(memory_mb: int, workers: int, base_bytes: int) -> "Budget":
+        """The budget for at most `workers` workers; fewer if they would not fit."""
+        while True:
+            budget = Budget(memory_mb, workers, base_bytes)
+            if budget.per_worker >= MAP_WORK_BYTES + budget.buffer_bytes:
+                return budget
+            if workers == 1:
+                need = (base_bytes + MAP_WORK_BYTES + (1 << 20)) / (1 << 20) + 1
+                raise SluiceError(f"--memory-mb {memory_mb} is too small: one process "
+                                  f"needs about {need:.0f} MB here")
+            workers -= 1
 
 
-def slot_dir(state_dir: str, cfg: PipelineConfig, source: Input) -> str:
-    """One checkpoint slot per (config file, input): a changed one is detected, not hidden."""
-    who = f"{os.path.abspath(cfg.path)}\0{source.describe()}"
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.describe())[:60]
-    return os.path.join(state_dir, f"{name}-{hashlib.sha256(who.encode()).hexdigest()[:12]}")
-
-
-class Checkpointer:
-    """Decides when to checkpoint and writes one consistent snapshot of the whole run."""
-
-    def __init__(self, store: CheckpointStore, stages: list[Stage], dead: DeadLetter,
-                 header: dict[str, Any], every_records: int, every_seconds: float):
-        self.store, self.stages, self.dead, self.header = store, stages, dead, header
-        self.every_records, self.every_seconds = every_records, every_seconds
-        self.pending = 0
-        self.last = time.monotonic()
-        self.count = 0
-
-    def __call__(self, records: int, at_end: bool) -> None:
-        self.pending += records
-        if at_end or self.pending >= self.every_records or (
-                time.monotonic() - self.last >= self.every_seconds):
-            self.save(complete=at_end)
-
-    def save(self, complete: bool) -> None:
-        body = dict(self.header)
-        body["complete"] = complete
-        body["dead_letter"] = {"path": os.path.abspath(self.dead.path),
-                               "bytes": self.dead.tell(), "count": self.dead.count}
-        body["stages"] = [s.snapshot() for s in self.stages]
-        self.store.save(body)
-        self.pending, self.last = 0, time.monotonic()
-        self.count += 1
-
-
-def _resume(store: CheckpointStore, header: dict[str, Any], stages: list[Stage],
-            dead: DeadLetter, notices: list[str]) -> bool:
-    """Restore every stage from the newest good checkpoint; False means start over."""
-    tree = store.load(notices.append)
-    if tree is None:
-        return False
-    source = stages[0]
-    assert isinstance(source, Input)
-    if tree.get("version") != STATE_VERSION or tree["config"] != header["config"]:
-        problem = "the config changed"
-    elif tree["dead_letter"]["path"] != os.path.abspath(dead.path):
-        problem = "the dead-letter file changed"
-    else:
-        problem = source.resume_problem(tree["input"], tree["stages"][0])
-    if problem:
-        notices.append(f"{problem} since the last checkpoint; starting over")
-        return False
-    for stage, state in zip(stages, tree["stages"]):
-        stage.restore(state)
-    dead.start(keep_bytes=tree["dead_letter"]["bytes"])
-    dead.count = tree["dead_letter"]["count"]
-    notices.append(f"resumed at {source.where()}"
-                   + (" (already complete: nothing new to read)" if tree["complete"]
-                      and not source.resume_has_more() else ""))
-    return True
-
-
-class Notices(list):
-    """A list of notices that also shows each one as it is added."""
-
-    def __init__(self, notify: Callable[[str], None]):
-        super().__init__()
-        self.notify = notify
-
-    def append(self, text: str) -> None:
-        super().append(text)
-        self.notify(text)
+def own_rss() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 48 << 20
 
 
 def checkpoint_enabled(cfg: PipelineConfig, opts: JobOptions) -> bool:
     return opts.checkpoint if opts.checkpoint is not None else cfg.checkpoint.get("enabled", True)
 
 
-def open_slot(slot: str, stages: list[Stage], header: dict[str, Any], dead: DeadLetter,
-              notices: list[str], fresh: bool = False) -> tuple[CheckpointStore, int | None]:
-    """Resume `stages` from `slot` if its checkpoint fits, else clear it and start over.
-
-    Returns the store and, after a resume, the lines the checkpoint had already read.
-    """
-    if fresh and os.path.isdir(slot):
-        shutil.rmtree(slot)
-        notices.append("--fresh: discarded the saved state")
-    store = CheckpointStore(slot)
-    if _resume(store, header, stages, dead, notices):
-        return store, collect_counters(stages[:1]).get("lines", 0)
-    if os.path.isdir(slot):
-        shutil.rmtree(slot)
-    dead.start(0)
-    return CheckpointStore(slot), None
+def _every(cfg: PipelineConfig, opts: JobOptions) -> tuple[int, float]:
+    return (opts.every_records or cfg.checkpoint.get("every_records", DEFAULT_EVERY_RECORDS),
+            opts.every_seconds or cfg.checkpoint.get("every_seconds", DEFAULT_EVERY_SECONDS))
 
 
-def make_checkpointer(store: CheckpointStore, stages: list[Stage], dead: DeadLetter,
-                      header: dict[str, Any], cfg: PipelineConfig, opts: JobOptions,
-                      periodic: bool = True) -> Checkpointer:
-    every_r = opts.every_records or cfg.checkpoint.get("every_records", DEFAULT_EVERY_RECORDS)
-    every_s = opts.every_seconds or cfg.checkpoint.get("every_seconds", DEFAULT_EVERY_SECONDS)
-    if not periodic:
-        every_r, every_s = 1 << 62, float("inf")
-    return Checkpointer(store, stages, dead, header, every_r, every_s)
+def default_workers(cfg: PipelineConfig, opts: JobOptions, source: Input) -> int:
+    explicit = opts.workers or cfg.workers
+    if explicit:
+        return explicit
+    size = source.estimated_bytes() or 0
+    return max(1, min(os.cpu_count() or 1, size // MIN_PARTITION_BYTES))
 
 
 def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
-    """Run the pipeline in this process, or partitioned over worker processes."""
-    from .executor import partition_count, run_partitioned
+    """Run the pipeline; SIGINT/SIGTERM stop it at a batch boundary, checkpointed."""
+    request = StopRequest()
+    with stop_on_signals(request):
+        try:
+            return _run(cfg, opts, request)
+        except Stopped as exc:
+            raise Interrupted(request.signal or "SIGINT", exc.lines) from None
 
+
+class Interrupted(SluiceError):
+    """The run stopped on a signal after writing a checkpoint."""
+
+    def __init__(self, signal_name: str, lines: int):
+        from .signals import EXIT_CODES
+
+        self.signal_name = signal_name
+        self.exit_code = EXIT_CODES.get(signal_name, 130)
+        super().__init__(f"stopped by {signal_name} at line {lines:,}; rerun the same "
+                         f"command to resume")
+
+
+def _run(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunReport:
     stages = cfg.build()
     source = stages[0]
     assert isinstance(source, Input)
-    ex = cfg.executor
-    if (opts.executor or ex.get("type", "local")) == "dask":
-        from .dask_executor import DEFAULT_PARTITION_MB, run_dask
-
-        return run_dask(cfg, opts, stages, opts.scheduler or ex.get("scheduler"),
-                        opts.partition_mb or ex.get("partition_mb", DEFAULT_PARTITION_MB))
-    if partition_count(cfg, opts, source) > 1:
-        return run_partitioned(cfg, opts, stages)
-    dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)
     notices = Notices(opts.notify)
-    checkpointer = None
-    resumed_lines = None
     enabled = checkpoint_enabled(cfg, opts)
     if enabled and not source.resumable:
         notices.append(f"checkpoints are off: {source.describe()} cannot be read again "
                        f"after a kill")
         enabled = False
-    if enabled:
-        header = {"version": STATE_VERSION, "config": cfg.identity(), "workers": 1,
-                  "input": source.identity()}
-        with SlotLock(slot_dir(opts.state_dir, cfg, source)) as slot:
-            store, resumed_lines = open_slot(slot, stages, header, dead, notices, opts.fresh)
-            checkpointer = make_checkpointer(store, stages, dead, header, cfg, opts)
-            meters = _run(stages, dead, checkpointer, opts.progress)
-    else:
-        dead.start(0)
-        meters = _run(stages, dead, None, opts.progress)
+    if not any(s.cls.kind is Kind.REDUCER for s in cfg.stages):
+        return _run_straight(cfg, opts, stages, notices, enabled, request)
+    return Job(cfg, opts, stages, notices, enabled, request).run()
+
+
+def _run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
+                  notices: Notices, enabled: bool, request: StopRequest) -> RunReport:
+    """input -> processors -> output, in this process, in input order."""
+    source = stages[0]
+    assert isinstance(source, Input)
+    dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)
+    header = {"version": STATE_VERSION, "config": cfg.identity(), "input": source.identity()}
+    checkpointer = None
+    resumed = None
+    bar = Progress(source.total_bytes(), opts.progress)
+
+    def show(records: int, at_end: bool) -> None:
+        src = stages[0]  # open_slot may have rebuilt the stages
+        bar.update(src.position(), src.counters().get("lines", 0), force=at_end)  # type: ignore[attr-defined]
+        if request.is_set() and not at_end:
+            if checkpointer is not None:
+                checkpointer.save(complete=False)
+            raise Stopped(src.counters().get("lines", 0))
+    ctx = Context(dead)
+    try:
+        if enabled:
+            with SlotLock(slot_dir(opts.state_dir, cfg, source)) as slot:
+                built, store, resumed = open_slot(slot, cfg.build, header, dead, notices,
+                                                  opts.fresh)
+                stages[:] = built
+                checkpointer = Checkpointer(store, stages, dead, header, *_every(cfg, opts))
+                run_chain(stages, ctx, on_barrier=chain_hooks(checkpointer, show))
+        else:
+            dead.start(0)
+            run_chain(stages, ctx, on_barrier=show)
+    finally:
+        bar.close()
+        dead.close()
     report = RunReport(collect_counters(stages), dead.count, dead.path, list(notices),
-                       resumed_lines=resumed_lines, stages=stage_metrics(meters, dead))
+                       resumed_lines=resumed, stages=stage_metrics(
+                           [m.as_dict() for m in ctx.meters], dead))
     if checkpointer is not None:
         report.checkpoints = checkpointer.count
         report.state_bytes = checkpointer.store.size_bytes()
     return report
 
 
-def stage_metrics(meters: list[Any], dead: DeadLetter) -> list[dict[str, Any]]:
+def stage_metrics(meters: list[dict[str, Any]], dead: DeadLetter) -> list[dict[str, Any]]:
     out = []
     for m in meters:
-        d = m.as_dict() if not isinstance(m, dict) else dict(m)
+        d = dict(m)
         d["rejected"] = dead.by_stage.get(d["stage"], 0)
         out.append(d)
     return out
 
 
-def _run(stages: list[Stage], dead: DeadLetter, checkpointer: Checkpointer | None,
-         progress: bool) -> list[Any]:
-    source = stages[0]
-    assert isinstance(source, Input)
-    bar = Progress(source.total_bytes(), progress)
+def make_executor(kind: str, workers: int, slot: str, request: StopRequest,
+                  opts: JobOptions, cfg: PipelineConfig) -> Any:
+    if kind == "dask":
+        from .dask_executor import DaskExecutor
 
-    def show(records: int, at_end: bool) -> None:
-        bar.update(source.position(), source.counters().get("lines", 0), force=at_end)
-    ctx = Context(dead)
-    try:
-        run_chain(stages, ctx, on_barrier=chain_hooks(checkpointer, show))
-    finally:
-        bar.close()
-        dead.close()
-    return ctx.meters
+        ex = cfg.executor
+        return DaskExecutor(opts.scheduler or ex.get("scheduler"), slot, request)
+    if workers == 1:
+        from .executors import InlineExecutor
+
+        return InlineExecutor(request)
+    from .executors import LocalExecutor
+
+    return LocalExecutor(workers, slot, request)
 
 
-class SlotLock:
-    """Holds an exclusive lock on a slot so two runs never write the same state."""
+class Job:
+    """A run of a chain with reducers: see plan.py for its shape."""
 
-    def __init__(self, slot: str):
-        self.slot = slot
-        self.fh: Any = None
+    def __init__(self, cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
+                 notices: Notices, enabled: bool, request: StopRequest):
+        self.cfg, self.opts, self.stages, self.notices = cfg, opts, stages, notices
+        self.enabled, self.request = enabled, request
+        self.source = stages[0]
+        self.counters: dict[str, int] = {}
+        self.meters: dict[int, dict[str, Any]] = {}  # stage index -> summed metrics
+        self.rejected = 0
+        self.last_results = 0
 
-    def __enter__(self) -> str:
-        import fcntl
+    def run(self) -> RunReport:
+        cfg, opts = self.cfg, self.opts
+        kind = opts.executor or cfg.executor.get("type", "local")
+        memory = opts.memory_mb or cfg.memory_mb or DEFAULT_MEMORY_MB
+        workers = default_workers(cfg, opts, self.source) if kind != "dask" else 1
+        budget = Budget.fit(memory, workers, own_rss())
+        if kind != "dask" and budget.workers < workers:
+            self.notices.append(f"--memory-mb {memory} fits {budget.workers} of "
+                                f"{workers} workers; using {budget.workers}")
+        slot = os.path.abspath(slot_dir(opts.state_dir, cfg, self.source))
+        with SlotLock(slot):
+            work = slot if self.enabled else slot + ".scratch"
+            if opts.fresh and os.path.isdir(slot):
+                shutil.rmtree(slot)
+                self.notices.append("--fresh: discarded the saved state")
+            if not self.enabled:
+                shutil.rmtree(work, ignore_errors=True)
+            if kind == "dask":
+                partition = (opts.partition_mb or cfg.executor.get("partition_mb", 64)) << 20
+            else:
+                # a few map tasks per worker balance the load; one process needs one
+                size = self.source.estimated_bytes() or 0
+                partition = (max(size, 1) if budget.workers == 1 else
+                             min(max(size // (4 * budget.workers), MIN_TASK_BYTES), 256 << 20))
+            plan = open_plan(work, cfg, self.source, partition, budget.reduce_bytes,
+                             self.notices)
+            every_r, every_s = _every(cfg, opts)
+            spec = JobSpec(cfg, work, {"version": STATE_VERSION, "config": cfg.identity(),
+                                       "input": None},
+                           strict=opts.strict, checkpoint=self.enabled, every_records=every_r,
+                           every_seconds=every_s, buffer_bytes=budget.buffer_bytes,
+                           reduce_bytes=budget.reduce_bytes, durable=self.enabled)
+            executor = make_executor(kind, budget.workers, work, self.request, opts, cfg)
+            try:
+                executor.start(spec)
+                self.spec, self.executor, self.plan = spec, executor, plan
+                report = self._drive(budget)
+            finally:
+                executor.close()
+                if not self.enabled:
+                    shutil.rmtree(work, ignore_errors=True)
+            report.state_bytes = _tree_bytes(work) if self.enabled else 0
+            return report
 
-        os.makedirs(os.path.dirname(self.slot) or ".", exist_ok=True)
-        self.fh = open(self.slot + ".lock", "w")
+    # -- the phases of a run ----------------------------------------------------------
+    def _drive(self, budget: Budget) -> RunReport:
+        plan, opts = self.plan, self.opts
+        dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)
+        dead.start(0)
         try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.close()
-            raise SluiceError(f"another run is using the state in {self.slot}; wait for it "
-                              f"or use another --state-dir") from None
-        return self.slot
+            results, resumed = self._map_segment0()
+            self._copy_rejects(plan.map_tasks(0), results, dead)
+            head: Iterator[Batch] | None = None
+            head_name = ""
+            for seg in plan.segments:
+                if seg.number > 0:
+                    self._map_later(seg.number, head, dead)
+                head = self._reduce(seg, budget)
+                head_name = self.cfg.stages[seg.reducer].name
+            if self.request.is_set():
+                raise Stopped(self.counters.get("lines", 0))
+            last = plan.segments[-1].reducer
+            tail = [s.build() for s in self.cfg.stages[last + 1:]]
+            ctx = Context(dead)
+            assert head is not None
+            run_stream(head, head_name, tail, ctx)
+            self.counters = add_counters(self.counters, collect_counters(tail))
+            for i, m in enumerate(ctx.meters[1:], start=last + 1):
+                self._meter(i, m.as_dict())
+            if ctx.meters:
+                self.meters.setdefault(last, {"stage": head_name, "records_in": 0,
+                                              "records_out": 0, "seconds": 0.0})
+                self.meters[last]["records_out"] = ctx.meters[0].records_out
+                self.meters[last]["seconds"] += ctx.meters[0].seconds
+        finally:
+            dead.close()
+        metrics = [self.meters[i] for i in sorted(self.meters)]
+        return RunReport(self.counters, dead.count, dead.path, list(self.notices),
+                         resumed_lines=resumed, stages=stage_metrics(metrics, dead))
 
-    def __exit__(self, *exc: Any) -> None:
-        self.fh.close()
+    def _meter(self, index: int, m: dict[str, Any]) -> None:
+        have = self.meters.setdefault(index, {"stage": m["stage"], "records_in": 0,
+                                              "records_out": 0, "seconds": 0.0})
+        for k in ("records_in", "records_out", "seconds"):
+            have[k] += m[k]
+
+    def _map_segment0(self) -> tuple[list[dict[str, Any]], int | None]:
+        tasks = self.plan.map_tasks(0)
+        results = [finished_map(t) for t in tasks]
+        pending = [t for t, r in zip(tasks, results) if r is None]
+        total = sum(_range_bytes(t) for t in pending)
+        bar = Progress(total or None, self.opts.progress)
+        try:
+            fresh = self.executor.run(pending, progress=lambda b, n: bar.update(b, n))
+        except Stopped as exc:
+            raise Stopped(exc.lines + sum(r["lines"] for r in results if r is not None)) from None
+        finally:
+            bar.close()
+        it = iter(fresh)
+        results = [r if r is not None else next(it) for r in results]
+        resumed = self._resume_notice(tasks, results, pending)
+        for r in results:
+            self.counters = add_counters(self.counters, r["counters"])
+            for n in r.get("notices", []):
+                if t_is_reportable(n):
+                    self.notices.append(n)
+        first = self.plan.segments[0].first
+        for r in results:
+            for i, m in enumerate(r["meters"]):
+                self._meter(0 if i == 0 else first + i - 1, m)
+        return results, resumed
+
+    def _resume_notice(self, tasks: list[MapTask], results: list[dict[str, Any]],
+                       pending: list[MapTask]) -> int | None:
+        """Say what a resumed run skips; the lines read before this run, or None."""
+        ran = {t.index for t in pending}
+        done = [r for t, r in zip(tasks, results) if t.index not in ran]
+        midway = [r for t, r in zip(tasks, results)
+                  if t.index in ran and r["resumed_lines"] is not None]
+        if not done and not midway:
+            return None
+        if len(tasks) == 1:
+            r = results[0]
+            self.notices.append(f"resumed at {r['resumed_at'] or r['where']}" + (
+                " (already complete: nothing new to read)" if done else ""))
+        elif not pending:
+            self.notices.append(f"resumed: all {len(tasks)} map tasks had finished "
+                                f"(nothing new to read)")
+        else:
+            parts = []
+            if midway:
+                parts.append(f"{len(midway)} of {len(tasks)} map tasks at "
+                             + ", ".join(r["resumed_at"] for r in midway))
+            if done:
+                parts.append(f"{len(done)} of {len(tasks)} had finished")
+            self.notices.append("resumed " + "; ".join(parts))
+        return sum(r["lines"] for r in done) + sum(r["resumed_lines"] for r in midway)
+
+    def _copy_rejects(self, tasks: list[MapTask], results: list[dict[str, Any]],
+                      dead: DeadLetter) -> None:
+        """Each map task's rejected lines, in task order, with absolute line numbers."""
+        base: dict[Any, int] = {}
+        for task, r in zip(tasks, results):
+            f = task.where[0] if isinstance(task.where, (list, tuple)) else 0
+            path = os.path.join(task.dir, "dead_letter.jsonl")
+            if os.path.exists(path):
+                with open(path, "rb") as fh:
+                    for raw in fh:
+                        entry = json.loads(raw)
+                        if entry.get("line") is not None:
+                            entry["line"] += base.get(f, 0)
+                        dead.append_entry(entry)
+            base[f] = base.get(f, 0) + r["lines"]
+
+    def _map_later(self, k: int, head: Iterator[Batch] | None, dead: DeadLetter) -> None:
+        """Segment k > 0: one map task over the previous reducer's merged results."""
+        from .results import ResultsInput
+
+        rows = self.last_results
+        reuse = self.plan.start_segment(k, self.plan.generation, rows)
+        task = self.plan.map_tasks(k)[0]
+        result = finished_map(task) if reuse else None
+        if result is None:
+            stream, of = head or iter(()), self.cfg.stages[task.stages[0] - 1].name
+            result = run_task(self.spec, task, Env(stop=self.request,
+                                                   source=lambda: ResultsInput(stream, of)))
+        self.counters = add_counters(self.counters, result["counters"])
+        for i, m in enumerate(result["meters"][1:], start=task.stages[0]):
+            self._meter(i, m)
+        path = os.path.join(task.dir, "dead_letter.jsonl")
+        if os.path.exists(path):
+            with open(path, "rb") as fh:
+                for raw in fh:
+                    dead.append_entry(json.loads(raw))
+
+    def _reduce(self, seg: Any, budget: Budget) -> Iterator[Batch]:
+        """Finish segment `seg`'s reducer; its results, merged, as a stream of batches."""
+        k = seg.number
+        spec = self.cfg.stages[seg.reducer]
+        if not seg.keyed:
+            reducer = None
+            notes: list[str] = []
+            for task in self.plan.map_tasks(k):
+                partial = spec.build()
+                partial.restore(load_state(task, notes))
+                if reducer is None:
+                    reducer = partial
+                else:
+                    reducer.merge(partial)  # type: ignore[attr-defined]
+            assert reducer is not None
+            self.counters = add_counters(self.counters, collect_counters([reducer]))
+            self.last_results = len(reducer) if hasattr(reducer, "__len__") else 0
+            return reducer.finish()  # type: ignore[attr-defined]
+        stage = spec.build()
+        assert isinstance(stage, KeyedReducer)
+        stage.nbuckets = self.plan.nbuckets(k)
+        groups = 4 * max(budget.workers, 1) if self.executor.name != "dask" else stage.nbuckets
+        results_count = 0
+        for phase in range(stage.phases):
+            tasks = self.plan.reduce_tasks(k, phase, groups)
+            done = [finished_reduce(t) for t in tasks]
+            pending = [t for t, d in zip(tasks, done) if d is None]
+            try:
+                fresh = iter(self.executor.run(pending))
+            except Stopped:
+                raise Stopped(self.counters.get("lines", 0)) from None
+            for t, d in zip(tasks, done):
+                result = d if d is not None else next(fresh)
+                self.counters = add_counters(self.counters, result["counters"])
+                results_count += result["counters"].get("_results", 0)
+                self._meter(seg.reducer, {"stage": spec.name, "records_in": 0,
+                                          "records_out": 0, "seconds": result["seconds"]})
+        self.last_results = results_count
+        last = [t.dir for t in self.plan.reduce_tasks(k, stage.phases - 1, groups)]
+        return result_batches(stage, last, stage.nbuckets)
+
+
+def t_is_reportable(notice: str) -> bool:
+    """Task notices worth repeating: damaged checkpoints, not routine resumes."""
+    return "unusable" in notice or "starting over" in notice
+
+
+def _range_bytes(task: MapTask) -> int:
+    w = task.where
+    if isinstance(w, (list, tuple)) and len(w) == 3 and w[2] is not None:
+        return int(w[2]) - int(w[1])
+    return 0
+
+
+def _tree_bytes(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total

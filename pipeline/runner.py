@@ -149,10 +149,16 @@ def run_partial(stages: list[Stage], ctx: Context, on_barrier: Hook | None = Non
     _drive(source.read(), stages, ctx, fold, on_barrier)
 
 
-def run_tail(reducer: Stage, rest: list[Stage], ctx: Context) -> None:
-    """Finish a (merged) reducer and push its result through the stages after it."""
+def run_stream(head: Iterator[Batch], name: str, rest: list[Stage], ctx: Context,
+               on_barrier: Hook | None = None) -> None:
+    """Push a stream of batches (a reducer's results) through `rest`, ending in an output."""
     sink = rest[-1]
     assert isinstance(sink, Output)
     for stage in rest:
         stage.open(ctx)
-    _drive(reducer.finish(), [reducer, *rest], ctx, sink.write, None)  # type: ignore[attr-defined]
+
+    class Head:  # stands for whatever produced the stream, in the meters
+        pass
+    head_stage = Head()
+    head_stage.name = name  # type: ignore[attr-defined]
+    _drive(head, [head_stage, *rest], ctx, sink.write, on_barrier)  # type: ignore[list-item]

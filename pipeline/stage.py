@@ -152,13 +152,25 @@ class Input(Stage):
         """Current position in words, e.g. 'line 10 (byte 512)'."""
         return ""
 
-    def split(self, n: int) -> list["Input"]:
-        """Up to n inputs that together read the same records, in order."""
-        return [self]
+    # -- planning (see pipeline/plan.py) ---------------------------------------------
+    def ranges(self, target_bytes: int, frontier: Any = None) -> tuple[list[Any], Any]:
+        """Picklable descriptions of pieces of the input, in order, each about
+        `target_bytes`, that `part()` can read independently; only what lies beyond
+        `frontier` (what an earlier plan covered). Also returns the new frontier.
+        The default is one piece: the whole input, planned once."""
+        return ([None] if frontier is None else []), self.identity()
 
-    def part(self, start: int, end: int | None) -> "Input":
-        """The reader of one partition that split() described by (start, end)."""
-        raise NotImplementedError
+    def frontier_problem(self, frontier: Any) -> str | None:
+        """Why a plan that covered `frontier` cannot go on with the input as it is now."""
+        return None if frontier == self.identity() else "the input changed"
+
+    def part(self, where: Any) -> "Input":
+        """A reader of one piece that ranges() described."""
+        return self
+
+    def estimated_bytes(self) -> int | None:
+        """About how much there is to read (sizes the reducers' buckets), if known."""
+        return None
 
     def total_bytes(self) -> int | None:
         return None

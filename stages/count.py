@@ -1,47 +1,71 @@
-"""count: how many records have each value of a field."""
+"""count: how many records have each value of a field, at any number of values."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterable
 
-from pipeline import Batch, Option, Reducer
+import numpy as np
+
+from pipeline import Batch, Option, keys
+from pipeline.keyed import KeyedReducer, ReduceIO
 
 from .fields import MISSING, getter, normalize
 
+COUNT_ROW = np.dtype([("w0", "<u8"), ("w1", "<u8"), ("n", "<u8"), ("tag", "u1")])
 
-class Count(Reducer):
+
+class Count(KeyedReducer):
     """Count records per value of a field; emit (value, count) sorted by value.
 
         - count:
             field: type
 
     Records without the field count under `missing` (option, default "(missing)").
+    Values compare as strings (an integer as its decimal string). Each batch's counts
+    are spilled by value, so memory does not grow with the number of distinct values.
     """
 
     name = "count"
     options = (Option("field", str, doc="field to group by, by its JSON name"),
                Option("missing", str, "(missing)", "the value counted for records without it"))
+    spills = {"counts": COUNT_ROW, "longs": None}
+    reduce_row_bytes = 160
 
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.get = getter(self.field)
-        self.counts: dict[str, int] = {}
 
     def update(self, batch: Batch) -> None:
-        counts, get = self.counts, self.get
+        counts: dict[str, int] = {}
+        get, missing = self.get, self.missing
         for record in batch:
             value = get(record)
-            key = self.missing if value is MISSING else str(normalize(value))
+            key = missing if value is MISSING else str(normalize(value))
             counts[key] = counts.get(key, 0) + 1
+        if not counts:
+            return
+        words, tags, longs = keys.encode(list(counts))
+        rows = np.empty(len(counts), COUNT_ROW)
+        rows["w0"], rows["w1"], rows["tag"] = words[:, 0], words[:, 1], tags
+        rows["n"] = list(counts.values())
+        buckets = keys.bucket_of(keys.mix(words[:, 0], words[:, 1], tags), self.nbuckets)
+        spill = self._writer()
+        spill.add("counts", buckets, rows)
+        for i in np.flatnonzero(tags == keys.LONG).tolist():
+            key = (int(words[i, 0]), int(words[i, 1]))
+            spill.add_objects("longs", int(buckets[i]), [(*key, longs[key])])
 
-    def merge(self, other: "Count") -> None:
-        for key, n in other.counts.items():
-            self.counts[key] = self.counts.get(key, 0) + n
-
-    def snapshot(self) -> dict[str, int]:
-        return dict(self.counts)
-
-    def restore(self, state: dict[str, int]) -> None:
-        self.counts = dict(state)
-
-    def finish(self) -> Iterator[Batch]:
-        yield Batch(sorted(self.counts.items()))
+    def reduce(self, phase: int, bucket: int, io: ReduceIO) -> Iterable[tuple[Any, Any]]:
+        rows = io.read("counts", bucket)
+        if not len(rows):
+            return []
+        strings = keys.StringTable()
+        for frame in io.frames("longs", bucket):
+            strings.add(((w0, w1), s) for w0, w1, s in frame)
+        w0, w1, tag = rows["w0"], rows["w1"], rows["tag"]
+        order, starts = keys.group_equal(keys.mix(w0, w1, tag), w0, w1, tag)
+        firsts = order[starts]
+        totals = np.add.reduceat(rows["n"][order], np.flatnonzero(starts))
+        out = [(keys.decode(w0[i], w1[i], tag[i], strings), int(n))
+               for i, n in zip(firsts.tolist(), totals.tolist())]
+        out.sort()
+        return [(value, (value, n)) for value, n in out]

@@ -1,60 +1,92 @@
-"""dedupe: drop records whose field value was seen before."""
+"""dedupe: keep the first record for each value of a field, across the whole input."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterable
 
-from pipeline import AppendOnly, Batch, Option, Processor, unwrap
+import msgspec
+import numpy as np
 
-from .fields import MISSING, getter, normalize
+from pipeline import Batch, Option, keys
+from pipeline.keyed import KeyedReducer, ReduceIO
+
+from .fields import MISSING, getter
+
+KEY_ROW = np.dtype([("w0", "<u8"), ("w1", "<u8"), ("order", "<u8"), ("tag", "u1")])
+NO_KEY = 3  # a record without the field: always kept
 
 
-class Dedupe(Processor):
-    """Keep the first record for each value of a field; drop later repeats.
+def canonical(value: Any) -> str:
+    """A string that is equal for equal values: type first, an int as its decimal string."""
+    if isinstance(value, str):
+        return "s" + value
+    if isinstance(value, bool):
+        return "b" + str(value)
+    if isinstance(value, int):
+        return "s" + str(value)
+    if isinstance(value, float):
+        return "f" + repr(value)
+    if value is None:
+        return "n"
+    return "j" + msgspec.json.encode(value, order="sorted").decode()
+
+
+class Dedupe(KeyedReducer):
+    """Keep the first record (in file order) for each value of a field; drop repeats.
 
         - dedupe:
             field: id
 
-    The seen values are checkpointed (grow-only, so each checkpoint stores only the
-    new ones); memory grows with the number of distinct values. Records without the
-    field pass through. In a partitioned run each worker dedupes its own range only:
-    put it after the reducer, or run with one worker, for a global dedupe.
+    Exact across workers and at any number of values: records are spilled by a hash of
+    the value, each bucket keeps its first occurrences, and the survivors come out in
+    file order once the whole input has been read. Records without the field are all
+    kept. Values compare by type and value; an integer equals its decimal string.
     """
 
     name = "dedupe"
     options = (Option("field", str, doc="field whose repeats are dropped"),)
+    spills = {"keys": KEY_ROW, "records": None, "longs": None}
+    reduce_row_bytes = 800
 
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.get = getter(self.field)
-        self.order: list[Any] = []   # first-seen order, for grow-only checkpoints
-        self.seen: set[Any] = set()
-        self.dropped = 0
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"seen": AppendOnly(self.order), "dropped": self.dropped}
+    def update(self, batch: Batch) -> None:
+        n = len(batch)
+        if not n:
+            return
+        values = [self.get(r) for r in batch]
+        present = [v is not MISSING for v in values]
+        words, tags, longs = keys.encode([canonical(v) if p else "" for v, p in
+                                          zip(values, present)])
+        rows = np.empty(n, KEY_ROW)
+        rows["w0"], rows["w1"] = words[:, 0], words[:, 1]
+        rows["tag"] = np.where(present, tags, NO_KEY)
+        rows["order"] = order = self.orders(n)
+        h = keys.mix(words[:, 0], words[:, 1], rows["tag"])
+        h = np.where(present, h, keys.mix(order))  # spread records without the field
+        buckets = keys.bucket_of(h, self.nbuckets)
+        spill = self._writer()
+        spill.add("keys", buckets, rows)
+        for b in np.unique(buckets).tolist():  # the same order within a bucket as `add`
+            spill.add_objects("records", b, [batch[i] for i in np.flatnonzero(buckets == b)])
+        for i in np.flatnonzero((tags == keys.LONG) & np.array(present)).tolist():
+            key = (int(words[i, 0]), int(words[i, 1]))
+            spill.add_objects("longs", int(buckets[i]), [(*key, longs[key])])
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.order = list(unwrap(state["seen"]))
-        self.seen = set(self.order)
-        self.dropped = state["dropped"]
-
-    def counters(self) -> dict[str, int]:
-        return {"duplicates": self.dropped}
-
-    def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        get, seen = self.get, self.seen
-        for batch in batches:
-            out = Batch()
-            for record in batch:
-                value = get(record)
-                if value is MISSING:
-                    out.append(record)
-                    continue
-                key = normalize(value)
-                if key in seen:
-                    self.dropped += 1
-                    continue
-                seen.add(key)
-                self.order.append(key)
-                out.append(record)
-            yield out
+    def reduce(self, phase: int, bucket: int, io: ReduceIO) -> Iterable[tuple[Any, Any]]:
+        rows = io.read("keys", bucket)
+        if not len(rows):
+            return []
+        records = io.read("records", bucket)
+        strings = keys.StringTable()
+        for frame in io.frames("longs", bucket):
+            strings.add(((w0, w1), s) for w0, w1, s in frame)
+        w0, w1, tag = rows["w0"], rows["w1"], rows["tag"]
+        keep = tag == NO_KEY
+        keyed = np.flatnonzero(~keep)
+        order, starts = keys.group_equal(keys.mix(w0[keyed], w1[keyed], tag[keyed]),
+                                         w0[keyed], w1[keyed], tag[keyed])
+        keep[keyed[order[starts]]] = True
+        io.count("duplicates", len(rows) - int(keep.sum()))
+        return [(int(rows["order"][i]), records[i]) for i in np.flatnonzero(keep).tolist()]

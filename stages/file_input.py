@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bz2
+import errno
 import glob
 import gzip
 import hashlib
@@ -84,6 +85,7 @@ class FileInput(Input):
         self.offset = 0         # next byte to read: always a line start
         self.line = 1           # number of the line that starts at `offset`
         self.lines_read = 0
+        self.label: str | None = None  # the file named in rejects, when there are several
 
     @property
     def resumable(self) -> bool:  # type: ignore[override]
@@ -96,31 +98,124 @@ class FileInput(Input):
         return (len(f) == 1 and f[0] != "-" and not f[0].endswith((".gz", ".bz2"))
                 and not is_url(f[0]))
 
-    # -- partitioning -------------------------------------------------------------
-    def split(self, n: int) -> list["FileInput"]:
-        """Up to n readers over newline-aligned byte ranges, in file order."""
-        if not self.plain:
-            return [self]
-        size = self._size()
-        bounds = [0]
-        with self._open() as fh:
-            for i in range(1, n):
-                target = max(size * i // n, bounds[-1])
+    # -- planning -------------------------------------------------------------------
+    # A range is (file index, start, end): the lines that start in [start, end) of one
+    # file; end None means "to the end" (stdin, compressed files). The *frontier* is
+    # what a plan has covered: each file's identity, size, and whether it ended in \n.
+
+    def ranges(self, target_bytes: int, frontier: dict[str, Any] | None = None
+               ) -> tuple[list[tuple[int, int, int | None]], dict[str, Any]]:
+        """Ranges of about `target_bytes` covering what is readable now and was not
+        covered by `frontier` (check `frontier_problem()` first), and the new frontier."""
+        if "-" in self.files:
+            return ([(0, 0, None)] if frontier is None else []), {"stdin": True}
+        files = [self._file_state(i) for i in range(len(self.files))]
+        out: list[tuple[int, int, int | None]] = []
+        for i, now in enumerate(files):
+            if not now["splittable"]:
+                if frontier is None:
+                    out.append((i, 0, None))
+                continue
+            lo = frontier["files"][i]["size"] if frontier is not None else 0
+            if now["size"] > lo:
+                n = max(1, -(-(now["size"] - lo) // max(target_bytes, 1)))
+                out.extend((i, a, b) for a, b in self._split_range(i, lo, now["size"], n))
+        return out, {"files": files}
+
+    def frontier_problem(self, frontier: dict[str, Any]) -> str | None:
+        """Why a plan that covered `frontier` cannot continue on the input as it is now."""
+        if "-" in self.files:
+            return "standard input cannot be re-read"
+        saved = frontier.get("files", [])
+        if [f["path"] for f in saved] != [os.path.abspath(f) for f in self.files]:
+            return "the input files changed"
+        for i, old in enumerate(saved):
+            try:
+                now = self._file_state(i)
+            except InputError:
+                return "the input is gone"
+            if not old["splittable"] or len(saved) > 1 and i < len(saved) - 1:
+                if now != old:
+                    return "the input files changed"
+                continue
+            if (now["device"], now["inode"]) != (old["device"], old["inode"]):
+                return "the input file was replaced"
+            if now["size"] < old["size"]:
+                return "the input file was truncated"
+            with open(self.files[i], "rb") as fh:
+                head = fh.read(old["head_len"])
+            if hashlib.sha256(head).hexdigest() != old["head_sha256"]:
+                return "the input file was replaced (its first bytes differ)"
+            if now["size"] > old["size"] and not old["newline_end"]:
+                return "the input's last line, read without its newline, has grown"
+        return None
+
+    def _file_state(self, i: int) -> dict[str, Any]:
+        path = self.files[i]
+        st = url_stat(path) if is_url(path) else self._stat_of(path)
+        splittable = not path.endswith((".gz", ".bz2")) and not is_url(path)
+        state = {"path": path if is_url(path) else os.path.abspath(path),
+                 "device": st.st_dev, "inode": st.st_ino, "size": st.st_size,
+                 "splittable": splittable}
+        if not splittable:
+            return {**state, "mtime_ns": st.st_mtime_ns}
+        with open(path, "rb") as fh:
+            head = fh.read(FINGERPRINT_BYTES)
+            last = b"\n"
+            if st.st_size:
+                fh.seek(st.st_size - 1)
+                last = fh.read(1)
+        return {**state, "head_sha256": hashlib.sha256(head).hexdigest(),
+                "head_len": len(head), "newline_end": last == b"\n"}
+
+    @staticmethod
+    def _stat_of(path: str) -> Any:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise InputError(f"cannot read input {path!r}: {exc.strerror}") from None
+        if os.path.isdir(path):
+            raise InputError(f"cannot read input {path!r}: {os.strerror(errno.EISDIR)}")
+        if not os.path.isfile(path):
+            raise InputError(f"input {path!r} is not a regular file")
+        return st
+
+    def _split_range(self, i: int, lo: int, hi: int, n: int) -> list[tuple[int, int]]:
+        """n newline-aligned pieces of [lo, hi) (fewer if lines are long)."""
+        bounds = [lo]
+        with open(self.files[i], "rb") as fh:
+            for k in range(1, n):
+                target = max(lo + (hi - lo) * k // n, bounds[-1])
                 fh.seek(max(target - 1, 0))
                 if target > 0:
-                    fh.readline()  # move to the start of the next line
+                    fh.readline()  # to the start of the next line
                 pos = fh.tell() if target > 0 else 0
-                if bounds[-1] < pos < size:
+                if bounds[-1] < pos < hi:
                     bounds.append(pos)
-        bounds.append(size)
-        return [self.part(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+        bounds.append(hi)
+        return list(zip(bounds, bounds[1:]))
 
-    def part(self, start: int, end: int | None) -> "FileInput":
-        """A reader of the lines starting in [start, end); end None means to EOF."""
-        part = FileInput(path=self.files[0], block_size=self.block_size)
+    def part(self, where: tuple[int, int, int | None]) -> "FileInput":  # type: ignore[override]
+        """A reader of one range that ranges() described."""
+        i, start, end = where
+        path = self.files[i]
+        if path != "-" and not is_url(path):
+            path = os.path.abspath(path)  # Dask workers may run elsewhere
+        part = FileInput(path=path, block_size=self.block_size)
         part.start = part.offset = start
         part.end = end
+        part.label = self.files[i] if len(self.files) > 1 else None
         return part
+
+    def estimated_bytes(self) -> int | None:
+        """Roughly how many bytes of lines there are, to size the reducers' buckets."""
+        if "-" in self.files:
+            return None
+        total = 0
+        for f in self.files:
+            size = (url_stat(f) if is_url(f) else self._stat_of(f)).st_size
+            total += size * 8 if f.endswith((".gz", ".bz2")) else size
+        return total
 
     # -- state --------------------------------------------------------------------
     def snapshot(self) -> dict[str, int]:
@@ -144,20 +239,6 @@ class FileInput(Input):
         return {"path": os.path.abspath(self.files[0]), "device": st.st_dev,
                 "inode": st.st_ino, "head_sha256": hashlib.sha256(head).hexdigest(),
                 "head_len": len(head), "start": self.start}
-
-    def partitions(self, target_bytes: int) -> list["FileInput"]:
-        """Readers of about `target_bytes` each, file by file, in order. A compressed
-        file is one partition; stdin cannot be partitioned."""
-        out: list[FileInput] = []
-        for path in self.files:
-            if path == "-":
-                raise InputError("standard input cannot be split into partitions")
-            one = FileInput(path=path, block_size=self.block_size)
-            if one.plain:
-                out.extend(one.split(max(1, -(-one._size() // target_bytes))))
-            else:
-                out.append(one)
-        return out
 
     @staticmethod
     def _file_identity(path: str) -> dict[str, Any]:
@@ -270,7 +351,7 @@ class FileInput(Input):
             self.index, self.offset, self.line = self.index + 1, 0, 1
 
     def _read_file(self) -> Iterator[Batch]:
-        source = self.files[self.index] if len(self.files) > 1 else None
+        source = self.files[self.index] if len(self.files) > 1 else self.label
         with self._open() as fh:
             if self.offset:
                 if self.files[self.index] == "-":

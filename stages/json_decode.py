@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
+from itertools import accumulate, compress
+from operator import not_
 from typing import Any, Iterator
 
 import msgspec
@@ -13,6 +16,8 @@ from .site_event import SiteEventType
 SMALL = 16  # below this many lines, decode one by one
 SCHEMAS: dict[str, Any] = {"site-event": SiteEventType, "object": dict}
 _AT = re.compile(r"^(.*?)(?: - at `\$((?:\.[^`]*)|(?:\[[^`]*))`)?$", re.S)
+_AT_BYTE = re.compile(r"\(byte (\d+)\)$")
+_AT_INDEX = re.compile(r"at `\$\[(\d+)\]")
 _MISSING = re.compile(r"Object missing required field `([^`]*)`(?: - at `\$(.*)`)?")
 
 
@@ -82,42 +87,9 @@ class JsonDecode(Processor):
     def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         for batch in batches:
             out = Batch()
-            if not self._decode_run(batch, 0, len(batch), out):
-                # blank lines are the usual culprit: decode the runs between them
-                lo = 0
-                for i, raw in enumerate(batch):
-                    if not raw or raw.isspace():
-                        self._decode(batch, lo, i, out)
-                        lo = i + 1
-                self._decode(batch, lo, len(batch), out)
+            _Block(self, batch).decode(0, len(batch), out)
             self.records += len(out)
             yield out
-
-    def _decode_run(self, batch: Batch, lo: int, hi: int, out: list[Any]) -> bool:
-        """Decode lines lo..hi as one JSON array, in C; False if any line is bad."""
-        if lo >= hi:
-            return True
-        lines = batch[lo:hi] if hi - lo < len(batch) else batch
-        body = b",".join(lines)
-        # msgspec does not check UTF-8 in fields it skips; checking only the non-ASCII
-        # lines is 4x cheaper than decoding the whole block to str
-        if not body.isascii() and not all(_is_utf8(x) for x in lines if not x.isascii()):
-            return False
-        try:
-            out.extend(self._many.decode(b"[" + body + b"]"))
-            return True
-        except msgspec.DecodeError:
-            return False
-
-    def _decode(self, batch: Batch, lo: int, hi: int, out: list[Any]) -> None:
-        """Decode lines lo..hi, bisecting down to the bad lines when there are any."""
-        if hi - lo <= SMALL:
-            for i in range(lo, hi):
-                self._decode_line(batch, i, out)
-        elif not self._decode_run(batch, lo, hi, out):
-            mid = (lo + hi) // 2
-            self._decode(batch, lo, mid, out)
-            self._decode(batch, mid, hi, out)
 
     def _decode_line(self, batch: Batch, i: int, out: list[Any]) -> None:
         raw = batch[i]
@@ -138,3 +110,70 @@ class JsonDecode(Processor):
         line, offset = batch.locate(i)
         extra = {"file": batch.source} if batch.source else {}
         self.ctx.reject(batch[i], reason, line=line, offset=offset, stage=self.name, **extra)
+
+
+class _Block:
+    """One batch of lines being decoded, a run of lines per call into msgspec (in C).
+
+    Blank lines and lines of invalid UTF-8 are found first (cheap C-level scans) and
+    handled one by one; the runs between them are decoded as JSON arrays. Where a run
+    fails, msgspec's error names the element or byte it stopped at: the lines before it
+    are decoded again as a run, that line alone (rejected with its reason), and
+    decoding goes on after it. Without a position, the run is bisected.
+    """
+
+    def __init__(self, stage: JsonDecode, batch: Batch):
+        self.stage, self.batch = stage, batch
+
+    def decode(self, lo: int, hi: int, out: list[Any]) -> None:
+        batch = self.batch
+        n = len(batch)
+        # C-level scans (map/compress): a Python loop over every line costs more
+        special = list(compress(range(n), map(not_, batch)))  # empty lines
+        special += compress(range(n), map(bytes.isspace, batch))
+        wide = list(compress(range(n), map(not_, map(bytes.isascii, batch))))
+        # msgspec does not check UTF-8 in fields it skips; the non-ASCII lines are
+        # checked together, and one by one only if that fails
+        if wide and not _is_utf8(b"\n".join([batch[i] for i in wide])):
+            special += (i for i in wide if not _is_utf8(batch[i]))
+        for i in sorted(set(special)):
+            self._span(lo, i, out)
+            self.stage._decode_line(batch, i, out)
+            lo = i + 1
+        self._span(lo, hi, out)
+
+    def _span(self, lo: int, hi: int, out: list[Any]) -> None:
+        """Lines lo..hi, none of them blank or invalid UTF-8."""
+        while hi - lo > SMALL:
+            stop = self._run(lo, hi, out)
+            if stop is None:
+                return
+            if not lo <= stop < hi:
+                mid = (lo + hi) // 2
+                self._span(lo, mid, out)
+                self._span(mid, hi, out)
+                return
+            self._span(lo, stop, out)
+            self.stage._decode_line(self.batch, stop, out)
+            lo = stop + 1
+        for i in range(lo, hi):
+            self.stage._decode_line(self.batch, i, out)
+
+    def _run(self, lo: int, hi: int, out: list[Any]) -> int | None:
+        """Decode lines lo..hi as one array. None if all were good, else the line
+        msgspec stopped at (-1 if its error names no position)."""
+        lines = self.batch if lo == 0 and hi == len(self.batch) else self.batch[lo:hi]
+        body = b",".join(lines)
+        try:
+            out.extend(self.stage._many.decode(b"[" + body + b"]"))
+            return None
+        except msgspec.DecodeError as exc:
+            text = str(exc)
+            m = _AT_INDEX.search(text)
+            if m is not None:
+                return lo + int(m.group(1))
+            m = _AT_BYTE.search(text)
+            if m is None:
+                return -1
+            starts = list(accumulate((len(x) + 1 for x in lines), initial=1))
+            return lo + bisect_right(starts, int(m.group(1))) - 1

@@ -1,258 +1,196 @@
-"""site-state-reducer: SPEC.md's per-site summary, with compact exact state.
+"""site-state-reducer: the chat summary, exact, within a memory budget at any input size.
 
-State layout (see README "State layout"): one row per valid record, in input order,
-in five `array` columns, 33 bytes a row:
+The state is rows on disk (pipeline.keyed), never Python objects per record. Each valid
+record becomes two rows, routed by hash:
 
-    ids   'Q' x2  the id as 16 bytes: a canonical (lower-case) UUID's 128 bits, or,
-                  for any other id, its index in `str_ids` (flag 4 in `code`)
-    ts    'd'     timestamp
-    site  'I'     index into `sites` (site ids as decimal strings)
-    frm   'I'     index into `froms`
-    code  'B'     0 message, 1 online, 2 offline; +4 when the id is a string
+    ids    by its id:    id key (16 bytes), order key, the bucket of its site    29 bytes
+    sites  by its site:  site key, from key, timestamp, order key, kind          49 bytes
 
-Everything order-dependent (first id wins, ties in file order) is resolved once, in
-`finish()`, with numpy sorts over these columns. Rows are kept in input order and
-`merge()` appends the later partition after the earlier, so row order *is* file order.
+Keys are exact (pipeline.keys: a UUID's 128 bits, a short string's bytes, or a digest of
+a long string confirmed against the string itself). Two reduce phases finish the job:
+
+    0  per id bucket: every id's rows meet here, in file order; all but the first are
+       duplicates, whose order keys go to the bucket of *their* site ("drops")
+    1  per site bucket: drop the duplicates, then count distinct operators and visitors
+       and classify each message by its site's state at its time, with numpy sorts in
+       which ties keep file order
+
+A bucket holds every row of its keys, so each is finished on its own; the engine picks
+enough buckets for one to fit the memory budget.
 """
 from __future__ import annotations
 
-from array import array
-from typing import Any, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 
-from pipeline import AppendOnly, Batch, Reducer, unwrap
+from pipeline import keys
+from pipeline.keyed import KeyedReducer, ReduceIO
+from pipeline.stage import Batch
 
 from .site_event import ONLINE, OFFLINE, Status
 
-STRING_ID = 4
-_DASH_COLS = np.array([8, 13, 18, 23])
-_HEX_COLS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
-_HEX_VALUE = np.full(256, 255, dtype=np.uint8)  # lower-case hex only: canonical form
-_HEX_VALUE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
-_FILLER = "00000000-0000-0000-0000-000000000000"
-COLUMNS = (("ids", "Q"), ("ts", "d"), ("site", "I"), ("frm", "I"), ("code", "B"))
+ID_ROW = np.dtype([("w0", "<u8"), ("w1", "<u8"), ("order", "<u8"), ("sb", "<u4"),
+                   ("tag", "u1")])
+SITE_ROW = np.dtype([("s0", "<u8"), ("s1", "<u8"), ("f0", "<u8"), ("f1", "<u8"),
+                     ("ts", "<f8"), ("order", "<u8"), ("code", "u1")])
+# code: bits 0-1 message/online/offline, 2-3 the site key's tag, 4-5 the from key's tag
+KIND, SITE_TAG, FROM_TAG = 0, 2, 4
 
 
-class Interner:
-    """Strings <-> dense indices; `keys` may hold aliases (int 123 for "123")."""
-
-    def __init__(self, names: list[str] | None = None):
-        self.names: list[str] = names or []
-        self.index: dict[Any, int] = {n: i for i, n in enumerate(self.names)}
-
-    def add(self, key: Any) -> int:
-        # store a fresh copy: keys allocated back to back stay close in memory, which
-        # halved the cost of looking up 50k visitor names (cache misses dominate)
-        name = (key + " ")[:-1] if isinstance(key, str) else str(key)
-        i = self.index.get(name)
-        if i is None:
-            i = self.index[name] = len(self.names)
-            self.names.append(name)
-        if not isinstance(key, str):
-            self.index[key] = i  # an int site_id is an alias of its decimal string
-        return i
-
-    def lookup_all(self, keys: list[Any]) -> list[int]:
-        get = self.index.__getitem__
-        try:
-            return list(map(get, keys))
-        except KeyError:
-            for key in set(keys).difference(self.index):
-                self.add(key)
-            return list(map(get, keys))
+def _route_longs(longs: dict[tuple[int, int], str], words: np.ndarray, tags: np.ndarray,
+                 buckets: np.ndarray) -> dict[int, list[tuple[int, int, str]]]:
+    """The long strings of a batch, grouped by the bucket their rows went to."""
+    out: dict[int, list[tuple[int, int, str]]] = {}
+    for i in np.flatnonzero(tags == keys.LONG).tolist():
+        key = (int(words[i, 0]), int(words[i, 1]))
+        out.setdefault(int(buckets[i]), []).append((*key, longs[key]))
+    return out
 
 
-class SiteStateReducer(Reducer):
-    """Per-site chats, emails, distinct operators and visitors, exactly per SPEC.md.
+def _encode_sites(sites: list[Any]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Keys of site ids (an int is its decimal string); few distinct ones per batch."""
+    distinct = list(dict.fromkeys(sites))
+    index = {s: i for i, s in enumerate(distinct)}
+    words, tags, longs = keys.encode([s if type(s) is str else str(s) for s in distinct])
+    pick = np.fromiter(map(index.__getitem__, sites), np.int64, len(sites))
+    return words[pick], tags[pick], longs
+
+
+def _strings(io: ReduceIO, name: str, bucket: int) -> keys.StringTable:
+    table = keys.StringTable()
+    for frame in io.frames(name, bucket):
+        table.add(((w0, w1), s) for w0, w1, s in frame)
+    return table
+
+
+def _groups(h: np.ndarray, *exact: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """(group of each row, number of groups, the first row of each group)."""
+    order, starts = keys.group_equal(h, *exact)
+    gid = np.empty(len(h), np.int64)
+    gid[order] = np.cumsum(starts) - 1
+    return gid, int(starts.sum()), order[starts]
+
+
+class SiteStateReducer(KeyedReducer):
+    """Per-site chats, emails, distinct operators and visitors: the chat summary.
 
         - site-state-reducer: {}
 
-    Emits one batch: a (site_id, messages, emails, operators, visitors) tuple per
-    site, sorted by site_id.
+    Emits one (site_id, messages, emails, operators, visitors) tuple per site, sorted by
+    site_id. Exact at any size: its state is spilled to disk, partitioned by key, and
+    reduced one bucket at a time within the memory budget (see the README, "State
+    layout and memory").
     """
 
     name = "site-state-reducer"
+    spills = {"ids": ID_ROW, "sites": SITE_ROW, "drops": np.dtype("<u8"),
+              "id_longs": None, "site_longs": None}
+    phases = 2
+    reduce_row_bytes = 200
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.sites = Interner()
-        self.froms = Interner()
-        self.str_ids = Interner()
-        self.cols = {name: array(code) for name, code in COLUMNS}
-        # partial states merged in after this one's own rows, already re-indexed; kept
-        # as separate numpy segments so a merge never reallocates the growing columns
-        self.merged: list[dict[str, np.ndarray]] = []
-        self.duplicates = 0
-
-    # -- ingest -------------------------------------------------------------------
-    def update(self, batch: Batch) -> None:
-        if not batch:
-            return
-        c = self.cols
-        ids = [r.id for r in batch]
-        raw, string_rows = self._id_bytes(ids)
-        codes = [(ONLINE if r.data.status == "online" else OFFLINE)
-                 if type(r) is Status else 0 for r in batch]
-        if string_rows:
-            id_words = array("Q", raw)
-            for i in string_rows:
-                id_words[2 * i] = self.str_ids.add(ids[i])
-                id_words[2 * i + 1] = 0
-                codes[i] |= STRING_ID
-            c["ids"].extend(id_words)
-        else:
-            c["ids"].frombytes(raw)
-        c["code"].fromlist(codes)
-        c["ts"].fromlist([r.timestamp for r in batch])
-        c["site"].fromlist(self.sites.lookup_all([r.site_id for r in batch]))
-        c["frm"].fromlist(self.froms.lookup_all([r.from_ for r in batch]))
-
-    @staticmethod
-    def _id_bytes(ids: list[str]) -> tuple[bytes, list[int]]:
-        """16 bytes per id, and the rows whose id is not a canonical UUID.
-
-        Vectorised: the ids are joined, viewed as an (n, 36) byte matrix, checked
-        against the canonical lower-case layout and hex-decoded by table lookup.
-        """
-        n = len(ids)
-        fixed = ids  # copied only when some id must be replaced by a filler
-        odd = []
-        if list(map(len, ids)).count(36) != n:
-            odd = [i for i, x in enumerate(ids) if len(x) != 36]
-            fixed = list(ids)
-            for i in odd:
-                fixed[i] = _FILLER
-        joined = "".join(fixed)
-        if not joined.isascii():
-            fixed = list(fixed)
-            for i, x in enumerate(fixed):
-                if not x.isascii():
-                    odd.append(i)
-                    fixed[i] = _FILLER
-            joined = "".join(fixed)
-        grid = np.frombuffer(joined.encode("ascii"), np.uint8).reshape(n, 36)
-        nibbles = _HEX_VALUE[grid[:, _HEX_COLS]]
-        ok = (nibbles < 16).all(axis=1) & (grid[:, _DASH_COLS] == 45).all(axis=1)
-        raw = ((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).astype(np.uint8)
-        bad = sorted(set(odd).union(np.flatnonzero(~ok).tolist()))
-        return raw.tobytes(), bad
-
-    # -- state --------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.cols["ts"]) + sum(len(seg["ts"]) for seg in self.merged)
-
-    def _fold(self) -> None:
-        """Move merged segments into the array columns (only needed for a snapshot)."""
-        for seg in self.merged:
-            for name, _ in COLUMNS:
-                self.cols[name].frombytes(memoryview(np.ascontiguousarray(seg[name])).cast("B"))
-        self.merged = []
+        self.rows = 0
 
     def snapshot(self) -> dict[str, Any]:
-        self._fold()
-        # live references, all grow-only: the checkpoint store saves just the new tails
-        return {"cols": {k: AppendOnly(v) for k, v in self.cols.items()},
-                "sites": AppendOnly(self.sites.names), "froms": AppendOnly(self.froms.names),
-                "str_ids": AppendOnly(self.str_ids.names)}
+        return {**super().snapshot(), "rows": self.rows}
 
     def restore(self, state: dict[str, Any]) -> None:
-        cols = state["cols"]
-        self.cols = {name: array(code, unwrap(cols[name])) for name, code in COLUMNS}
-        self.sites = Interner(list(unwrap(state["sites"])))
-        self.froms = Interner(list(unwrap(state["froms"])))
-        self.str_ids = Interner(list(unwrap(state["str_ids"])))
-
-    def merge(self, other: "SiteStateReducer") -> None:
-        """Append `other`, which covers input after this one's, re-indexing its tables."""
-        other._fold()
-        if not len(other):
-            return
-        remap = {}
-        for attr in ("sites", "froms", "str_ids"):
-            mine: Interner = getattr(self, attr)
-            remap[attr] = np.array([mine.add(n) for n in getattr(other, attr).names] or [0],
-                                   dtype=np.uint32)
-        oc = other.cols
-        seg = {name: np.frombuffer(oc[name], code) for name, code in
-               (("ts", np.float64), ("code", np.uint8))}
-        ids = np.frombuffer(oc["ids"], np.uint64)
-        strings = np.flatnonzero(seg["code"] & STRING_ID)
-        if len(strings):
-            ids = ids.copy()
-            ids[2 * strings] = remap["str_ids"][ids[2 * strings]]
-        seg["ids"] = ids
-        for name, attr in (("site", "sites"), ("frm", "froms")):
-            seg[name] = remap[attr][np.frombuffer(oc[name], np.uint32)]
-        self.merged.append(seg)
+        super().restore(state)
+        self.rows = state["rows"]
 
     def counters(self) -> dict[str, int]:
-        return {"rows": len(self), "duplicates": self.duplicates}
+        return {"rows": self.rows, "duplicates": 0, **super().counters()}
 
-    # -- result -------------------------------------------------------------------
-    def _take(self, name: str) -> np.ndarray:
-        """One whole column as a numpy array, released from this reducer."""
-        dtype = {"Q": np.uint64, "d": np.float64, "I": np.uint32, "B": np.uint8}[
-            self.cols[name].typecode]
-        parts = [np.frombuffer(self.cols[name], dtype)] if len(self.cols[name]) else []
-        parts += [seg.pop(name) for seg in self.merged]
-        self.cols[name] = array(self.cols[name].typecode)
-        if len(parts) == 1:
-            return parts[0]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype)
+    # -- map side ---------------------------------------------------------------------
+    def update(self, batch: Batch) -> None:
+        n = len(batch)
+        if not n:
+            return
+        spill = self._writer()
+        nb = self.nbuckets
+        iw, itag, ilong = keys.encode([r.id for r in batch])
+        sw, stag, slong = _encode_sites([r.site_id for r in batch])
+        fw, ftag, flong = keys.encode([r.from_ for r in batch])
+        order = self.orders(n)
+        sb = keys.bucket_of(keys.mix(sw[:, 0], sw[:, 1], stag), nb)
+        ib = keys.bucket_of(keys.mix(iw[:, 0], iw[:, 1], itag), nb)
+        ids = np.empty(n, ID_ROW)
+        ids["w0"], ids["w1"], ids["order"], ids["sb"], ids["tag"] = iw[:, 0], iw[:, 1], order, sb, itag
+        rows = np.empty(n, SITE_ROW)
+        rows["s0"], rows["s1"], rows["f0"], rows["f1"] = sw[:, 0], sw[:, 1], fw[:, 0], fw[:, 1]
+        rows["ts"] = [r.timestamp for r in batch]
+        rows["order"] = order
+        kinds = [(ONLINE if r.data.status == "online" else OFFLINE) if type(r) is Status else 0
+                 for r in batch]
+        rows["code"] = np.array(kinds, np.uint8) | (stag << SITE_TAG) | (ftag << FROM_TAG)
+        spill.add("ids", ib, ids)
+        spill.add("sites", sb, rows)
+        if ilong:
+            for b, items in _route_longs(ilong, iw, itag, ib).items():
+                spill.add_objects("id_longs", b, items)
+        if slong or flong:
+            for w, t, table in ((sw, stag, slong), (fw, ftag, flong)):
+                if table:
+                    for b, items in _route_longs(table, w, t, sb).items():
+                        spill.add_objects("site_longs", b, items)
+        self.rows += n
 
-    def finish(self) -> Iterator[Batch]:
-        """The summary. Consumes the rows: columns are freed as soon as they are used,
-        which keeps the peak at 10M rows well under the sum of all temporaries."""
-        ids = self._take("ids").reshape(-1, 2)
-        code = self._take("code")
-        n = len(code)
-        keep = first_occurrences(ids[:, 0], ids[:, 1], code >> 2)
-        del ids
-        self.duplicates = int(n - np.count_nonzero(keep))
-        kind = (code & 3)[keep]
-        del code
-        site = self._take("site")[keep]
-        frm = self._take("frm")[keep]
-        ts = self._take("ts")[keep]
-        del keep
-        self.merged = []
-        nsites, nfroms = len(self.sites.names), max(len(self.froms.names), 1)
-        is_status = kind != 0
-        operators = distinct_per_site(site[is_status], frm[is_status], nsites, nfroms)
-        visitors = distinct_per_site(site[~is_status], frm[~is_status], nsites, nfroms)
-        del is_status
-        present = np.bincount(site, minlength=nsites) > 0
-        rows = {"site": site, "frm": frm, "ts": ts, "kind": kind}
-        del site, frm, ts, kind
-        chats, messages = classify_messages(rows, nsites)
-        names = self.sites.names
-        yield Batch(sorted((names[i], int(chats[i]), int(messages[i] - chats[i]),
-                            int(operators[i]), int(visitors[i]))
-                           for i in np.flatnonzero(present)))
+    # -- reduce side ------------------------------------------------------------------
+    def reduce(self, phase: int, bucket: int, io: ReduceIO) -> Iterable[tuple[Any, Any]] | None:
+        if phase == 0:
+            self._drop_duplicates(bucket, io)
+            return None
+        return self._summarize(bucket, io)
 
+    def _drop_duplicates(self, bucket: int, io: ReduceIO) -> None:
+        """First id in file order wins: send the order keys of the rest to their site."""
+        ids = io.read("ids", bucket)
+        if not len(ids):
+            return
+        _strings(io, "id_longs", bucket)  # refuses two ids with one digest
+        w0, w1, tag = ids["w0"], ids["w1"], ids["tag"]
+        order, starts = keys.group_equal(keys.mix(w0, w1, tag), w0, w1, tag)
+        later = ids[order[~starts]]
+        io.count("duplicates", len(later))
+        io.add("drops", later["sb"], later["order"])
 
-def first_occurrences(hi: np.ndarray, lo: np.ndarray, tag: np.ndarray) -> np.ndarray:
-    """Mask of rows whose key (hi, lo, tag) has not appeared in an earlier row."""
-    n = len(hi)
-    keep = np.ones(n, dtype=bool)
-    if n < 2:
-        return keep
-    # sort on one word first; only rows sharing it need the exact, stable sort
-    order = np.argsort(hi)
-    hs = hi[order]
-    same = hs[1:] == hs[:-1]
-    shared = np.zeros(n, dtype=bool)
-    shared[1:] |= same
-    shared[:-1] |= same
-    rows = np.sort(order[shared])
-    if len(rows):
-        sub = np.lexsort((rows, lo[rows], tag[rows], hi[rows]))
-        r = rows[sub]
-        later = ((hi[r][1:] == hi[r][:-1]) & (lo[r][1:] == lo[r][:-1])
-                 & (tag[r][1:] == tag[r][:-1]))
-        keep[r[1:][later]] = False
-    return keep
+    def _summarize(self, bucket: int, io: ReduceIO) -> list[tuple[str, tuple]]:
+        rows = io.read("sites", bucket)
+        drops = io.read("drops", bucket)
+        if len(drops):
+            rows = rows[~np.isin(rows["order"], drops)]
+        if not len(rows):
+            return []
+        strings = _strings(io, "site_longs", bucket)
+        code = rows["code"]
+        kind = code & 3
+        stag, ftag = (code >> SITE_TAG) & 3, (code >> FROM_TAG) & 3
+        s0, s1 = rows["s0"], rows["s1"]
+        site, nsites, first = _groups(keys.mix(s0, s1, stag), s0, s1, stag)
+        names = [keys.decode(s0[i], s1[i], stag[i], strings) for i in first.tolist()]
+        f0, f1 = rows["f0"], rows["f1"]
+        is_status = (kind != 0).astype(np.uint8)
+        # distinct senders: group (site, from, status or message) exactly
+        _, _, pair_first = _groups(keys.mix(site, f0, f1, ftag, is_status, seed=1),
+                                   site, f0, f1, ftag, is_status)
+        st = is_status[pair_first].astype(bool)
+        operators = np.bincount(site[pair_first[st]], minlength=nsites)
+        visitors = np.bincount(site[pair_first[~st]], minlength=nsites)
+        # each status's operator, numbered within this bucket
+        frm = np.zeros(len(rows), np.int64)
+        s_rows = np.flatnonzero(is_status)
+        if len(s_rows):
+            frm[s_rows] = _groups(keys.mix(site[s_rows], f0[s_rows], f1[s_rows], ftag[s_rows],
+                                           seed=2),
+                                  site[s_rows], f0[s_rows], f1[s_rows], ftag[s_rows])[0]
+        chats, messages = classify_messages(
+            {"site": site, "frm": frm, "ts": rows["ts"], "kind": kind}, nsites)
+        out = [(names[i], (names[i], int(chats[i]), int(messages[i] - chats[i]),
+                           int(operators[i]), int(visitors[i]))) for i in range(nsites)]
+        out.sort(key=lambda pair: pair[0])  # code-point order
+        return out
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -261,11 +199,6 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     if len(v) < 2:
         return v
     return v[np.concatenate(([True], v[1:] != v[:-1]))]
-
-
-def distinct_per_site(site: np.ndarray, frm: np.ndarray, nsites: int, nfroms: int) -> np.ndarray:
-    pairs = sorted_unique(site.astype(np.int64) * nfroms + frm)
-    return np.bincount(pairs // nfroms, minlength=nsites)
 
 
 def time_keys(s_ts: np.ndarray, m_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

@@ -39,7 +39,8 @@ def job(tmp_path, capsys):
 
     run.log, run.cfg, run.state = log, cfg, tmp_path / "state"
     run.dead = tmp_path / "state" / "dead_letter.jsonl"
-    run.slot = lambda: next(p for p in (tmp_path / "state").iterdir() if p.is_dir())
+    # the checkpoints of the run's one map task (the input is smaller than one range)
+    run.slot = lambda: next(p for p in (tmp_path / "state").iterdir() if p.is_dir()) / "s0" / "m00000"
     return run
 
 
@@ -189,17 +190,31 @@ def test_all_checkpoints_damaged_starts_fresh(job, monkeypatch):
     assert "resumed" not in err and err.count("is unusable (bad header)") == 2
 
 
-def test_missing_segment_falls_back(job, monkeypatch):
-    """A checkpoint whose segment is gone is unusable, not a crash."""
+def test_missing_spill_file_starts_over(job, monkeypatch):
+    """A checkpoint whose spilled rows are gone is unusable: start over, never a crash."""
     rc, expected, _ = job("--no-checkpoint")
     with monkeypatch.context() as m:
         crash_after(m, 40)
         job()
-    for seg in job.slot().glob("seg-*"):
-        seg.unlink()
+    (job.slot() / "spill.dat").unlink()
     rc, out, err = job()
     assert rc == 0 and out == expected
-    assert "segment seg-" in err and "is missing" in err
+    assert f"the checkpoint in {job.slot()} is unusable ({job.slot()}/spill.dat has 0 bytes; " in err
+    assert "starting over" in err and "resumed" not in err
+
+
+def test_truncated_spill_file_starts_over(job, monkeypatch):
+    """Spilled rows cut short of what the checkpoint recorded are never read as valid."""
+    rc, expected, _ = job("--no-checkpoint")
+    with monkeypatch.context() as m:
+        crash_after(m, 40)
+        job()
+    spill = job.slot() / "spill.dat"
+    with open(spill, "r+b") as fh:
+        fh.truncate(spill.stat().st_size // 2)
+    rc, out, err = job()
+    assert rc == 0 and out == expected
+    assert "spill.dat has" in err and "starting over" in err
 
 
 def test_crash_between_temp_write_and_rename(job, monkeypatch):

@@ -72,12 +72,12 @@ def test_worker_killed_mid_run(cluster, logs, tmp_path):
                              "--executor", "dask", "--scheduler", cluster.scheduler_address,
                              "--partition-mb", "1"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    slot = None
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and slot is None:  # wait until work has started
-        dirs = [p for p in (tmp_path / "d").glob("*.dask") if list(p.glob("*.pkl"))]
-        slot = dirs[0] if dirs else None
-        time.sleep(0.05)
+    while time.monotonic() < deadline:  # wait until the map tasks have started
+        if list((tmp_path / "d").glob("*/s0/m*/spill.dat")):
+            break
+        time.sleep(0.02)
+    assert time.monotonic() < deadline, "the map tasks never started"
     os.kill(pids[0], signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -85,7 +85,7 @@ def test_worker_killed_mid_run(cluster, logs, tmp_path):
 
 
 def test_killed_client_resumes_without_recomputing(cluster, logs, tmp_path):
-    """Partitions a killed client saw finish are reused by the rerun, not recomputed."""
+    """Map tasks finished before the client was killed are reused by the rerun."""
     expected = cli("-c", SUMMARY, "-f", str(logs / "a.jsonl"), "--state-dir",
                    str(tmp_path / "l"), "-w", "1").stdout
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "-c", SUMMARY, "-f",
@@ -96,20 +96,20 @@ def test_killed_client_resumes_without_recomputing(cluster, logs, tmp_path):
     deadline = time.monotonic() + 60
     saved: list = []
     while time.monotonic() < deadline and len(saved) < 2:
-        saved = list((tmp_path / "d").glob("*.dask/*.pkl"))
+        saved = list((tmp_path / "d").glob("*/s0/m*/result.json"))
         time.sleep(0.02)
     proc.kill()
     proc.communicate()
-    saved = list((tmp_path / "d").glob("*.dask/*.pkl"))
+    saved = list((tmp_path / "d").glob("*/s0/m*/result.json"))
     assert len(saved) >= 2
     again = dask_run(logs / "a.jsonl", tmp_path / "d", cluster.scheduler_address)
     assert again.returncode == 0, again.stderr
     assert again.stdout == expected
-    notice = [x for x in again.stderr.splitlines() if "finished partitions" in x][0]
-    reused = int(notice.split("reused ")[1].split(" ")[0])
-    parts = int(notice.split(" of ")[1].split(" ")[0])
-    assert reused >= len(saved) >= 2 and parts > reused
-    assert notice == f"sluice: reused {reused} of {parts} finished partitions; computing {parts - reused}"
+    notice = [x for x in again.stderr.splitlines() if x.startswith("sluice: resumed")][0]
+    reused = int(notice.split(" had finished")[0].split("; ")[-1].split(" of ")[0].split()[-1])
+    tasks = int(notice.split(" had finished")[0].split(" of ")[-1])
+    assert reused >= len(saved) >= 2 and tasks > reused
+    assert notice.endswith(f"{reused} of {tasks} had finished")
 
 
 def free_port() -> int:

@@ -36,18 +36,36 @@ def test_positions_of_every_line(tmp_path, block):
                     ((5, 18), b"five")]
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 7, 50])
-def test_split_covers_every_line_once_in_order(tmp_path, n):
-    """split(n) gives newline-aligned ranges that together read the file exactly."""
+@pytest.mark.parametrize("target", [10**6, 3000, 1000, 300, 50, 1])
+def test_ranges_cover_every_line_once_in_order(tmp_path, target):
+    """ranges() gives newline-aligned pieces that together read the file exactly."""
     lines = [f"line {i} ".encode() * (i % 5 + 1) for i in range(200)]
     p = tmp_path / "f"
     p.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")
-    parts = FileInput(path=str(p), block_size=64).split(n)
-    assert 1 <= len(parts) <= n
+    source = FileInput(path=str(p), block_size=64)
+    ranges, _ = source.ranges(target)
+    assert 1 <= len(ranges) <= max(p.stat().st_size // target, 1) + 1
     out = []
-    for part in parts:
-        out.extend(read_all(part)[0])
+    for where in ranges:
+        out.extend(read_all(source.part(where))[0])
     assert out == lines
+
+
+def test_ranges_after_a_frontier_cover_only_the_appended_lines(tmp_path):
+    """A grown file gets ranges for the new part only; a replaced one is refused."""
+    p = tmp_path / "f"
+    p.write_bytes(b"".join(b"%d\n" % i for i in range(100)))
+    source = FileInput(path=str(p), block_size=64)
+    _, frontier = source.ranges(100)
+    with open(p, "ab") as fh:
+        fh.write(b"".join(b"%d\n" % i for i in range(100, 150)))
+    grown = FileInput(path=str(p), block_size=64)
+    assert grown.frontier_problem(frontier) is None
+    more, _ = grown.ranges(100, frontier)
+    assert [x for w in more for x in read_all(grown.part(w))[0]] == [b"%d" % i for i in range(100, 150)]
+    p.write_bytes(b"other\n" * 300)
+    assert FileInput(path=str(p)).frontier_problem(frontier) == (
+        "the input file was replaced (its first bytes differ)")
 
 
 def test_resume_from_snapshot_reads_only_the_rest(tmp_path):

@@ -5,11 +5,13 @@ A new stage needs a sample below; the test fails until it has one.
 from __future__ import annotations
 
 import pickle
+import shutil
 
 import pytest
 
 import main
-from pipeline import Batch, Kind
+from pipeline import Batch, KeyedReducer, Kind
+from pipeline.keyed import reduce_buckets, result_batches
 from stages.file_input import FileInput
 from stages.json_decode import JsonDecode
 from stages.count import Count
@@ -83,12 +85,25 @@ def run_processor(make, batches, cut):
     return out, stage.counters(), ctx.rejected
 
 
-def run_reducer(make, batches, cut):
+def run_reducer(make, batches, cut, spill_dir):
+    """Fold `cut` batches, snapshot, fold two more (work a kill would lose), then a new
+    instance over the same spill directory restores the snapshot and finishes."""
+    shutil.rmtree(spill_dir, ignore_errors=True)
     stage = make()
+    if isinstance(stage, KeyedReducer):
+        stage.configure(str(spill_dir), nbuckets=3)
     for b in batches[:cut]:
         stage.update(b)
+    state = roundtrip(stage.snapshot())
+    for b in batches[cut:cut + 2]:
+        stage.update(b)
+    if isinstance(stage, KeyedReducer):
+        stage.spill.flush()  # the lost work reached the files: restore must cut it off
+        stage.spill.close()
     stage2 = make()
-    stage2.restore(roundtrip(stage.snapshot()))
+    if isinstance(stage2, KeyedReducer):
+        stage2.configure(str(spill_dir), nbuckets=3)
+    stage2.restore(state)
     for b in batches[cut:]:
         stage2.update(b)
     return [list(b) for b in stage2.finish()], stage2.counters()
@@ -129,7 +144,7 @@ SAMPLES = {
     "json-decode": lambda log: ("processor", JsonDecode, raw_batches(log)),
     "where": lambda log: ("processor", lambda: Where(field="site_id", **{"in": ["76", "dc"]}),
                           decoded_batches(log)),
-    "dedupe": lambda log: ("processor", lambda: Dedupe(field="id"), decoded_batches(log)),
+    "dedupe": lambda log: ("reducer", lambda: Dedupe(field="id"), decoded_batches(log)),
     "site-state-reducer": lambda log: ("reducer", SiteStateReducer, decoded_batches(log)),
     "count": lambda log: ("reducer", lambda: Count(field="from"), decoded_batches(log)),
     "jsonl-output": file_output(JsonlOutput),
@@ -170,40 +185,68 @@ def test_snapshot_restore_at_every_batch_boundary(name, log):
             assert run_output(make, batches, cut, path) == straight
     else:
         batches = rest[0]
-        straight = run_reducer(make, batches, len(batches))
+        spill = log.parent / f"spill-{name}"
+        straight = run_reducer(make, batches, len(batches), spill)
+        assert sum(map(len, straight[0])) > 0
         for cut in range(len(batches)):
-            assert run_reducer(make, batches, cut) == straight
+            assert run_reducer(make, batches, cut, spill) == straight
 
 
-@pytest.mark.parametrize("parts", [2, 3, 5])
-def test_reducer_merge_equals_one_pass(log, parts):
-    """Reducing newline-aligned parts separately and merging in order == one pass."""
+def reduce_tasks(reducer_cls, dirs, nbuckets):
+    """What the engine does after the map tasks: every phase over every bucket."""
+    stage = reducer_cls()
+    stage.nbuckets = nbuckets
+    out = dirs[0] + "-reduce"
+    inputs = list(dirs)
+    counters = {}
+    for phase in range(stage.phases):
+        counters.update(reduce_buckets(stage, phase, range(nbuckets), inputs, f"{out}{phase}",
+                                       memory_bytes=64 << 20))
+        inputs.append(f"{out}{phase}")
+    return [r for b in result_batches(stage, inputs[-1:], nbuckets) for r in b], counters
+
+
+@pytest.mark.parametrize("reducer_cls", [SiteStateReducer, lambda: Count(field="from"),
+                                         lambda: Dedupe(field="id")])
+@pytest.mark.parametrize("target", [10**9, 20000, 7000, 3000])
+def test_map_tasks_then_reduce_equals_one_pass(log, tmp_path, reducer_cls, target):
+    """Map tasks over newline-aligned ranges, then the reduce phases, equal one pass."""
+    whole = reducer_cls()
+    for b in decoded_batches(log):
+        whole.update(b)
+    expected = [r for b in whole.finish() for r in b]
+    source = FileInput(path=str(log), block_size=1024)
+    ranges, _ = source.ranges(target)
+    dirs = []
+    for i, where in enumerate(ranges):
+        dec, red = JsonDecode(), reducer_cls()
+        dec.open(Ctx())
+        red.configure(str(tmp_path / f"m{i}"), nbuckets=4, task=i)
+        for b in dec.process(source.part(where).read()):
+            red.update(b)
+        red.spill.mark(durable=False)
+        red.spill.close()
+        dirs.append(str(tmp_path / f"m{i}"))
+    got, counters = reduce_tasks(reducer_cls, dirs, 4)
+    assert got == expected
+    assert counters.get("duplicates", 0) == whole.counters().get("duplicates", 0)
+
+
+def test_empty_map_tasks_reduce_as_identities(log, tmp_path):
+    """Map tasks that saw no records, before and after, change nothing."""
     whole = SiteStateReducer()
     for b in decoded_batches(log):
         whole.update(b)
-    expected = list(whole.finish())
-    merged = SiteStateReducer()
-    for part in FileInput(path=str(log), block_size=1024).split(parts):
-        dec, red = JsonDecode(), SiteStateReducer()
-        dec.open(Ctx())
-        for b in dec.process(part.read()):
+    expected = [r for b in whole.finish() for r in b]
+    dirs = []
+    for i, batches in enumerate(([], decoded_batches(log), [])):
+        red = SiteStateReducer()
+        red.configure(str(tmp_path / f"m{i}"), nbuckets=2, task=i)
+        for b in batches:
             red.update(b)
-        merged.merge(roundtrip(red))
-    assert list(merged.finish()) == expected
-    assert merged.counters() == whole.counters()
-
-
-def test_merge_with_empty_partials(log):
-    """Empty partial states merge as identities, on either side."""
-    full = SiteStateReducer()
-    for b in decoded_batches(log):
-        full.update(b)
-    expected = list(full.cols["ts"])
-    left = SiteStateReducer()
-    left.merge(full)
-    left.merge(SiteStateReducer())
-    assert list(left.snapshot()["cols"]["ts"].value) == expected
-    assert list(left.finish()) == list(full.finish())
+        red.spill.mark(durable=False)
+        dirs.append(str(tmp_path / f"m{i}"))
+    assert reduce_tasks(SiteStateReducer, dirs, 2)[0] == expected
 
 
 def test_reducer_result_shape():

@@ -1,0 +1,224 @@
+"""Keyed reducers: state as hash-partitioned rows on disk, reduced one bucket at a time.
+
+A `KeyedReducer` is how a reducer stays within the memory budget whatever the input:
+
+    update(batch)          map side: turn records into numpy rows, route each to a
+                           bucket by a hash of its key, `self.spill.add(set, buckets, rows)`
+    reduce(phase, b, io)   reduce side, once per phase and bucket: `io.read(set, b)` gives
+                           every row of bucket b, from every map task, in file order; a
+                           phase may write rows for a later phase (`io.add`), and the
+                           last phase returns (key, record) pairs sorted by key
+
+The engine plans map tasks (input ranges), then the reduce tasks of each phase (one per
+bucket), and finally merges the buckets' sorted results by key for the stages after
+the reducer. A bucket's rows are all its keys' rows, so a bucket can be finished on its
+own; the bucket count is chosen so that one bucket fits the memory budget.
+
+Every row gets an *order key* when it reaches the reducer: the map task's number in the
+high bits, a running count in the low 40. Map tasks are numbered in file order and read
+their range in order, so comparing order keys is comparing file positions.
+"""
+from __future__ import annotations
+
+import heapq
+import os
+import shutil
+import tempfile
+from operator import itemgetter
+from typing import Any, ClassVar, Iterable, Iterator
+
+import numpy as np
+
+from .signals import Stopped
+from .spill import Sets, SpillReader, SpillWriter
+from .stage import Batch, Reducer
+
+ORDER_BITS = 40
+RESULT = "__result__"   # the object set holding a last phase's (key, record) pairs
+RESULT_FRAME = 2000     # pairs per result frame: merging holds one frame per bucket
+BATCH = 10_000
+
+
+class ReduceIO:
+    """What `KeyedReducer.reduce()` may do: read buckets, write rows for later phases."""
+
+    def __init__(self, reader: SpillReader, writer: SpillWriter | None, memory_bytes: int,
+                 scratch: str):
+        self.reader = reader
+        self.writer = writer
+        self.memory_bytes = memory_bytes  # what one bucket may use while it is reduced
+        self.scratch = scratch            # a directory for temporary files
+        self.counters: dict[str, int] = {}
+
+    def read(self, name: str, bucket: int) -> Any:
+        return self.reader.read(name, bucket)
+
+    def frames(self, name: str, bucket: int) -> Iterator[Any]:
+        return self.reader.frames(name, bucket)
+
+    def nbytes(self, name: str, bucket: int) -> int:
+        return self.reader.nbytes(name, bucket)
+
+    def add(self, name: str, buckets: np.ndarray, rows: np.ndarray) -> None:
+        assert self.writer is not None
+        self.writer.add(name, buckets, rows)
+
+    def add_objects(self, name: str, bucket: int, objects: list[Any]) -> None:
+        assert self.writer is not None
+        self.writer.add_objects(name, bucket, objects)
+
+    def count(self, name: str, n: int) -> None:
+        self.counters[name] = self.counters.get(name, 0) + int(n)
+
+
+class KeyedReducer(Reducer):
+    """Base of reducers whose state lives in spill files; see the module docstring.
+
+    Declare `spills` (set name -> numpy dtype, or None for pickled objects), `phases`
+    (reduce passes; a phase may read the sets of the map side and of earlier phases) and
+    `reduce_row_bytes` (peak memory per spilled row while one bucket is reduced, which
+    sizes the buckets). `snapshot()`/`restore()` already cover the spill files; a
+    subclass that keeps more state extends them.
+    """
+
+    spills: ClassVar[Sets] = {}
+    phases: ClassVar[int] = 1
+    reduce_row_bytes: ClassVar[int] = 256
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.nbuckets = 1
+        self.order_base = 0
+        self.seq = 0
+        self.spill: SpillWriter | None = None
+        self._scratch: str | None = None
+        self._mark: dict[str, int] | None = None
+
+    # -- the engine's side ----------------------------------------------------------
+    def configure(self, directory: str, nbuckets: int, task: int = 0,
+                  buffer_bytes: int = 8 << 20) -> None:
+        """Where this map task's rows go, how many buckets, and the task's number."""
+        self.nbuckets = nbuckets
+        self.order_base = task << ORDER_BITS
+        self.spill = SpillWriter(directory, self.all_sets(), nbuckets, buffer_bytes)
+        if self._mark is not None:
+            self.spill.restore(self._mark)
+
+    @classmethod
+    def all_sets(cls) -> Sets:
+        return {**cls.spills, RESULT: None}
+
+    def _writer(self) -> SpillWriter:
+        if self.spill is None:  # used on its own (tests): a private scratch directory
+            self._scratch = tempfile.mkdtemp(prefix=f"sluice-{self.name}-")
+            self.configure(os.path.join(self._scratch, "map"), self.nbuckets)
+        return self.spill  # type: ignore[return-value]
+
+    def orders(self, n: int) -> np.ndarray:
+        """Order keys for the next n rows, in arrival (= file) order."""
+        out = np.arange(self.seq, self.seq + n, dtype=np.uint64) + np.uint64(self.order_base)
+        self.seq += n
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"spill": self._writer().mark(), "seq": self.seq}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.seq = state["seq"]
+        self._mark = state["spill"]
+        if self.spill is not None:
+            self.spill.restore(self._mark)
+
+    def merge(self, other: "Reducer") -> None:
+        raise TypeError(f"{self.name} keeps its state in buckets; the engine reduces them")
+
+    # -- the stage's side -------------------------------------------------------------
+    def reduce(self, phase: int, bucket: int, io: ReduceIO) -> Iterable[tuple[Any, Any]] | None:
+        """Reduce one bucket; the last phase returns (key, record) pairs sorted by key."""
+        raise NotImplementedError
+
+    def finish(self) -> Iterator[Batch]:
+        """Reduce this reducer's own spill in this process (a stage used on its own)."""
+        writer = self._writer()
+        writer.mark(durable=False)
+        scratch = tempfile.mkdtemp(prefix=f"sluice-{self.name}-reduce-")
+        try:
+            dirs = [writer.dir]
+            for phase in range(self.phases):
+                out = os.path.join(scratch, f"p{phase}")
+                counters = reduce_buckets(self, phase, range(self.nbuckets), dirs, out,
+                                          memory_bytes=256 << 20)
+                for k, v in counters.items():
+                    if not k.startswith("_"):
+                        self.add_counter(k, v)
+                dirs.append(out)
+            yield from result_batches(self, dirs[-1:], self.nbuckets)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            if self._scratch:
+                self.spill.close()  # type: ignore[union-attr]
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch, self.spill = None, None
+
+    def add_counter(self, name: str, n: int) -> None:
+        """Fold a reduce-side count (from `io.count`) into this stage's counters."""
+        self.reduced = getattr(self, "reduced", {})
+        self.reduced[name] = self.reduced.get(name, 0) + n
+
+    def counters(self) -> dict[str, int]:
+        return dict(getattr(self, "reduced", {}))
+
+
+def reduce_buckets(stage: KeyedReducer, phase: int, buckets: Iterable[int], inputs: list[str],
+                   out_dir: str, memory_bytes: int, durable: bool = False,
+                   stop: Any = None) -> dict[str, int]:
+    """Run `stage.reduce(phase, b)` for each bucket, reading the writers in `inputs`
+    (in order) and writing what it produces to a new writer in `out_dir`. Returns the
+    counts the stage made with `io.count()`, and `_results`: result records written."""
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)  # an earlier, unfinished attempt
+    reader = SpillReader(inputs, stage.all_sets())
+    writer = SpillWriter(out_dir, stage.all_sets(), stage.nbuckets)
+    scratch = os.path.join(out_dir, "scratch")
+    io = ReduceIO(reader, writer, memory_bytes, scratch)
+    last = phase == stage.phases - 1
+    try:
+        for b in buckets:
+            if stop is not None and stop.is_set():
+                raise Stopped(0)
+            result = stage.reduce(phase, b, io)
+            if last and result is not None:
+                chunk: list[Any] = []
+                for pair in result:
+                    io.count("_results", 1)
+                    chunk.append(pair)
+                    if len(chunk) >= RESULT_FRAME:
+                        writer.add_objects(RESULT, b, chunk)
+                        writer.flush()
+                        chunk = []
+                writer.add_objects(RESULT, b, chunk)
+                writer.flush()
+        writer.mark(durable=durable)
+    finally:
+        writer.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return io.counters
+
+
+def merged_results(stage: KeyedReducer, dirs: list[str], nbuckets: int) -> Iterator[Any]:
+    """Every bucket's result records, merged by key; one frame per bucket in memory."""
+    reader = SpillReader(dirs, stage.all_sets())
+    streams = [(pair for frame in reader.frames(RESULT, b) for pair in frame)
+               for b in range(nbuckets)]
+    for _key, record in heapq.merge(*streams, key=itemgetter(0)):
+        yield record
+
+
+def result_batches(stage: KeyedReducer, dirs: list[str], nbuckets: int) -> Iterator[Batch]:
+    batch = Batch()
+    for record in merged_results(stage, dirs, nbuckets):
+        batch.append(record)
+        if len(batch) >= BATCH:
+            yield batch
+            batch = Batch()
+    yield batch

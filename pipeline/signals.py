@@ -1,0 +1,99 @@
+"""Stopping a run on request: SIGINT/SIGTERM to the main process, or a stop file.
+
+The main process turns its first SIGINT or SIGTERM into a *stop request*: every task
+finishes the batch in hand, writes a checkpoint and stops, so a rerun resumes from
+there. A second signal means "now": the process exits at once (the last periodic
+checkpoint keeps that safe). Worker processes never act on signals themselves: they
+ignore SIGINT (a terminal's Ctrl-C reaches the whole group) and are told to stop
+through a shared flag.
+
+    with stop_on_signals() as request:     # in the main process
+        ...                                # request.signal is None, or "SIGTERM"
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class Stopped(Exception):
+    """Tasks stopped at a batch boundary because a stop was requested; `lines` counts
+    the input lines they had read (and checkpointed)."""
+
+    def __init__(self, lines: int = 0):
+        super().__init__(f"stopped after {lines} lines")
+        self.lines = lines
+
+    def __reduce__(self):  # keep `lines` across a worker's socket
+        return (Stopped, (self.lines,))
+
+
+class StopRequest:
+    """Set once by the first signal; read by tasks through `is_set()`."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.shared: Any = None        # a multiprocessing Event that workers watch
+        self.on_stop: list[Callable[[], None]] = []
+        self.hard_exit: Callable[[], None] = lambda: None
+
+    def set(self, name: str) -> None:
+        if self.signal is not None:
+            return
+        self.signal = name
+        if self.shared is not None:
+            self.shared.set()
+        for fn in list(self.on_stop):
+            fn()
+
+    def is_set(self) -> bool:
+        return self.signal is not None
+
+
+class FileFlag:
+    """A stop flag other machines can see: a file in the (shared) state directory.
+    Checked at most every `every` seconds, so a batch boundary costs a clock read."""
+
+    def __init__(self, path: str, every: float = 0.25):
+        self.path, self.every = path, every
+        self.next = 0.0
+        self.seen = False
+
+    def is_set(self) -> bool:
+        if self.seen:
+            return True
+        now = time.monotonic()
+        if now >= self.next:
+            self.next = now + self.every
+            self.seen = os.path.exists(self.path)
+        return self.seen
+
+
+class NeverSet:
+    def is_set(self) -> bool:
+        return False
+
+
+@contextmanager
+def stop_on_signals(request: StopRequest | None = None) -> Iterator[StopRequest]:
+    """Route SIGINT/SIGTERM to `request` for the duration (main thread only)."""
+    request = request or StopRequest()
+    names = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+    def handler(signum: int, _frame: Any) -> None:
+        if request.signal is not None:  # the second signal: now
+            request.hard_exit()
+            os._exit(EXIT_CODES.get(names[signum], 1))
+        request.set(names[signum])
+
+    old = {s: signal.signal(s, handler) for s in names}
+    try:
+        yield request
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -1,0 +1,207 @@
+"""The tasks of a run, and the code that runs one, wherever it runs.
+
+A run is planned (pipeline/plan.py) as:
+
+    map tasks      an input range -> processors -> the first reducer's update(), which
+                   spills key-partitioned rows; one checkpoint slot per task
+    reduce tasks   one phase of one reducer over some of its buckets, reading every map
+                   task's rows (and earlier phases' rows) for them
+    the tail       results merged by key -> the stages after the reducer -> the output,
+                   in the main process
+
+Executors (inline, local worker processes, Dask) only call `run_task(spec, task)`; all
+they exchange are these small records and small result dicts. Rows, partial states
+and rejected lines stay on disk in the task's directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .checkpoint import CheckpointStore, write_json_atomic
+from .config import PipelineConfig
+from .deadletter import DeadLetter
+from .errors import RejectedLine
+from .keyed import KeyedReducer, reduce_buckets
+from .runner import Context, run_partial
+from .signals import NeverSet, Stopped
+from .slots import Checkpointer, collect_counters, open_slot
+from .stage import Input, Stage
+
+STATE_VERSION = 2
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class JobSpec:
+    """What every task of a run needs; sent to each worker once."""
+
+    cfg: PipelineConfig
+    slot: str
+    header: dict[str, Any]          # version, config identity, input identity
+    strict: bool = False
+    checkpoint: bool = True         # periodic checkpoints (the final one is always written)
+    every_records: int = 1_000_000
+    every_seconds: float = 30.0
+    buffer_bytes: int = 8 << 20     # a map task's spill buffer
+    reduce_bytes: int = 128 << 20   # what one bucket may use while it is reduced
+    durable: bool = True            # fsync spill files at checkpoints
+
+
+@dataclass
+class MapTask:
+    segment: int
+    index: int                      # task number: the high bits of its rows' order keys
+    where: Any                      # the input range (the input's own descriptor)
+    dir: str
+    stages: tuple[int, int]         # cfg.stages[a:b] follow the input; the last may reduce
+    nbuckets: int = 1
+
+    def describe(self) -> str:
+        return f"map task {self.index}"
+
+
+@dataclass
+class ReduceTask:
+    segment: int
+    stage: int                      # index in cfg.stages of the keyed reducer
+    phase: int
+    buckets: list[int]
+    inputs: list[str]               # writer directories to read, in order
+    dir: str
+    nbuckets: int
+    generation: int = 0
+
+    def describe(self) -> str:
+        return f"reduce phase {self.phase}, buckets {self.buckets[0]}-{self.buckets[-1]}"
+
+
+@dataclass
+class Env:
+    """What the executor lends a task: a stop flag and a progress callback."""
+
+    stop: Any = field(default_factory=NeverSet)
+    progress: Callable[[int, int], None] | None = None  # (bytes, lines) so far
+    source: Callable[[], Input] | None = None  # segment > 0: an earlier reducer's results
+
+
+def run_task(spec: JobSpec, task: Any, env: Env | None = None) -> dict[str, Any]:
+    """Run one task. Its directory is locked meanwhile: if Dask retries a task on
+    another worker while a first attempt is still alive, the second waits for it."""
+    import fcntl
+
+    env = env or Env()
+    os.makedirs(os.path.dirname(task.dir), exist_ok=True)
+    fd = os.open(task.dir + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if isinstance(task, MapTask):
+            return run_map(spec, task, env)
+        return run_reduce(spec, task, env)
+    finally:
+        os.close(fd)
+
+
+def map_stages(spec: JobSpec, task: MapTask, source: Input) -> list[Stage]:
+    a, b = task.stages
+    stages = [source] + [s.build() for s in spec.cfg.stages[a:b]]
+    last = stages[-1]
+    if isinstance(last, KeyedReducer):
+        last.configure(task.dir, task.nbuckets, task.index, spec.buffer_bytes)
+    return stages
+
+
+def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
+    """input range -> ... -> reducer.update(); leaves rows and state in task.dir."""
+    def build() -> list[Stage]:
+        if env.source is not None:
+            return map_stages(spec, task, env.source())
+        return map_stages(spec, task, spec.cfg.stages[0].build().part(task.where))  # type: ignore[attr-defined]
+    header = {**spec.header, "task": task.index, "segment": task.segment,
+              "where": list(task.where) if isinstance(task.where, tuple) else task.where}
+    dead = DeadLetter(os.path.join(task.dir, "dead_letter.jsonl"), strict=spec.strict)
+    notices: list[str] = []
+    stages, store, resumed = open_slot(task.dir, build, header, dead, notices)
+    source = stages[0]
+    resumed_at = source.where() if resumed is not None else None
+    every = (spec.every_records, spec.every_seconds) if spec.checkpoint else (1 << 62, float("inf"))
+    checkpointer = Checkpointer(store, stages, dead, header, *every)
+
+    def hook(records: int, at_end: bool) -> None:
+        checkpointer(records, at_end)
+        if env.progress is not None:
+            env.progress(source.position(), source.counters().get("lines", 0))
+        if not at_end and env.stop.is_set():
+            if spec.checkpoint:
+                checkpointer.save(complete=False)
+            raise Stopped(source.counters().get("lines", 0))
+
+    ctx = Context(dead)
+    try:
+        run_partial(stages, ctx, on_barrier=hook)
+    except RejectedLine as exc:
+        if exc.line is None:
+            raise
+        raise RejectedLine(exc.reason, exc.line + source.lines_before(), exc.stage) from None
+    finally:
+        dead.close()
+        last = stages[-1]
+        if isinstance(last, KeyedReducer) and last.spill is not None:
+            last.spill.close()
+    result = {"counters": collect_counters(stages[:-1]) | _own(stages[-1]),
+              "lines": source.counters().get("lines", 0), "resumed_lines": resumed,
+              "where": source.where(), "resumed_at": resumed_at, "notices": notices, "rejected": dead.count,
+              "meters": [m.as_dict() for m in ctx.meters], "checkpoints": checkpointer.count}
+    write_json_atomic(os.path.join(task.dir, RESULT_FILE), result)
+    return result
+
+
+def _own(stage: Stage) -> dict[str, int]:
+    return dict(stage.counters()) if isinstance(stage, KeyedReducer) else {}
+
+
+def finished_map(task: MapTask) -> dict[str, Any] | None:
+    """The result a finished map task left, or None if it has not finished."""
+    path = os.path.join(task.dir, RESULT_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def run_reduce(spec: JobSpec, task: ReduceTask, env: Env) -> dict[str, Any]:
+    stage = spec.cfg.stages[task.stage].build()
+    assert isinstance(stage, KeyedReducer)
+    stage.nbuckets = task.nbuckets
+    start = time.perf_counter()
+    counters = reduce_buckets(stage, task.phase, task.buckets, task.inputs, task.dir,
+                              spec.reduce_bytes, durable=spec.durable, stop=env.stop)
+    result = {"counters": counters, "generation": task.generation,
+              "seconds": time.perf_counter() - start, "buckets": task.buckets}
+    write_json_atomic(os.path.join(task.dir, RESULT_FILE), result)
+    return result
+
+
+def finished_reduce(task: ReduceTask) -> dict[str, Any] | None:
+    path = os.path.join(task.dir, RESULT_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            result = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if result.get("generation") != task.generation or result.get("buckets") != task.buckets:
+        return None
+    return result
+
+
+def load_state(task: MapTask, notices: list[str]) -> Any:
+    """The final state of a mergeable reducer that ended a map task."""
+    tree = CheckpointStore(task.dir).load(notices.append)
+    if tree is None or not tree.get("complete"):
+        raise RuntimeError(f"the state of {task.describe()} in {task.dir} is missing "
+                           f"after it finished")
+    return tree["stages"][-1]
