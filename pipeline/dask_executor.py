@@ -13,6 +13,7 @@ every batch boundary, cancels what has not started, and closes a LocalCluster.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any, Callable
@@ -48,6 +49,9 @@ class DaskExecutor:
         if os.path.exists(self.stop_path):
             os.unlink(self.stop_path)
         self.spec = spec
+        # a stopped run cancels tasks: Dask would log each one on stderr
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")  # the spawned workers
         if self.scheduler is None:
             self.cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1,
                                         processes=True, host="127.0.0.1",

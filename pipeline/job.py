@@ -384,7 +384,8 @@ class Job:
             return None
         if len(tasks) == 1:
             r = results[0]
-            self.notices.append(f"resumed at {r['resumed_at'] or r['where']}" + (
+            at = r["where"] if done else r["resumed_at"]
+            self.notices.append(f"resumed at {at}" + (
                 " (already complete: nothing new to read)" if done else ""))
         elif not pending:
             self.notices.append(f"resumed: all {len(tasks)} map tasks had finished "

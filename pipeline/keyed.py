@@ -169,6 +169,19 @@ class KeyedReducer(Reducer):
         return dict(getattr(self, "reduced", {}))
 
 
+def split_frames(directory: str, frames: Iterable[np.ndarray], dtype: Any, k: int,
+                 route: Any) -> SpillReader:
+    """Spill the rows of `frames` into k sub-buckets by `route(rows) -> bucket numbers`,
+    for a bucket too large for memory; read them back with the returned reader."""
+    shutil.rmtree(directory, ignore_errors=True)
+    writer = SpillWriter(directory, {"rows": dtype}, k, buffer_bytes=4 << 20)
+    for frame in frames:
+        writer.add("rows", route(frame), frame)
+    writer.mark(durable=False)
+    writer.close()
+    return SpillReader([directory], {"rows": dtype})
+
+
 def reduce_buckets(stage: KeyedReducer, phase: int, buckets: Iterable[int], inputs: list[str],
                    out_dir: str, memory_bytes: int, durable: bool = False,
                    stop: Any = None) -> dict[str, int]:

@@ -299,6 +299,8 @@ class FileInput(Input):
 
     def where(self) -> str:
         prefix = f"{self.files[self.index]} " if len(self.files) > 1 else ""
+        if self.start:  # a range's line numbers start at 1: only the byte is absolute
+            return f"{prefix}byte {self.offset:,}"
         return f"{prefix}line {self.line:,} (byte {self.offset:,})"
 
     def total_bytes(self) -> int | None:

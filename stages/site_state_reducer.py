@@ -20,12 +20,15 @@ enough buckets for one to fit the memory budget.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+import os
+import shutil
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from pipeline import keys
-from pipeline.keyed import KeyedReducer, ReduceIO
+from pipeline.keyed import KeyedReducer, ReduceIO, split_frames
+from pipeline.spill import SpillReader, SpillWriter
 from pipeline.stage import Batch
 
 from .site_event import ONLINE, OFFLINE, Status
@@ -35,6 +38,7 @@ ID_ROW = np.dtype([("w0", "<u8"), ("w1", "<u8"), ("order", "<u8"), ("sb", "<u4")
 SITE_ROW = np.dtype([("s0", "<u8"), ("s1", "<u8"), ("f0", "<u8"), ("f1", "<u8"),
                      ("ts", "<f8"), ("order", "<u8"), ("code", "u1")])
 # code: bits 0-1 message/online/offline, 2-3 the site key's tag, 4-5 the from key's tag
+ID_ROW_BYTES = 96  # memory per id row while duplicates are found
 KIND, SITE_TAG, FROM_TAG = 0, 2, 4
 
 
@@ -146,51 +150,234 @@ class SiteStateReducer(KeyedReducer):
 
     def _drop_duplicates(self, bucket: int, io: ReduceIO) -> None:
         """First id in file order wins: send the order keys of the rest to their site."""
-        ids = io.read("ids", bucket)
-        if not len(ids):
-            return
         _strings(io, "id_longs", bucket)  # refuses two ids with one digest
-        w0, w1, tag = ids["w0"], ids["w1"], ids["tag"]
-        order, starts = keys.group_equal(keys.mix(w0, w1, tag), w0, w1, tag)
-        later = ids[order[~starts]]
-        io.count("duplicates", len(later))
-        io.add("drops", later["sb"], later["order"])
+        rows = io.nbytes("ids", bucket) // ID_ROW.itemsize
+        if rows * ID_ROW_BYTES <= io.memory_bytes:
+            _drop_later(io.read("ids", bucket), io)
+            return
+        # too many rows for memory: split by another hash of the id (every copy of an
+        # id lands in the same part, still in file order), then a part at a time
+        k = int(min(2 * -(-rows * ID_ROW_BYTES // io.memory_bytes), 4096))
+        parts = split_frames(os.path.join(io.scratch, f"ids{bucket}"), io.frames("ids", bucket),
+                             ID_ROW, k, lambda r: keys.bucket_of(
+                                 keys.mix(r["w0"], r["w1"], r["tag"], seed=5), k))
+        for b in range(k):
+            if parts.nrows("rows", b) * ID_ROW_BYTES <= io.memory_bytes:
+                _drop_later(parts.read("rows", b), io)
+            else:  # a few ids repeated very many times: a frame at a time
+                seen: set[tuple[int, int, int]] = set()
+                for frame in parts.frames("rows", b):
+                    _drop_later(frame, io, seen)
+        shutil.rmtree(os.path.join(io.scratch, f"ids{bucket}"), ignore_errors=True)
 
     def _summarize(self, bucket: int, io: ReduceIO) -> list[tuple[str, tuple]]:
-        rows = io.read("sites", bucket)
-        drops = io.read("drops", bucket)
-        if len(drops):
-            rows = rows[~np.isin(rows["order"], drops)]
-        if not len(rows):
-            return []
+        drops = np.sort(io.read("drops", bucket))
         strings = _strings(io, "site_longs", bucket)
-        code = rows["code"]
-        kind = code & 3
-        stag, ftag = (code >> SITE_TAG) & 3, (code >> FROM_TAG) & 3
-        s0, s1 = rows["s0"], rows["s1"]
-        site, nsites, first = _groups(keys.mix(s0, s1, stag), s0, s1, stag)
-        names = [keys.decode(s0[i], s1[i], stag[i], strings) for i in first.tolist()]
-        f0, f1 = rows["f0"], rows["f1"]
-        is_status = (kind != 0).astype(np.uint8)
-        # distinct senders: group (site, from, status or message) exactly
-        _, _, pair_first = _groups(keys.mix(site, f0, f1, ftag, is_status, seed=1),
-                                   site, f0, f1, ftag, is_status)
-        st = is_status[pair_first].astype(bool)
-        operators = np.bincount(site[pair_first[st]], minlength=nsites)
-        visitors = np.bincount(site[pair_first[~st]], minlength=nsites)
-        # each status's operator, numbered within this bucket
-        frm = np.zeros(len(rows), np.int64)
-        s_rows = np.flatnonzero(is_status)
-        if len(s_rows):
-            frm[s_rows] = _groups(keys.mix(site[s_rows], f0[s_rows], f1[s_rows], ftag[s_rows],
-                                           seed=2),
-                                  site[s_rows], f0[s_rows], f1[s_rows], ftag[s_rows])[0]
-        chats, messages = classify_messages(
-            {"site": site, "frm": frm, "ts": rows["ts"], "kind": kind}, nsites)
-        out = [(names[i], (names[i], int(chats[i]), int(messages[i] - chats[i]),
-                           int(operators[i]), int(visitors[i]))) for i in range(nsites)]
-        out.sort(key=lambda pair: pair[0])  # code-point order
+        rows = io.nbytes("sites", bucket) // SITE_ROW.itemsize
+        if rows * self.reduce_row_bytes <= io.memory_bytes:
+            return _summarize_rows(_kept(io.read("sites", bucket), drops), strings)
+        big = BigBucket(io, strings, self.reduce_row_bytes, f"b{bucket}")
+        return big.summarize(lambda: io.frames("sites", bucket), rows, drops)
+
+
+def _drop_later(ids: np.ndarray, io: ReduceIO, seen: set | None = None) -> None:
+    """Send every id row but the first of its id (rows in file order) to "drops".
+    With `seen` (ids met in earlier frames), a first row of an id in it drops too."""
+    if not len(ids):
+        return
+    w0, w1, tag = ids["w0"], ids["w1"], ids["tag"]
+    order, starts = keys.group_equal(keys.mix(w0, w1, tag), w0, w1, tag)
+    later = order[~starts]
+    if seen is not None:
+        firsts = order[starts].tolist()
+        met = [i for i in firsts if (int(w0[i]), int(w1[i]), int(tag[i])) in seen]
+        seen.update((int(w0[i]), int(w1[i]), int(tag[i])) for i in firsts)
+        later = np.concatenate([later, np.array(met, dtype=later.dtype)])
+    dropped = ids[later]
+    io.count("duplicates", len(dropped))
+    io.add("drops", dropped["sb"], dropped["order"])
+
+
+def _kept(rows: np.ndarray, drops: np.ndarray) -> np.ndarray:
+    """The rows whose order key is not among the (sorted) dropped duplicates."""
+    if not len(drops) or not len(rows):
+        return rows
+    at = np.minimum(np.searchsorted(drops, rows["order"]), len(drops) - 1)
+    return rows[drops[at] != rows["order"]]
+
+
+def _summarize_rows(rows: np.ndarray, strings: keys.StringTable) -> list[tuple[str, tuple]]:
+    """The summary of every site in `rows` (no duplicates among them), in memory."""
+    if not len(rows):
+        return []
+    code = rows["code"]
+    kind = code & 3
+    stag, ftag = (code >> SITE_TAG) & 3, (code >> FROM_TAG) & 3
+    s0, s1 = rows["s0"], rows["s1"]
+    site, nsites, first = _groups(keys.mix(s0, s1, stag), s0, s1, stag)
+    names = [keys.decode(s0[i], s1[i], stag[i], strings) for i in first.tolist()]
+    f0, f1 = rows["f0"], rows["f1"]
+    is_status = (kind != 0).astype(np.uint8)
+    # distinct senders: group (site, from, status or message) exactly
+    _, _, pair_first = _groups(keys.mix(site, f0, f1, ftag, is_status, seed=1),
+                               site, f0, f1, ftag, is_status)
+    st = is_status[pair_first].astype(bool)
+    operators = np.bincount(site[pair_first[st]], minlength=nsites)
+    visitors = np.bincount(site[pair_first[~st]], minlength=nsites)
+    # each status's operator, numbered within this bucket
+    frm = np.zeros(len(rows), np.int64)
+    s_rows = np.flatnonzero(is_status)
+    if len(s_rows):
+        frm[s_rows] = _groups(keys.mix(site[s_rows], f0[s_rows], f1[s_rows], ftag[s_rows],
+                                       seed=2),
+                              site[s_rows], f0[s_rows], f1[s_rows], ftag[s_rows])[0]
+    chats, messages = classify_messages(
+        {"site": site, "frm": frm, "ts": rows["ts"], "kind": kind}, nsites)
+    return _result(names, chats, messages, operators, visitors)
+
+
+def _result(names: list[str], chats: np.ndarray, messages: np.ndarray,
+            operators: np.ndarray, visitors: np.ndarray) -> list[tuple[str, tuple]]:
+    out = [(names[i], (names[i], int(chats[i]), int(messages[i] - chats[i]),
+                       int(operators[i]), int(visitors[i]))) for i in range(len(names))]
+    out.sort(key=lambda pair: pair[0])  # code-point order
+    return out
+
+
+PAIR_ROW = np.dtype([("site", "<u4"), ("f0", "<u8"), ("f1", "<u8"), ("tag", "u1")])
+
+
+class BigBucket:
+    """A site bucket larger than its memory share (skew: a few very large sites).
+
+    It is split by another hash of the site into sub-buckets on disk; one that fits is
+    summarized in memory. One that still does not fit holds one or a few huge sites and
+    is streamed: its statuses are kept (they build each site's timeline), its messages
+    are classified a frame at a time, and their distinct senders are spilled by hash and
+    counted a sub-bucket at a time. Only one site's statuses must fit in memory.
+    """
+
+    def __init__(self, io: ReduceIO, strings: keys.StringTable, row_bytes: int, name: str):
+        self.io, self.strings, self.row_bytes, self.name = io, strings, row_bytes, name
+
+    def _scratch(self, label: str, sets: dict[str, Any], n: int) -> SpillWriter:
+        path = os.path.join(self.io.scratch, f"{self.name}-{label}")
+        shutil.rmtree(path, ignore_errors=True)
+        return SpillWriter(path, sets, n, buffer_bytes=4 << 20)
+
+    def summarize(self, frames: Callable[[], Iterator[np.ndarray]], nrows: int,
+                  drops: np.ndarray, depth: int = 0) -> list[tuple[str, tuple]]:
+        memory = self.io.memory_bytes
+        k = int(min(2 * -(-nrows * self.row_bytes // memory), 4096))
+        split = self._scratch(f"split{depth}", {"sites": SITE_ROW}, k)
+        seen: dict[int, set[int]] = {}  # sub-bucket -> up to 2 of its site hashes
+        for frame in frames():
+            frame = _kept(frame, drops)
+            h = keys.mix(frame["s0"], frame["s1"], (frame["code"] >> SITE_TAG) & 3,
+                         seed=11 + depth)
+            sub = keys.bucket_of(h, k)
+            split.add("sites", sub, frame)
+            for b, hh in zip(sub.tolist(), h.tolist()):
+                got = seen.setdefault(b, set())
+                if len(got) < 2:
+                    got.add(hh)
+        split.mark(durable=False)
+        split.close()
+        reader = SpillReader([split.dir], {"sites": SITE_ROW})
+        out: list[tuple[str, tuple]] = []
+        none = np.zeros(0, np.uint64)
+        for b in sorted(seen):
+            n = reader.nrows("sites", b)
+            sub_frames = (lambda b=b: reader.frames("sites", b))
+            if n * self.row_bytes <= memory:
+                out += _summarize_rows(reader.read("sites", b), self.strings)
+            elif len(seen[b]) > 1 and depth < 3:
+                out += self.summarize(sub_frames, n, none, depth + 1)
+            else:
+                out += self.stream(sub_frames)
+        shutil.rmtree(split.dir, ignore_errors=True)
+        out.sort(key=lambda pair: pair[0])
         return out
+
+    def stream(self, frames: Callable[[], Iterator[np.ndarray]]) -> list[tuple[str, tuple]]:
+        # pass 1: the sites, and every status
+        table: dict[tuple[int, int, int], int] = {}
+        statuses = []
+        for frame in frames():
+            stag = (frame["code"] >> SITE_TAG) & 3
+            _, _, first = _groups(keys.mix(frame["s0"], frame["s1"], stag),
+                                  frame["s0"], frame["s1"], stag)
+            for i in first.tolist():
+                table.setdefault((int(frame["s0"][i]), int(frame["s1"][i]), int(stag[i])),
+                                 len(table))
+            statuses.append(frame[(frame["code"] & 3) != 0])
+        nsites = len(table)
+        names = [keys.decode(w0, w1, t, self.strings) for w0, w1, t in table]
+        lookup = _SiteLookup(table)
+        s = np.concatenate(statuses) if statuses else np.zeros(0, SITE_ROW)
+        del statuses
+        s_site = lookup(s)
+        ftag = (s["code"] >> FROM_TAG) & 3
+        s_frm, _, firsts = _groups(keys.mix(s_site, s["f0"], s["f1"], ftag, seed=2),
+                                   s_site, s["f0"], s["f1"], ftag)
+        operators = np.bincount(s_site[firsts], minlength=nsites)
+        uts = sorted_unique(s["ts"])  # times as ranks among the status times: exact
+        s_t = np.searchsorted(uts, s["ts"], side="right").astype(np.int64)
+        timeline = Timeline(s_site, s_frm, s_t, (s["code"] & 3) == ONLINE, nsites, len(uts) + 1)
+        del s, s_site, s_frm, s_t, ftag
+        # pass 2: messages, a frame at a time; their (site, sender) pairs to disk
+        chats = np.zeros(nsites, np.int64)
+        messages = np.zeros(nsites, np.int64)
+        npairs = int(sum(len(f) for f in frames()))
+        k = int(min(max(-(-npairs * 64 // self.io.memory_bytes), 1), 4096))
+        pairs = self._scratch("pairs", {"pairs": PAIR_ROW}, k)
+        for frame in frames():
+            m = frame[(frame["code"] & 3) == 0]
+            if not len(m):
+                continue
+            m_site = lookup(m)
+            messages += np.bincount(m_site, minlength=nsites)
+            chats += timeline.chats(m_site, np.searchsorted(uts, m["ts"], side="right"))
+            ftag = (m["code"] >> FROM_TAG) & 3
+            h = keys.mix(m_site, m["f0"], m["f1"], ftag, seed=3)
+            _, _, firsts = _groups(h, m_site, m["f0"], m["f1"], ftag)
+            p = np.empty(len(firsts), PAIR_ROW)
+            p["site"], p["f0"], p["f1"], p["tag"] = (m_site[firsts], m["f0"][firsts],
+                                                     m["f1"][firsts], ftag[firsts])
+            pairs.add("pairs", keys.bucket_of(h[firsts], k), p)
+        pairs.mark(durable=False)
+        pairs.close()
+        # pass 3: distinct senders of messages, a pair bucket at a time
+        visitors = np.zeros(nsites, np.int64)
+        reader = SpillReader([pairs.dir], {"pairs": PAIR_ROW})
+        for b in range(k):
+            p = reader.read("pairs", b)
+            if len(p):
+                h = keys.mix(p["site"], p["f0"], p["f1"], p["tag"], seed=3)
+                _, _, firsts = _groups(h, p["site"], p["f0"], p["f1"], p["tag"])
+                visitors += np.bincount(p["site"][firsts], minlength=nsites)
+        shutil.rmtree(pairs.dir, ignore_errors=True)
+        return _result(names, chats, messages, operators, visitors)
+
+
+class _SiteLookup:
+    """Rows -> index of their site in a small table, by hash, confirmed exactly."""
+
+    def __init__(self, table: dict[tuple[int, int, int], int]):
+        words = np.array(list(table) or [(0, 0, 0)], dtype=np.uint64).reshape(-1, 3)
+        h = keys.mix(words[:, 0], words[:, 1], words[:, 2])
+        self.order = np.argsort(h)
+        self.h, self.words = h[self.order], words[self.order]
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        stag = (rows["code"] >> SITE_TAG) & 3
+        at = np.minimum(np.searchsorted(self.h, keys.mix(rows["s0"], rows["s1"], stag)),
+                        len(self.h) - 1)
+        w = self.words[at]
+        if not ((w[:, 0] == rows["s0"]) & (w[:, 1] == rows["s1"]) & (w[:, 2] == stag)).all():
+            raise ValueError("two sites share a 64-bit hash in one bucket; rerun with a "
+                             "larger --memory-mb so that the bucket fits in memory")
+        return self.order[at].astype(np.int64)
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -235,6 +422,57 @@ def stable_order(groups: np.ndarray, ngroups: int, tkey: np.ndarray, width: int)
     return np.lexsort((tkey, groups))
 
 
+class Timeline:
+    """Each site's online-operator count after each of its statuses, ready to classify
+    any number of messages (all at once, or chunk by chunk).
+
+    `t` are integer time keys (see time_keys) below `width`; ties keep row (= file) order.
+    """
+
+    def __init__(self, s_site: np.ndarray, s_frm: np.ndarray, s_t: np.ndarray,
+                 s_on: np.ndarray, nsites: int, width: int):
+        # 1. each status's effect on its site's online-operator count (-1, 0, +1): one
+        #    operator's statuses in time order, ties in file order
+        nfroms = int(s_frm.max()) + 1 if len(s_frm) else 1
+        op = s_site.astype(np.int64) * nfroms + s_frm
+        o = stable_order(op, nsites * nfroms, s_t, width)
+        on = s_on[o]
+        same_op = op[o][1:] == op[o][:-1]
+        was = np.zeros(len(o), dtype=bool)
+        was[1:] = on[:-1] & same_op
+        delta = np.empty(len(o), dtype=np.int64)
+        delta[o] = on.astype(np.int64) - was
+        del o, on, same_op, was, op
+        # 2. the site's count after each status, statuses in (site, time, file) order
+        t = stable_order(s_site, nsites, s_t, width)
+        self.t_site, d = s_site[t], delta[t]
+        total = np.cumsum(d)
+        starts = np.ones(len(t), dtype=bool)
+        starts[1:] = self.t_site[1:] != self.t_site[:-1]
+        first = np.maximum.accumulate(np.where(starts, np.arange(len(t)), 0))
+        self.count = total - (total[first] - d[first])
+        # (width <= rows + 1 or 2**40 here and nsites <= rows: no int64 overflow)
+        self.s_key = self.t_site.astype(np.int64) * width + s_t[t]
+        self.width, self.nsites = width, nsites
+
+    def chats(self, m_site: np.ndarray, m_t: np.ndarray) -> np.ndarray:
+        """3. Chats per site among these messages: each sees the last status of its
+        site at or before its time. Only totals are needed, so the keys are sorted."""
+        if not len(self.s_key) or not len(m_site):
+            return np.zeros(self.nsites, np.int64)
+        m_key = m_site.astype(np.int64)
+        m_key *= self.width
+        m_key += m_t
+        m_key.sort()
+        j = np.searchsorted(self.s_key, m_key, side="right")
+        j -= 1
+        m_site_sorted = m_key // self.width
+        del m_key
+        jc = np.maximum(j, 0)
+        online = (j >= 0) & (self.t_site[jc] == m_site_sorted) & (self.count[jc] > 0)
+        return np.bincount(m_site_sorted[online], minlength=self.nsites)
+
+
 def classify_messages(rows: dict[str, np.ndarray], nsites: int) -> tuple[np.ndarray, np.ndarray]:
     """(chats per site, messages per site).
 
@@ -258,40 +496,5 @@ def classify_messages(rows: dict[str, np.ndarray], nsites: int) -> tuple[np.ndar
         return np.zeros(nsites, np.int64), messages
     s_t, m_t, width = time_keys(s_ts, m_ts)
     del s_ts, m_ts
-    # 1. each status's effect on its site's online-operator count (-1, 0, +1): one
-    #    operator's statuses in time order, ties in file order
-    nfroms = int(s_frm.max()) + 1
-    op = s_site.astype(np.int64) * nfroms + s_frm
-    o = stable_order(op, nsites * nfroms, s_t, width)
-    on = s_on[o]
-    same_op = op[o][1:] == op[o][:-1]
-    was = np.zeros(len(o), dtype=bool)
-    was[1:] = on[:-1] & same_op
-    delta = np.empty(len(o), dtype=np.int64)
-    delta[o] = on.astype(np.int64) - was
-    del o, on, same_op, was, op
-    # 2. the site's count after each status, statuses in (site, time, file) order
-    t = stable_order(s_site, nsites, s_t, width)
-    t_site, d = s_site[t], delta[t]
-    total = np.cumsum(d)
-    starts = np.ones(len(t), dtype=bool)
-    starts[1:] = t_site[1:] != t_site[:-1]
-    first = np.maximum.accumulate(np.where(starts, np.arange(len(t)), 0))
-    count = total - (total[first] - d[first])
-    # 3. each message sees the last status of its site at or before its time; only
-    #    per-site totals are needed, so the message keys can simply be sorted.
-    #    (width <= rows + 1 or 2**40 here and nsites <= rows: no int64 overflow)
-    s_key = t_site.astype(np.int64) * width + s_t[t]
-    m_key = m_site.astype(np.int64)
-    del m_site
-    m_key *= width
-    m_key += m_t
-    del m_t
-    m_key.sort()
-    j = np.searchsorted(s_key, m_key, side="right")
-    j -= 1
-    m_site_sorted = m_key // width
-    del m_key
-    jc = np.maximum(j, 0)
-    online = (j >= 0) & (t_site[jc] == m_site_sorted) & (count[jc] > 0)
-    return np.bincount(m_site_sorted[online], minlength=nsites), messages
+    timeline = Timeline(s_site, s_frm, s_t, s_on, nsites, width)
+    return timeline.chats(m_site, m_t), messages

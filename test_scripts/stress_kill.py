@@ -10,26 +10,34 @@ from whatever the last one left. Whenever an attempt runs to the end, its stdout
 dead-letter file are compared with the expected ones and the next attempt starts over
 with --fresh. After the last kill the job runs to the end and is compared once more.
 
-Bounded: every attempt has a timeout and the whole run stops after --max-seconds.
-Exit 0 when every comparison matched, 1 on any difference, 2 on a setup error.
+Each attempt runs in its own session and is killed as a whole process group. A process
+of the attempt still alive after that (found by an environment token, wherever it went)
+is a failure, reported with its pid and command line, and killed; it is never waited
+on. Outputs go to files, not pipes, so nothing a stray process holds can hang this
+script, and every wait has a timeout: the whole run ends within --max-seconds (plus one
+attempt's timeout).
+
+Exit 0 when every comparison matched and nothing survived, 1 otherwise, 2 on a setup
+error.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import random
+import shlex
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import TOKEN, kill_all, survivors  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "main.py")
 CONFIG = os.path.join(ROOT, "configs", "summary.yaml")
-
-
-def job(path: str, state: str, *extra: str) -> list[str]:
-    return [sys.executable, MAIN, "-c", CONFIG, "-f", path, "--state-dir", state, *extra]
 
 
 def read(path: str) -> bytes:
@@ -40,6 +48,39 @@ def read(path: str) -> bytes:
         return b""
 
 
+class Attempt:
+    """One run of the job in its own session, with stdout and stderr in files."""
+
+    count = 0
+
+    def __init__(self, cmd: list[str], work: str):
+        Attempt.count += 1
+        self.token = f"{os.getpid()}-{Attempt.count}"
+        self.out = os.path.join(work, "attempt.out")
+        self.err = os.path.join(work, "attempt.err")
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                         start_new_session=True,
+                                         env={**os.environ, TOKEN: self.token})
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout=max(timeout, 0.01))
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> list[tuple[int, str]]:
+        """SIGKILL the whole group; return whatever of the attempt is still alive."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.wait(10)
+        left = survivors(self.token)
+        kill_all(left)
+        return left
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--input", help="log to use (default: generate one)")
@@ -47,8 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=50)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workers", type=int, help="pass -w N to the job")
+    p.add_argument("--memory-mb", type=int, help="pass --memory-mb N to the job")
     p.add_argument("--max-seconds", type=float, default=1800)
+    p.add_argument("--attempt-timeout", type=float, default=600,
+                   help="an attempt that runs longer than this is a failure")
     p.add_argument("--workdir", help="where to keep files (default: a temp dir)")
+    p.add_argument("--command", default=f"{shlex.quote(sys.executable)} {shlex.quote(MAIN)}",
+                   help="how to start Sluice (for testing this script itself)")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     deadline = time.monotonic() + args.max_seconds
@@ -60,61 +106,94 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, os.path.join(ROOT, "test_scripts", "generate.py"),
                         "--lines", str(args.lines), "--seed", str(args.seed),
                         "--mixed-site-ids", "--conflicting-dups", "--bad-rate", "0.001",
-                        "-o", path], check=True)
+                        "-o", path], check=True, timeout=args.max_seconds)
     extra = ["-w", str(args.workers)] if args.workers else []
+    if args.memory_mb:
+        extra += ["--memory-mb", str(args.memory_mb)]
+
+    def job(state: str, *more: str) -> list[str]:
+        return [*shlex.split(args.command), "-c", CONFIG, "-f", path, "--state-dir", state,
+                *extra, *more]
+
+    failures = 0
+
+    def fail(text: str) -> None:
+        nonlocal failures
+        failures += 1
+        print(f"stress: {text}", flush=True)
+
+    def finish(attempt: Attempt, label: str, timeout: float) -> int | None:
+        """Wait for an attempt that should run to its end; None if it had to be killed."""
+        code = attempt.wait(timeout)
+        if code is None:
+            left = attempt.kill()
+            fail(f"{label} did not finish within {timeout:.0f} s; killed"
+                 + "".join(f"\n  left alive: pid {pid}: {cmd}" for pid, cmd in left))
+        else:
+            left = survivors(attempt.token, grace=0.5)
+            if left:
+                kill_all(left)
+                fail(f"{label} finished but left {len(left)} process(es) alive"
+                     + "".join(f"\n  pid {pid}: {cmd}" for pid, cmd in left))
+        return code
+
     ref_state = os.path.join(work, "reference")
     t0 = time.monotonic()
-    ref = subprocess.run(job(path, ref_state, "--no-checkpoint", *extra), capture_output=True,
-                         timeout=max(deadline - time.monotonic(), 1))
-    if ref.returncode != 0:
-        print(f"stress: the uninterrupted run failed: {ref.stderr.decode()}", file=sys.stderr)
+    ref = Attempt(job(ref_state, "--no-checkpoint"), work)
+    if finish(ref, "the uninterrupted run", args.attempt_timeout) != 0:
+        print(f"stress: the uninterrupted run failed: {read(ref.err).decode()}", file=sys.stderr)
         return 2
     full_time = time.monotonic() - t0
+    expected = read(ref.out)
     expected_dead = read(os.path.join(ref_state, "dead_letter.jsonl"))
     state = os.path.join(work, "state")
     dead = os.path.join(state, "dead_letter.jsonl")
-    lines_total = sum(1 for _ in open(path, "rb"))
-    kills = completed = failures = 0
+    lines_total = expected_lines = sum(1 for _ in open(path, "rb"))
+    kills = completed = 0
     fresh = True
 
-    def check(out: bytes, label: str) -> None:
-        nonlocal failures
+    def check(attempt: Attempt, label: str) -> None:
         problems = []
-        if out != ref.stdout:
+        out = read(attempt.out)
+        if out != expected:
             problems.append("stdout differs")
         if read(dead) != expected_dead:
             problems.append("dead-letter file differs")
         if problems:
-            failures += 1
-            keep = os.path.join(work, f"failure-{failures}.txt")
+            keep = os.path.join(work, f"failure-{failures + 1}.txt")
             with open(keep, "wb") as fh:
                 fh.write(out)
-            print(f"stress: {label}: {', '.join(problems)} (stdout kept in {keep})")
+            fail(f"{label}: {', '.join(problems)} (stdout kept in {keep})")
 
     while kills < args.kills and time.monotonic() < deadline:
-        every = rng.choice([rng.randint(500, 5_000), rng.randint(5_000, max(lines_total // 4, 5_001))])
-        cmd = job(path, state, "--checkpoint-every", str(every), *extra) + (["--fresh"] if fresh else [])
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        delay = rng.uniform(0.05, full_time * 1.1)
-        try:
-            out, err = proc.communicate(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # SIGKILL
-            proc.communicate()
+        every = rng.choice([rng.randint(500, 5_000),
+                            rng.randint(5_000, max(expected_lines // 4, 5_001))])
+        attempt = Attempt(job(state, "--checkpoint-every", str(every))
+                          + (["--fresh"] if fresh else []), work)
+        code = attempt.wait(rng.uniform(0.05, full_time * 1.1))
+        if code is None:
+            left = attempt.kill()
             kills += 1
             fresh = False
+            if left:
+                fail(f"kill {kills}: {len(left)} process(es) outlived the run"
+                     + "".join(f"\n  pid {pid}: {cmd}" for pid, cmd in left))
             continue
-        if proc.returncode != 0:
-            print(f"stress: attempt failed with exit {proc.returncode}: {err.decode()}")
-            failures += 1
+        if code != 0:
+            fail(f"attempt failed with exit {code}: {read(attempt.err).decode()}")
             break
+        left = survivors(attempt.token, grace=0.5)
+        if left:
+            kill_all(left)
+            fail(f"run {completed + 1} finished but left {len(left)} process(es) alive"
+                 + "".join(f"\n  pid {pid}: {cmd}" for pid, cmd in left))
         completed += 1
-        check(out, f"run {completed} (after {kills} kills)")
+        check(attempt, f"run {completed} (after {kills} kills)")
         fresh = True
-    final = subprocess.run(job(path, state, *extra), capture_output=True,
-                           timeout=max(deadline - time.monotonic(), 60))
-    completed += 1
-    check(final.stdout, "final run")
+    final = Attempt(job(state), work)
+    if finish(final, "the final run", args.attempt_timeout) is not None:
+        completed += 1
+        check(final, "final run")
     print(f"stress: {kills} kills, {completed} completed runs compared, {failures} failures "
           f"({lines_total:,} lines, uninterrupted run {full_time:.1f} s)")
     return 1 if failures else 0
