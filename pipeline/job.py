@@ -37,6 +37,7 @@ DEFAULT_MEMORY_MB = 512
 MIN_PARTITION_BYTES = 32 << 20  # below this a default run stays in one process
 MAP_WORK_BYTES = 48 << 20       # a map task's batches and temporaries, besides its buffer
 MIN_TASK_BYTES = 256 << 10      # the smallest input range worth a map task
+SQUEEZE = "SLUICE_TEST_BUCKET_KB"  # tests only: the memory one bucket may use, in KiB
 
 
 @dataclass
@@ -103,6 +104,10 @@ class Budget:
         self.per_worker = (total - processes * base_bytes) // workers
         self.buffer_bytes = int(min(max(self.per_worker // 16, 1 << 20), 16 << 20))
         self.reduce_bytes = int(self.per_worker * 0.75)
+        squeeze = os.environ.get(SQUEEZE)  # tests: tiny buckets exercise every spill path
+        if squeeze:
+            self.reduce_bytes = int(squeeze) << 10
+            self.buffer_bytes = min(self.buffer_bytes, max(self.reduce_bytes // 8, 4096))
         self.workers, self.memory_mb, self.base_bytes = workers, memory_mb, base_bytes
 
     @staticmethod

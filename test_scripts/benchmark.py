@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
 """Benchmark the summary job against DuckDB on the same generated log, in one run.
 
-    python test_scripts/benchmark.py                       # 10M lines, 2 workers
-    python test_scripts/benchmark.py --sizes 1M,5M,10M,20M
+    python test_scripts/benchmark.py                            # 1M, 10M; realistic log
+    python test_scripts/benchmark.py --sizes 1M,10M,50M --executor dask
 
-For each size it generates (or reuses) a log with generate.py, then runs in turn:
+For each size it generates (or reuses) a log with generate.py: by default a realistic
+one, 3,000,000 distinct visitors over 2,000 sites (`--visitors`, `--sites`). Then it runs,
+one after another:
 
-    sluice      python main.py -c configs/summary.yaml -f LOG -w N          (checkpoints on)
+    sluice      python main.py -c configs/summary.yaml -f LOG      (default settings)
     sluice-nock the same with --no-checkpoint
-    sluice-dask the same on a Dask LocalCluster, with --executor dask   (if asked)
-    duckdb      test_scripts/duckdb_summary.py LOG                          (one SQL query)
+    sluice-dask the same with --executor dask (a LocalCluster)     (with --executor dask)
+    duckdb      test_scripts/duckdb_summary.py LOG                 (one SQL query)
 
-and checks that the three outputs are byte-identical. It prints wall and CPU seconds,
-peak RSS of the whole process tree (sampled from /proc, workers included), lines/s,
-and ratios against DuckDB measured in the same run. Exit 1 if outputs differ.
+It samples the resident memory of every process of each run from /proc every 50 ms
+and reports the peak of their sum (for Dask also the client's own peak and the largest
+worker's), wall and CPU seconds, lines/s, and ratios measured in the same run: wall
+against DuckDB, checkpoints on against off, and each size's wall against the previous
+size's. Outputs must be byte-identical to each other, and to tests/reference.py up to
+--reference-max lines. Exit 1 on any difference.
 """
 from __future__ import annotations
 
@@ -36,8 +41,8 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1] if text[-1:] in "KM" else text) * mult)
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of `root` and all its descendants right now."""
+def tree(root: int) -> dict[int, int]:
+    """Resident bytes of `root` and of each of its descendants, right now."""
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -48,29 +53,38 @@ def tree_rss(root: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(name))
-    total, todo = 0, [root]
+    out, todo = {}, [root]
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, ()))
         try:
             with open(f"/proc/{pid}/statm", "rb") as fh:
-                total += int(fh.read().split()[1]) * PAGE
+                out[pid] = int(fh.read().split()[1]) * PAGE
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return out
+
+
+def tree_rss(root: int) -> int:
+    return sum(tree(root).values())
 
 
 def measure(cmd: list[str], stdout_path: str) -> dict[str, float]:
+    """Run cmd; wall, CPU, peak of the summed RSS, and per-process peaks."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     with open(stdout_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, cwd=ROOT)
         peak = [0]
+        each: dict[int, int] = {}
         done = threading.Event()
 
         def sample() -> None:
             while not done.is_set():
-                peak[0] = max(peak[0], tree_rss(proc.pid))
+                now = tree(proc.pid)
+                peak[0] = max(peak[0], sum(now.values()))
+                for pid, rss in now.items():
+                    each[pid] = max(each.get(pid, 0), rss)
                 done.wait(0.05)
         t = threading.Thread(target=sample, daemon=True)
         t.start()
@@ -82,55 +96,72 @@ def measure(cmd: list[str], stdout_path: str) -> dict[str, float]:
     if proc.returncode != 0:
         raise SystemExit(f"benchmark: {' '.join(cmd)} failed:\n{err.decode()}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall": wall, "cpu": cpu, "rss": peak[0], "stderr": err.decode()}
+    others = [v for pid, v in each.items() if pid != proc.pid]
+    return {"wall": wall, "cpu": cpu, "rss": peak[0], "stderr": err.decode(),
+            "main": each.get(proc.pid, 0), "largest_other": max(others, default=0),
+            "processes": len(each)}
 
 
-def ensure_log(path: str, lines: int, seed: int) -> None:
+def ensure_log(path: str, lines: int, seed: int, visitors: int, sites: int) -> None:
     if os.path.exists(path):
         return
     print(f"generating {lines:,} lines into {path} ...", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, os.path.join(ROOT, "test_scripts", "generate.py"),
-                    "--lines", str(lines), "--seed", str(seed), "-o", path + ".tmp"],
-                   check=True)
+                    "--lines", str(lines), "--seed", str(seed), "--visitors", str(visitors),
+                    "--sites", str(sites), "-o", path + ".tmp"], check=True)
     os.replace(path + ".tmp", path)
+
+
+def reference_output(log: str) -> bytes:
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from reference import summarize
+
+    with open(log, "rb") as fh:
+        return summarize(fh.read()).encode()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="10M", help="comma-separated line counts: 1M,5M,10M")
+    p.add_argument("--sizes", default="1M,10M", help="comma-separated line counts: 1M,10M,50M")
     p.add_argument("--input", help="use this log instead of generating one (one size)")
     p.add_argument("--workdir", default="/tmp/sluice-bench", help="generated logs and state")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--visitors", type=int, default=3_000_000, help="distinct visitors")
+    p.add_argument("--sites", type=int, default=2_000)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--no-duckdb", action="store_true", help="skip the DuckDB run")
+    p.add_argument("--sluice-args", default="", help="extra flags for every sluice run")
+    p.add_argument("--no-duckdb", action="store_true", help="skip the DuckDB runs")
+    p.add_argument("--duckdb-max", default="20M",
+                   help="skip DuckDB above this many lines (it needs ~270 MB a million)")
+    p.add_argument("--reference-max", default="1M",
+                   help="also compare with tests/reference.py up to this many lines")
     p.add_argument("--executor", choices=("local", "dask"), default="local",
-                   help="dask: also run on a Dask LocalCluster (2 workers) and report its "
-                        "overhead against the local workers")
+                   help="dask: also run on a Dask LocalCluster")
     args = p.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     main_py = os.path.join(ROOT, "main.py")
     config = os.path.join(ROOT, "configs", "summary.yaml")
     rows = []
     failed = False
+    previous: tuple[int, float] | None = None
     sizes = [None] if args.input else [parse_size(s) for s in args.sizes.split(",")]
     for size in sizes:
-        log = args.input or os.path.join(args.workdir, f"log-{size}-s{args.seed}.jsonl")
+        log = args.input or os.path.join(
+            args.workdir, f"log-{size}-v{args.visitors}-s{args.sites}-seed{args.seed}.jsonl")
         if size is not None:
-            ensure_log(log, size, args.seed)
+            ensure_log(log, size, args.seed, args.visitors, args.sites)
         lines = sum(block.count(b"\n") for block in iter(
             lambda fh=open(log, "rb"): fh.read(1 << 24), b""))
         state = os.path.join(args.workdir, "state")
         shutil.rmtree(state, ignore_errors=True)
         base = [sys.executable, main_py, "-c", config, "-f", log, "--state-dir", state,
-                "-w", str(args.workers)]
+                *args.sluice_args.split()]
         runs = {"sluice": base, "sluice-nock": base + ["--no-checkpoint"]}
         if args.executor == "dask":
             runs["sluice-dask"] = base + ["--executor", "dask", "--fresh"]
-        if not args.no_duckdb:
+        if not args.no_duckdb and lines <= parse_size(args.duckdb_max):
             runs["duckdb"] = [sys.executable, os.path.join(ROOT, "test_scripts",
                                                            "duckdb_summary.py"), log]
-        results = {}
-        outputs = {}
+        results, outputs = {}, {}
         for name, cmd in runs.items():
             out = os.path.join(args.workdir, f"out-{name}.txt")
             results[name] = measure(cmd, out)
@@ -140,19 +171,31 @@ def main(argv: list[str] | None = None) -> int:
                 results[name]["state"] = sum(
                     os.path.getsize(os.path.join(r, f))
                     for r, _, fs in os.walk(state) for f in fs)
+        if lines <= parse_size(args.reference_max):
+            outputs["reference.py"] = reference_output(log)
         same = len(set(outputs.values())) == 1
+        if not same:
+            print(f"{lines:,} lines: outputs DIFFER: " + ", ".join(
+                f"{n}={hash(o) & 0xffff:04x}" for n, o in outputs.items()), file=sys.stderr)
         failed |= not same
         for name, r in results.items():
             rows.append((lines, name, r, results.get("duckdb"), same))
+        s = results["sluice"]
+        ck = s["wall"] / results["sluice-nock"]["wall"]
+        print(f"{lines:,} lines: checkpoint overhead {100 * (ck - 1):+.1f}% (on/off "
+              f"{ck:.2f}), state dir {s['state'] / 1e6:.0f} MB; compared: "
+              f"{', '.join(outputs)}", file=sys.stderr)
         if "sluice-dask" in results:
-            ratio = results["sluice-dask"]["wall"] / results["sluice"]["wall"]
-            print(f"{lines:,} lines: dask overhead {100 * (ratio - 1):+.1f}% "
-                  f"(dask/local wall {ratio:.2f})", file=sys.stderr)
-        if "sluice" in results:
-            ck = results["sluice"]["wall"] / results["sluice-nock"]["wall"]
-            print(f"{lines:,} lines: checkpoint overhead {100 * (ck - 1):+.1f}% "
-                  f"(on/off {ck:.2f}), state dir {results['sluice']['state'] / 1e6:.0f} MB",
+            d = results["sluice-dask"]
+            print(f"{lines:,} lines: dask/local wall {d['wall'] / s['wall']:.2f}; client "
+                  f"peak {d['main'] / 2**20:.0f} MB, largest other process "
+                  f"{d['largest_other'] / 2**20:.0f} MB, {d['processes']} processes",
                   file=sys.stderr)
+        if previous is not None:
+            print(f"{lines:,} lines: wall {s['wall'] / previous[1]:.2f}x that of "
+                  f"{previous[0]:,} lines ({lines / previous[0]:.1f}x the lines)",
+                  file=sys.stderr)
+        previous = (lines, s["wall"])
     print(f"{'lines':>12} {'run':<12} {'wall s':>7} {'cpu s':>7} {'peak RSS MB':>11} "
           f"{'lines/s':>10} {'wall/duckdb':>11} {'rss/duckdb':>10} {'identical':>9}")
     for lines, name, r, duck, same in rows:
@@ -161,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{lines:>12,} {name:<12} {r['wall']:>7.1f} {r['cpu']:>7.1f} "
               f"{r['rss'] / 2**20:>11.0f} {lines / r['wall']:>10,.0f} {wr:>11} {rr:>10} "
               f"{'yes' if same else 'NO':>9}")
-    print(f"machine: {os.cpu_count()} CPUs, workers={args.workers}")
+    print(f"machine: {os.cpu_count()} CPUs; log: {args.visitors:,} visitors, "
+          f"{args.sites:,} sites")
     return 1 if failed else 0
 
 

@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workers", type=int, help="pass -w N to the job")
     p.add_argument("--memory-mb", type=int, help="pass --memory-mb N to the job")
+    p.add_argument("--bucket-kb", type=int,
+                   help="squeeze each bucket's memory to N KiB (SLUICE_TEST_BUCKET_KB), so "
+                        "small inputs take the many-bucket and oversized-bucket paths")
     p.add_argument("--max-seconds", type=float, default=1800)
     p.add_argument("--attempt-timeout", type=float, default=600,
                    help="an attempt that runs longer than this is a failure")
@@ -108,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                         "--mixed-site-ids", "--conflicting-dups", "--bad-rate", "0.001",
                         "-o", path], check=True, timeout=args.max_seconds)
     extra = ["-w", str(args.workers)] if args.workers else []
+    if args.bucket_kb:
+        os.environ["SLUICE_TEST_BUCKET_KB"] = str(args.bucket_kb)
     if args.memory_mb:
         extra += ["--memory-mb", str(args.memory_mb)]
 

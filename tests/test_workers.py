@@ -93,14 +93,15 @@ def test_stress_kill_with_workers():
     assert "0 failures" in p.stdout
 
 
-def test_benchmark_small():
-    """benchmark.py on a small log: all runs agree, and it prints its table."""
+def test_benchmark_small(tmp_path):
+    """benchmark.py on a small log: all runs and the reference agree; it prints its table."""
     pytest.importorskip("duckdb")
     p = subprocess.run([sys.executable, str(ROOT / "test_scripts" / "benchmark.py"),
-                        "--sizes", "20K", "--workdir", str(ROOT / ".pipeline-state" / "bench")],
-                       capture_output=True, text=True, timeout=300)
+                        "--sizes", "20K", "--visitors", "5000", "--sites", "50",
+                        "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     rows = [line.split() for line in p.stdout.splitlines() if line.strip().startswith("20,000")]
     assert [r[1] for r in rows] == ["sluice", "sluice-nock", "duckdb"]
     assert all(r[-1] == "yes" for r in rows)
     assert "checkpoint overhead" in p.stderr
+    assert "compared: sluice, sluice-nock, duckdb, reference.py" in p.stderr

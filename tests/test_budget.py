@@ -1,0 +1,84 @@
+"""The memory budget: tiny buckets force every spill path on small inputs, exactly."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from conftest import ROOT, cli, generate
+from reference import summarize
+
+SUMMARY = str(ROOT / "configs" / "summary.yaml")
+
+
+def squeezed(kb):
+    return {"SLUICE_TEST_BUCKET_KB": str(kb)}
+
+
+@pytest.mark.parametrize("seed,sites,extra", [
+    (31, 40, ["--mixed-site-ids"]),
+    (32, 1, []),                        # one site: its bucket can only be streamed
+    (33, 3, ["--operators", "200"]),    # a few huge sites with many operators
+])
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("kb", [8, 64])
+def test_tiny_buckets_give_the_exact_summary(tmp_path, seed, sites, extra, workers, kb):
+    """Many buckets, split and streamed buckets: the same bytes as the reference."""
+    log = generate(tmp_path / "log.jsonl", 12_000, seed, "--sites", str(sites),
+                   "--conflicting-dups", "--bad-rate", "0.005", "--dup-rate", "0.1", *extra)
+    p = cli("-c", SUMMARY, "-f", str(log), "--state-dir", str(tmp_path / "s"), "-w", workers,
+            env=squeezed(kb))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == summarize(log.read_bytes())
+    plan = json.loads(next((tmp_path / "s").glob("*/plan.json")).read_text())
+    assert plan["segments"]["0"]["nbuckets"] > 10
+
+
+def test_dedupe_and_count_with_tiny_buckets_match_a_plain_count(tmp_path):
+    """count_by_type.yaml (dedupe by id, then count) with 3 workers and tiny buckets."""
+    log = generate(tmp_path / "log.jsonl", 15_000, 41, "--mixed-site-ids", "--dup-rate",
+                   "0.2", "--conflicting-dups")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text((ROOT / "configs" / "count_by_type.yaml").read_text())
+    seen, counts = set(), {}
+    for line in log.read_bytes().split(b"\n"):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec["id"] in seen:
+            continue
+        seen.add(rec["id"])
+        counts[rec["type"]] = counts.get(rec["type"], 0) + 1
+    want = "type,count\n" + "".join(f"{k},{v}\n" for k, v in sorted(counts.items()))
+    for workers in ("1", "3"):
+        p = cli("-c", str(cfg), "-f", str(log), "--state-dir", str(tmp_path / workers), "-w",
+                workers, env=squeezed(16))
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == want
+        dup = len([1 for x in log.read_bytes().split(b"\n") if x.strip()]) - len(seen)
+        assert f"{dup:,} duplicates skipped" in p.stderr
+
+
+def test_stress_kill_with_tiny_buckets():
+    """SIGKILLs while many small buckets are written, split and streamed: always exact."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, str(ROOT / "test_scripts" / "stress_kill.py"),
+                        "--lines", "20000", "--kills", "8", "--seed", "8", "--workers", "2",
+                        "--bucket-kb", "32", "--max-seconds", "240"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "0 failures" in p.stdout and "8 kills" in p.stdout
+
+
+def test_memory_budget_too_small_is_one_line(tmp_path):
+    """A budget below what one process needs is refused before anything runs."""
+    p = cli("-c", SUMMARY, "-f", str(ROOT / "tests" / "data" / "sample" / "input.jsonl"),
+            "--state-dir", str(tmp_path), "--memory-mb", "20")
+    assert p.returncode == 2
+    assert p.stderr.startswith("sluice: error: --memory-mb 20 is too small: one process "
+                               "needs about ")
+    assert p.stderr.endswith(" MB here\n")
+    assert not os.path.exists(tmp_path / "dead_letter.jsonl")
