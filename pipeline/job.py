@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -72,12 +73,15 @@ class RunReport:
     state_bytes: int = 0
     resumed_lines: int | None = None  # lines already counted by the checkpoint resumed
     stages: list[dict[str, Any]] = field(default_factory=list)  # per-stage metrics
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds of each phase
 
     def stats_table(self) -> str:
         """The per-stage metrics as an aligned text table (this run only)."""
         head = f"{'stage':<24} {'records in':>12} {'records out':>12} {'rejected':>9} {'seconds':>8}"
         rows = [head] + [f"{m['stage']:<24} {m['records_in']:>12,} {m['records_out']:>12,} "
                          f"{m['rejected']:>9,} {m['seconds']:>8.2f}" for m in self.stages]
+        if self.phases:
+            rows.append("wall seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.phases.items()))
         return "\n".join(rows)
 
     def summary_line(self) -> str:
@@ -286,10 +290,10 @@ class Job:
             if kind == "dask":
                 partition = (opts.partition_mb or cfg.executor.get("partition_mb", 64)) << 20
             else:
-                # a few map tasks per worker balance the load; one process needs one
+                # eight map tasks per worker keep them all busy to the end; one needs one
                 size = self.source.estimated_bytes() or 0
                 partition = (max(size, 1) if budget.workers == 1 else
-                             min(max(size // (4 * budget.workers), MIN_TASK_BYTES), 256 << 20))
+                             min(max(size // (8 * budget.workers), MIN_TASK_BYTES), 256 << 20))
             plan = open_plan(work, cfg, self.source, partition, budget.reduce_bytes,
                              self.notices)
             every_r, every_s = _every(cfg, opts)
@@ -315,16 +319,27 @@ class Job:
         plan, opts = self.plan, self.opts
         dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)
         dead.start(0)
+        clock = time.monotonic()
+        phases: dict[str, float] = {}
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.monotonic()
+            phases[name] = phases.get(name, 0.0) + now - clock
+            clock = now
         try:
             results, resumed = self._map_segment0()
+            lap("map")
             self._copy_rejects(plan.map_tasks(0), results, dead)
             head: Iterator[Batch] | None = None
             head_name = ""
             for seg in plan.segments:
                 if seg.number > 0:
                     self._map_later(seg.number, head, dead)
+                    lap("map")
                 head = self._reduce(seg, budget)
                 head_name = self.cfg.stages[seg.reducer].name
+                lap("reduce")
             if self.request.is_set():
                 raise Stopped(self.counters.get("lines", 0))
             last = plan.segments[-1].reducer
@@ -333,6 +348,7 @@ class Job:
             assert head is not None
             run_stream(head, head_name, tail, ctx)
             self.counters = add_counters(self.counters, collect_counters(tail))
+            lap("output")
             for i, m in enumerate(ctx.meters[1:], start=last + 1):
                 self._meter(i, m.as_dict())
             if ctx.meters:
@@ -344,7 +360,8 @@ class Job:
             dead.close()
         metrics = [self.meters[i] for i in sorted(self.meters)]
         return RunReport(self.counters, dead.count, dead.path, list(self.notices),
-                         resumed_lines=resumed, stages=stage_metrics(metrics, dead))
+                         resumed_lines=resumed, stages=stage_metrics(metrics, dead),
+                         phases=phases)
 
     def _meter(self, index: int, m: dict[str, Any]) -> None:
         have = self.meters.setdefault(index, {"stage": m["stage"], "records_in": 0,

@@ -173,33 +173,32 @@ def bucket_of(h: np.ndarray, nbuckets: int) -> np.ndarray:
     return ((h >> np.uint64(32)) % np.uint64(nbuckets)).astype(np.uint32)
 
 
-def group_equal(h: np.ndarray, *exact: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Group rows whose exact columns are all equal; (order, starts).
+def groups(h: np.ndarray, *exact: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """Group rows whose exact columns are all equal: (group of each row, number of
+    groups, the earliest row of each group).
 
-    `order` lists the rows group by group, each group in row order (so the first row of
-    a group is its earliest); `starts` marks the first row of each group within `order`.
-    Rows are sorted by the hash `h`, and every pair of neighbours with equal hashes is
-    compared on the exact columns; only if some differ (a 64-bit collision) does the
-    whole set fall back to an exact sort.
+    Rows are grouped by the hash `h`; then every row is compared, on the exact columns,
+    with the earliest row of its group. Only if one differs (a 64-bit collision) are the
+    groups made again by sorting on the exact columns themselves.
     """
     n = len(h)
-    order = np.argsort(h, kind="stable")
-    starts = np.ones(n, dtype=bool)
-    if n < 2:
-        return order, starts
-    hs = h[order]
-    same = hs[1:] == hs[:-1]
-    exact_same = same.copy()
-    for col in exact:
-        c = col[order]
-        exact_same &= c[1:] == c[:-1]
-    if np.array_equal(same, exact_same):
-        starts[1:] = ~same
-        return order, starts
-    order = np.lexsort((np.arange(n),) + tuple(reversed(exact)))
-    eq = np.ones(n - 1, dtype=bool)
-    for col in exact:
-        c = col[order]
-        eq &= c[1:] == c[:-1]
-    starts[1:] = ~eq
-    return order, starts
+    if not n:
+        return np.zeros(0, np.int64), 0, np.zeros(0, np.int64)
+    _, gid = np.unique(h, return_inverse=True)
+    if not all((col == col[_earliest(gid, n)[gid]]).all() for col in exact):
+        order = np.lexsort(tuple(reversed(exact)))
+        change = np.zeros(n, dtype=bool)
+        for col in exact:
+            c = col[order]
+            change[1:] |= c[1:] != c[:-1]
+        gid = np.empty(n, np.int64)
+        gid[order] = np.cumsum(change)
+    gid = gid.astype(np.int64, copy=False).reshape(-1)
+    first = _earliest(gid, n)
+    return gid, len(first), first
+
+
+def _earliest(gid: np.ndarray, n: int) -> np.ndarray:
+    first = np.full(int(gid.max()) + 1, n, np.int64)
+    np.minimum.at(first, gid, np.arange(n))
+    return first

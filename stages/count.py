@@ -62,9 +62,9 @@ class Count(KeyedReducer):
         for frame in io.frames("longs", bucket):
             strings.add(((w0, w1), s) for w0, w1, s in frame)
         w0, w1, tag = rows["w0"], rows["w1"], rows["tag"]
-        order, starts = keys.group_equal(keys.mix(w0, w1, tag), w0, w1, tag)
-        firsts = order[starts]
-        totals = np.add.reduceat(rows["n"][order], np.flatnonzero(starts))
+        gid, ngroups, firsts = keys.groups(keys.mix(w0, w1, tag), w0, w1, tag)
+        totals = np.zeros(ngroups, np.uint64)
+        np.add.at(totals, gid, rows["n"])
         out = [(keys.decode(w0[i], w1[i], tag[i], strings), int(n))
                for i, n in zip(firsts.tolist(), totals.tolist())]
         out.sort()

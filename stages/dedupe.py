@@ -85,8 +85,8 @@ class Dedupe(KeyedReducer):
         w0, w1, tag = rows["w0"], rows["w1"], rows["tag"]
         keep = tag == NO_KEY
         keyed = np.flatnonzero(~keep)
-        order, starts = keys.group_equal(keys.mix(w0[keyed], w1[keyed], tag[keyed]),
-                                         w0[keyed], w1[keyed], tag[keyed])
-        keep[keyed[order[starts]]] = True
+        _, _, first = keys.groups(keys.mix(w0[keyed], w1[keyed], tag[keyed]),
+                                  w0[keyed], w1[keyed], tag[keyed])
+        keep[keyed[first]] = True  # rows are in file order: the earliest of each value
         io.count("duplicates", len(rows) - int(keep.sum()))
         return [(int(rows["order"][i]), records[i]) for i in np.flatnonzero(keep).tolist()]

@@ -373,18 +373,16 @@ class FileInput(Input):
                 if at_eof:
                     if not data:
                         return
-                    cut = len(data)  # last line without its newline
-                    nxt = cut
+                    lines, carry = [data], b""  # the last line, without its newline
+                    nxt = len(data)
                 else:
-                    cut = data.rfind(b"\n")
-                    if cut < 0:
-                        carry = data  # a line longer than a block: keep reading
-                        continue
-                    nxt = cut + 1
-                lines = data[:cut].split(b"\n")
+                    lines = data.split(b"\n")  # no copy of the block, unlike data[:cut]
+                    carry = lines.pop()  # the part after the last newline
+                    if not lines:
+                        continue  # a line longer than a block: keep reading
+                    nxt = len(data) - len(carry)
                 batch = Batch(lines, first_line=self.line, first_offset=carry_at)
                 batch.source = source
-                carry = data[nxt:]
                 carry_at += nxt
                 # the snapshot points *after* this batch: set it before yielding
                 self.offset = carry_at

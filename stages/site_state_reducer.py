@@ -68,14 +68,6 @@ def _strings(io: ReduceIO, name: str, bucket: int) -> keys.StringTable:
     return table
 
 
-def _groups(h: np.ndarray, *exact: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """(group of each row, number of groups, the first row of each group)."""
-    order, starts = keys.group_equal(h, *exact)
-    gid = np.empty(len(h), np.int64)
-    gid[order] = np.cumsum(starts) - 1
-    return gid, int(starts.sum()), order[starts]
-
-
 class SiteStateReducer(KeyedReducer):
     """Per-site chats, emails, distinct operators and visitors: the chat summary.
 
@@ -186,10 +178,10 @@ def _drop_later(ids: np.ndarray, io: ReduceIO, seen: set | None = None) -> None:
     if not len(ids):
         return
     w0, w1, tag = ids["w0"], ids["w1"], ids["tag"]
-    order, starts = keys.group_equal(keys.mix(w0, w1, tag), w0, w1, tag)
-    later = order[~starts]
+    gid, _, first = keys.groups(keys.mix(w0, w1, tag), w0, w1, tag)
+    later = np.flatnonzero(first[gid] != np.arange(len(ids)))  # rows are in file order
     if seen is not None:
-        firsts = order[starts].tolist()
+        firsts = first.tolist()
         met = [i for i in firsts if (int(w0[i]), int(w1[i]), int(tag[i])) in seen]
         seen.update((int(w0[i]), int(w1[i]), int(tag[i])) for i in firsts)
         later = np.concatenate([later, np.array(met, dtype=later.dtype)])
@@ -214,12 +206,12 @@ def _summarize_rows(rows: np.ndarray, strings: keys.StringTable) -> list[tuple[s
     kind = code & 3
     stag, ftag = (code >> SITE_TAG) & 3, (code >> FROM_TAG) & 3
     s0, s1 = rows["s0"], rows["s1"]
-    site, nsites, first = _groups(keys.mix(s0, s1, stag), s0, s1, stag)
+    site, nsites, first = keys.groups(keys.mix(s0, s1, stag), s0, s1, stag)
     names = [keys.decode(s0[i], s1[i], stag[i], strings) for i in first.tolist()]
     f0, f1 = rows["f0"], rows["f1"]
     is_status = (kind != 0).astype(np.uint8)
     # distinct senders: group (site, from, status or message) exactly
-    _, _, pair_first = _groups(keys.mix(site, f0, f1, ftag, is_status, seed=1),
+    _, _, pair_first = keys.groups(keys.mix(site, f0, f1, ftag, is_status, seed=1),
                                site, f0, f1, ftag, is_status)
     st = is_status[pair_first].astype(bool)
     operators = np.bincount(site[pair_first[st]], minlength=nsites)
@@ -228,7 +220,7 @@ def _summarize_rows(rows: np.ndarray, strings: keys.StringTable) -> list[tuple[s
     frm = np.zeros(len(rows), np.int64)
     s_rows = np.flatnonzero(is_status)
     if len(s_rows):
-        frm[s_rows] = _groups(keys.mix(site[s_rows], f0[s_rows], f1[s_rows], ftag[s_rows],
+        frm[s_rows] = keys.groups(keys.mix(site[s_rows], f0[s_rows], f1[s_rows], ftag[s_rows],
                                        seed=2),
                               site[s_rows], f0[s_rows], f1[s_rows], ftag[s_rows])[0]
     chats, messages = classify_messages(
@@ -305,7 +297,7 @@ class BigBucket:
         statuses = []
         for frame in frames():
             stag = (frame["code"] >> SITE_TAG) & 3
-            _, _, first = _groups(keys.mix(frame["s0"], frame["s1"], stag),
+            _, _, first = keys.groups(keys.mix(frame["s0"], frame["s1"], stag),
                                   frame["s0"], frame["s1"], stag)
             for i in first.tolist():
                 table.setdefault((int(frame["s0"][i]), int(frame["s1"][i]), int(stag[i])),
@@ -318,7 +310,7 @@ class BigBucket:
         del statuses
         s_site = lookup(s)
         ftag = (s["code"] >> FROM_TAG) & 3
-        s_frm, _, firsts = _groups(keys.mix(s_site, s["f0"], s["f1"], ftag, seed=2),
+        s_frm, _, firsts = keys.groups(keys.mix(s_site, s["f0"], s["f1"], ftag, seed=2),
                                    s_site, s["f0"], s["f1"], ftag)
         operators = np.bincount(s_site[firsts], minlength=nsites)
         uts = sorted_unique(s["ts"])  # times as ranks among the status times: exact
@@ -340,7 +332,7 @@ class BigBucket:
             chats += timeline.chats(m_site, np.searchsorted(uts, m["ts"], side="right"))
             ftag = (m["code"] >> FROM_TAG) & 3
             h = keys.mix(m_site, m["f0"], m["f1"], ftag, seed=3)
-            _, _, firsts = _groups(h, m_site, m["f0"], m["f1"], ftag)
+            _, _, firsts = keys.groups(h, m_site, m["f0"], m["f1"], ftag)
             p = np.empty(len(firsts), PAIR_ROW)
             p["site"], p["f0"], p["f1"], p["tag"] = (m_site[firsts], m["f0"][firsts],
                                                      m["f1"][firsts], ftag[firsts])
@@ -354,7 +346,7 @@ class BigBucket:
             p = reader.read("pairs", b)
             if len(p):
                 h = keys.mix(p["site"], p["f0"], p["f1"], p["tag"], seed=3)
-                _, _, firsts = _groups(h, p["site"], p["f0"], p["f1"], p["tag"])
+                _, _, firsts = keys.groups(h, p["site"], p["f0"], p["f1"], p["tag"])
                 visitors += np.bincount(p["site"][firsts], minlength=nsites)
         shutil.rmtree(pairs.dir, ignore_errors=True)
         return _result(names, chats, messages, operators, visitors)

@@ -64,17 +64,14 @@ def test_string_table_refuses_two_strings_for_one_key():
 
 
 def test_grouping_is_exact_even_when_every_hash_collides():
-    """group_equal confirms on the real columns: equal hashes alone never join keys."""
+    """groups() confirms on the real columns: equal hashes alone never join keys."""
     a = np.array([1, 2, 1, 3, 2, 1], np.uint64)
     b = np.array([9, 9, 9, 9, 8, 9], np.uint64)
-    same_hash = np.zeros(len(a), np.uint64)
-    order, starts = keys.group_equal(same_hash, a, b)
-    groups = [order[i:j].tolist() for i, j in zip(
-        np.flatnonzero(starts), list(np.flatnonzero(starts)[1:]) + [len(a)])]
-    assert sorted(groups) == [[0, 2, 5], [1], [3], [4]]  # each group in row order
-    h = keys.mix(a, b)
-    order2, starts2 = keys.group_equal(h, a, b)
-    assert starts2.sum() == 4 and sorted(order2[starts2].tolist()) == [0, 1, 3, 4]
+    for h in (np.zeros(len(a), np.uint64), keys.mix(a, b)):  # all collide / none do
+        gid, n, first = keys.groups(h, a, b)
+        members = sorted([i for i in range(len(a)) if gid[i] == g] for g in range(n))
+        assert members == [[0, 2, 5], [1], [3], [4]]
+        assert sorted(first.tolist()) == [0, 1, 3, 4]  # the earliest row of each group
 
 
 def test_buckets_spread_keys_evenly():
