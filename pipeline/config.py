@@ -42,13 +42,22 @@ class StageSpec:
     options: dict[str, Any]
     line: int
     option_lines: dict[str, int] = field(default_factory=dict)
+    branch: str | None = None  # the fork branch it is in, if any
 
     def build(self) -> Stage:
         return self.cls(**self.options)
 
+    @property
+    def label(self) -> str:
+        """The stage's name, with its branch: `statuses/where`."""
+        return f"{self.branch}/{self.name}" if self.branch else self.name
+
 
 @dataclass
 class PipelineConfig:
+    """A checked pipeline. `stages` lists every stage: the trunk (input first), then each
+    fork branch's stages in order; `trunk` and `branches` hold their indices in it."""
+
     path: str
     stages: list[StageSpec]
     workers: int | None = None
@@ -56,14 +65,23 @@ class PipelineConfig:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     executor: dict[str, Any] = field(default_factory=dict)
     text: str = ""
+    trunk: list[int] = field(default_factory=list)
+    branches: dict[str, list[int]] = field(default_factory=dict)
+    fork_line: int | None = None
 
     def identity(self) -> str:
-        """Hash of everything that changes results: the stages and their options."""
-        body = repr([(s.name, sorted(s.options.items())) for s in self.stages])
+        """Hash of everything that changes results: the stages, options and branches."""
+        body = repr([(s.name, s.branch, sorted(s.options.items())) for s in self.stages])
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def build(self) -> list[Stage]:
         return [s.build() for s in self.stages]
+
+    def chains(self) -> list[tuple[str, list[int]]]:
+        """Every path from the input to an output: (branch name or "", stage indices)."""
+        if not self.branches:
+            return [("", list(self.trunk))]
+        return [(name, self.trunk + idx) for name, idx in self.branches.items()]
 
 
 def _suggest(word: str, choices: Any) -> str:
@@ -168,10 +186,45 @@ def parse_config(text: str, path: str, registry: Registry) -> PipelineConfig:
         raise ld.fail("missing `pipeline:` (a list of stages)", root)
     if not isinstance(pipeline_node, yaml.SequenceNode) or not pipeline_node.value:
         raise ld.fail("`pipeline` must be a non-empty list of stages", pipeline_node)
-    for item in pipeline_node.value:
-        cfg.stages.append(_stage(ld, item, registry))
+    for n, item in enumerate(pipeline_node.value):
+        if isinstance(item, yaml.MappingNode) and len(item.value) == 1 and \
+                ld.value(item.value[0][0]) == "fork":
+            if n != len(pipeline_node.value) - 1:
+                raise ld.fail("`fork` must be the last element of `pipeline`", item)
+            _fork(ld, cfg, item.value[0][0], item.value[0][1], registry)
+        else:
+            cfg.trunk.append(len(cfg.stages))
+            cfg.stages.append(_stage(ld, item, registry))
     check_wiring(cfg)
     return cfg
+
+
+def _fork(ld: _Loader, cfg: PipelineConfig, key: yaml.Node, node: yaml.Node,
+          registry: Registry) -> None:
+    """`- fork: {branch: [stages], ...}`: every branch gets every batch."""
+    cfg.fork_line = key.start_mark.line + 1
+    if not isinstance(node, yaml.MappingNode) or not node.value:
+        raise ld.fail("`fork` must map branch names to lists of stages", node)
+    for name_node, stages_node in node.value:
+        name = ld.value(name_node)
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ld.fail(f"fork: a branch name must be a non-empty string without '/'; "
+                          f"got {name!r}", name_node)
+        if name in cfg.branches:
+            raise ld.fail(f"fork: branch {name!r} is named twice", name_node)
+        if not isinstance(stages_node, yaml.SequenceNode) or not stages_node.value:
+            raise ld.fail(f"fork branch {name!r} must be a non-empty list of stages",
+                          stages_node)
+        cfg.branches[name] = []
+        for item in stages_node.value:
+            try:
+                spec = _stage(ld, item, registry)
+            except ConfigError as exc:
+                where, _, what = str(exc).partition(": ")
+                raise ConfigError(f"{where}: fork branch {name!r}: {what}") from None
+            spec.branch = name
+            cfg.branches[name].append(len(cfg.stages))
+            cfg.stages.append(spec)
 
 
 def _section(ld: _Loader, node: yaml.Node, name: str, keys: dict[str, Any],
@@ -255,20 +308,36 @@ def _stage(ld: _Loader, item: yaml.Node, registry: Registry) -> StageSpec:
 
 
 def check_wiring(cfg: PipelineConfig) -> None:
-    """An input starts the chain, an output ends it, and nothing else is in between."""
-    stages = cfg.stages
-    first, last = stages[0], stages[-1]
+    """An input starts the chain, an output ends it (or each fork branch), and only
+    processors and reducers come in between."""
+    trunk = [cfg.stages[i] for i in cfg.trunk]
+    first = trunk[0] if trunk else cfg.stages[0]
     if first.cls.kind is not Kind.INPUT:
         raise ConfigError(f"the first stage must be an input; {first.name!r} is a "
                           f"{first.cls.kind.value}", cfg.path, first.line)
-    if len(stages) < 2 or last.cls.kind is not Kind.OUTPUT:
-        raise ConfigError(f"the last stage must be an output; {last.name!r} is a "
-                          f"{last.cls.kind.value}", cfg.path, last.line)
-    for spec in stages[1:-1]:
+    if not cfg.branches:
+        last = trunk[-1]
+        if len(trunk) < 2 or last.cls.kind is not Kind.OUTPUT:
+            raise ConfigError(f"the last stage must be an output; {last.name!r} is a "
+                              f"{last.cls.kind.value}", cfg.path, last.line)
+        middle = trunk[1:-1]
+    else:
+        middle = trunk[1:]
+        for name, idx in cfg.branches.items():
+            last = cfg.stages[idx[-1]]
+            if last.cls.kind is not Kind.OUTPUT:
+                raise ConfigError(f"fork branch {name!r} must end with an output; "
+                                  f"{last.name!r} is a {last.cls.kind.value}", cfg.path,
+                                  last.line)
+            middle += [cfg.stages[i] for i in idx[:-1]]
+    for spec in middle:
         if spec.cls.kind in (Kind.INPUT, Kind.OUTPUT):
-            raise ConfigError(f"stage {spec.name!r} is an {spec.cls.kind.value}; only "
+            where = f"fork branch {spec.branch!r}: " if spec.branch else ""
+            after = " (before a fork, every output goes at the end of a branch)" if \
+                cfg.branches and not spec.branch and spec.cls.kind is Kind.OUTPUT else ""
+            raise ConfigError(f"{where}stage {spec.name!r} is an {spec.cls.kind.value}; only "
                               f"processors and reducers go between the input and the "
-                              f"output", cfg.path, spec.line)
+                              f"output{after}", cfg.path, spec.line)
 
 
 def override_option(cfg: PipelineConfig, index: int, key: str, value: Any, flag: str) -> None:

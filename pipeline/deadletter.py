@@ -32,7 +32,7 @@ class DeadLetter:
     def reject(self, raw: Any, reason: str, *, line: int | None = None,
                offset: int | None = None, stage: str = "", file: str | None = None) -> None:
         if self.strict:
-            raise RejectedLine(reason, line, stage)
+            raise RejectedLine(reason, line, stage, file)
         if isinstance(raw, bytes):
             text = raw.decode("utf-8", errors="backslashreplace")
         else:
@@ -42,6 +42,20 @@ class DeadLetter:
         if file is not None:
             entry = {"file": file, **entry}
         self.append_entry(entry)
+
+    def refuse_if_strict(self, entry: dict[str, Any]) -> None:
+        """Under --strict, a rejected line found in saved state stops the run too."""
+        if self.strict:
+            raise RejectedLine(entry["reason"], entry.get("line"), entry.get("stage", ""),
+                               entry.get("file"))
+
+    def first_saved(self) -> dict[str, Any] | None:
+        """The first entry already in the file (after a resume), if any."""
+        if self.path is None or not os.path.exists(self.path):
+            return None
+        with open(self.path, "rb") as fh:
+            first = fh.readline()
+        return json.loads(first) if first.strip() else None
 
     def append_entry(self, entry: dict[str, Any]) -> None:
         stage = entry.get("stage") or ""

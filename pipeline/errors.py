@@ -33,10 +33,13 @@ class RejectedLine(SluiceError):
 
     exit_code = EXIT_BAD_INPUT
 
-    def __init__(self, reason: str, line: int | None = None, stage: str = ""):
+    def __init__(self, reason: str, line: int | None = None, stage: str = "",
+                 file: str | None = None):
         where = f"line {line}" if line is not None else f"stage {stage!r}"
+        if file:
+            where = f"{file} {where}"
         super().__init__(f"{where}: {reason} (--strict stops at the first rejected line)")
-        self.reason, self.line, self.stage = reason, line, stage
+        self.reason, self.line, self.stage, self.file = reason, line, stage, file
 
     def __reduce__(self):  # keep line and reason across a worker process boundary
-        return (RejectedLine, (self.reason, self.line, self.stage))
+        return (RejectedLine, (self.reason, self.line, self.stage, self.file))

@@ -20,16 +20,16 @@ from typing import Any, Callable, Iterator
 from .config import PipelineConfig
 from .deadletter import DeadLetter
 from .errors import SluiceError
-from .keyed import KeyedReducer, result_batches
-from .plan import Plan, open_plan
+from .keyed import KeyedReducer, captured, result_batches
+from .plan import Plan, layout, open_plan
 from .progress import Progress, chain_hooks
-from .runner import Context, run_chain, run_stream
+from .runner import Context, run_stream, run_tree
 from .signals import StopRequest, Stopped, stop_on_signals
 from .slots import (Checkpointer, Notices, SlotLock, add_counters, collect_counters,
                     open_slot, slot_dir)
 from .stage import Batch, Input, Kind, Stage
 from .tasks import (STATE_VERSION, Env, JobSpec, MapTask, finished_map, finished_reduce,
-                    load_state, run_task)
+                    leaf_position, load_state, run_task)
 
 DEFAULT_STATE_DIR = ".pipeline-state"
 DEFAULT_EVERY_RECORDS = 1_000_000
@@ -185,14 +185,14 @@ def _run(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRepo
         notices.append(f"checkpoints are off: {source.describe()} cannot be read again "
                        f"after a kill")
         enabled = False
-    if not any(s.cls.kind is Kind.REDUCER for s in cfg.stages):
+    if not layout(cfg)[0]:  # no reducer on any path
         return _run_straight(cfg, opts, stages, notices, enabled, request)
     return Job(cfg, opts, stages, notices, enabled, request).run()
 
 
 def _run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
                   notices: Notices, enabled: bool, request: StopRequest) -> RunReport:
-    """input -> processors -> output, in this process, in input order."""
+    """input -> processors -> output (or a fork's outputs), here, in input order."""
     source = stages[0]
     assert isinstance(source, Input)
     dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)
@@ -209,23 +209,33 @@ def _run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
                 checkpointer.save(complete=False)
             raise Stopped(src.counters().get("lines", 0))
     ctx = Context(dead)
+
+    def run(on_barrier: Any) -> None:
+        trunk = [stages[i] for i in cfg.trunk]
+        branches = {name: [stages[i] for i in idx] for name, idx in cfg.branches.items()}
+        run_tree(trunk, branches, ctx, on_barrier=on_barrier)
     try:
         if enabled:
             with SlotLock(slot_dir(opts.state_dir, cfg, source)) as slot:
                 built, store, resumed = open_slot(slot, cfg.build, header, dead, notices,
                                                   opts.fresh)
                 stages[:] = built
+                saved = dead.first_saved() if dead.count else None
+                if saved is not None:
+                    dead.refuse_if_strict(saved)
                 checkpointer = Checkpointer(store, stages, dead, header, *_every(cfg, opts))
-                run_chain(stages, ctx, on_barrier=chain_hooks(checkpointer, show))
+                run(chain_hooks(checkpointer, show))
         else:
             dead.start(0)
-            run_chain(stages, ctx, on_barrier=show)
+            run(show)
     finally:
         bar.close()
         dead.close()
+    metrics = [m.as_dict() for m in ctx.meters]
+    for name, meters in ctx.branch_meters.items():
+        metrics += [{**m.as_dict(), "stage": f"{name}/{m.name}"} for m in meters]
     report = RunReport(collect_counters(stages), dead.count, dead.path, list(notices),
-                       resumed_lines=resumed, stages=stage_metrics(
-                           [m.as_dict() for m in ctx.meters], dead))
+                       resumed_lines=resumed, stages=stage_metrics(metrics, dead))
     if checkpointer is not None:
         report.checkpoints = checkpointer.count
         report.state_bytes = checkpointer.store.size_bytes()
@@ -328,34 +338,21 @@ class Job:
             phases[name] = phases.get(name, 0.0) + now - clock
             clock = now
         try:
-            results, resumed = self._map_segment0()
+            resumed = self._map_first(dead)
             lap("map")
-            self._copy_rejects(plan.map_tasks(0), results, dead)
-            head: Iterator[Batch] | None = None
-            head_name = ""
+            streams: dict[tuple[int, int], Callable[[], Iterator[Batch]]] = {}
             for seg in plan.segments:
                 if seg.number > 0:
-                    self._map_later(seg.number, head, dead)
+                    self._map_later(seg, streams.pop(seg.source), dead)  # type: ignore[arg-type]
                     lap("map")
-                head = self._reduce(seg, budget)
-                head_name = self.cfg.stages[seg.reducer].name
+                for j, leaf in enumerate(seg.leaves):
+                    streams[(seg.number, j)] = self._finish(seg, j, leaf, budget)
                 lap("reduce")
             if self.request.is_set():
                 raise Stopped(self.counters.get("lines", 0))
-            last = plan.segments[-1].reducer
-            tail = [s.build() for s in self.cfg.stages[last + 1:]]
-            ctx = Context(dead)
-            assert head is not None
-            run_stream(head, head_name, tail, ctx)
-            self.counters = add_counters(self.counters, collect_counters(tail))
+            for tail in plan.tails:
+                self._tail(tail, streams.pop(tail.source), dead)
             lap("output")
-            for i, m in enumerate(ctx.meters[1:], start=last + 1):
-                self._meter(i, m.as_dict())
-            if ctx.meters:
-                self.meters.setdefault(last, {"stage": head_name, "records_in": 0,
-                                              "records_out": 0, "seconds": 0.0})
-                self.meters[last]["records_out"] = ctx.meters[0].records_out
-                self.meters[last]["seconds"] += ctx.meters[0].seconds
         finally:
             dead.close()
         metrics = [self.meters[i] for i in sorted(self.meters)]
@@ -364,12 +361,24 @@ class Job:
                          phases=phases)
 
     def _meter(self, index: int, m: dict[str, Any]) -> None:
-        have = self.meters.setdefault(index, {"stage": m["stage"], "records_in": 0,
-                                              "records_out": 0, "seconds": 0.0})
+        have = self.meters.setdefault(index, {"stage": self.cfg.stages[index].label,
+                                              "records_in": 0, "records_out": 0,
+                                              "seconds": 0.0})
         for k in ("records_in", "records_out", "seconds"):
             have[k] += m[k]
 
-    def _map_segment0(self) -> tuple[list[dict[str, Any]], int | None]:
+    def _task_meters(self, task: MapTask, result: dict[str, Any], with_source: bool) -> None:
+        trunk = result["meters"]
+        if with_source:
+            self._meter(0, trunk[0])
+        for i, m in zip(task.stages, trunk[1:]):
+            self._meter(i, m)
+        for name, ms in result.get("branch_meters", {}).items():
+            for i, m in zip(task.branches[name], ms):
+                self._meter(i, m)
+
+    def _map_first(self, dead: DeadLetter) -> int | None:
+        """Segment 0: its map tasks over the input's ranges, on the executor."""
         tasks = self.plan.map_tasks(0)
         results = [finished_map(t) for t in tasks]
         pending = [t for t, r in zip(tasks, results) if r is None]
@@ -384,16 +393,14 @@ class Job:
         it = iter(fresh)
         results = [r if r is not None else next(it) for r in results]
         resumed = self._resume_notice(tasks, results, pending)
-        for r in results:
+        for task, r in zip(tasks, results):
             self.counters = add_counters(self.counters, r["counters"])
             for n in r.get("notices", []):
                 if t_is_reportable(n):
                     self.notices.append(n)
-        first = self.plan.segments[0].first
-        for r in results:
-            for i, m in enumerate(r["meters"]):
-                self._meter(0 if i == 0 else first + i - 1, m)
-        return results, resumed
+            self._task_meters(task, r, with_source=True)
+        self._copy_rejects(tasks, results, dead)
+        return resumed
 
     def _resume_notice(self, tasks: list[MapTask], results: list[dict[str, Any]],
                        pending: list[MapTask]) -> int | None:
@@ -428,47 +435,42 @@ class Job:
         base: dict[Any, int] = {}
         for task, r in zip(tasks, results):
             f = task.where[0] if isinstance(task.where, (list, tuple)) else 0
-            path = os.path.join(task.dir, "dead_letter.jsonl")
-            if os.path.exists(path):
-                with open(path, "rb") as fh:
-                    for raw in fh:
-                        entry = json.loads(raw)
-                        if entry.get("line") is not None:
-                            entry["line"] += base.get(f, 0)
-                        dead.append_entry(entry)
+            _append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), dead, base.get(f, 0))
             base[f] = base.get(f, 0) + r["lines"]
 
-    def _map_later(self, k: int, head: Iterator[Batch] | None, dead: DeadLetter) -> None:
-        """Segment k > 0: one map task over the previous reducer's merged results."""
+    def _map_later(self, seg: Any, source: Callable[[], Iterator[Batch]],
+                   dead: DeadLetter) -> None:
+        """A later segment: one map task, here, over an earlier reducer's results."""
         from .results import ResultsInput
 
-        rows = self.last_results
-        reuse = self.plan.start_segment(k, self.plan.generation, rows)
-        task = self.plan.map_tasks(k)[0]
+        reuse = self.plan.start_segment(seg.number, self.plan.generation, self.last_results)
+        task = self.plan.map_tasks(seg.number)[0]
         result = finished_map(task) if reuse else None
         if result is None:
-            stream, of = head or iter(()), self.cfg.stages[task.stages[0] - 1].name
+            stream = source()
+            of = self.cfg.stages[self.plan.segments[seg.source[0]].leaves[seg.source[1]].stage
+                                 or 0].label
             result = run_task(self.spec, task, Env(stop=self.request,
                                                    source=lambda: ResultsInput(stream, of)))
         self.counters = add_counters(self.counters, result["counters"])
-        for i, m in enumerate(result["meters"][1:], start=task.stages[0]):
-            self._meter(i, m)
-        path = os.path.join(task.dir, "dead_letter.jsonl")
-        if os.path.exists(path):
-            with open(path, "rb") as fh:
-                for raw in fh:
-                    dead.append_entry(json.loads(raw))
+        self._task_meters(task, result, with_source=False)
+        _append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), dead, None)
 
-    def _reduce(self, seg: Any, budget: Budget) -> Iterator[Batch]:
-        """Finish segment `seg`'s reducer; its results, merged, as a stream of batches."""
-        k = seg.number
-        spec = self.cfg.stages[seg.reducer]
-        if not seg.keyed:
+    def _finish(self, seg: Any, j: int, leaf: Any, budget: Budget
+                ) -> Callable[[], Iterator[Batch]]:
+        """Reduce a leaf; returns what produces its results, merged, as batches."""
+        tasks = self.plan.map_tasks(seg.number)
+        if leaf.stage is None:
+            self.last_results = 0
+            return lambda: captured([t.leaf_dir(j) for t in tasks])
+        spec = self.cfg.stages[leaf.stage]
+        if not leaf.keyed:
+            at = leaf_position(tasks[0], j)
             reducer = None
             notes: list[str] = []
-            for task in self.plan.map_tasks(k):
+            for task in tasks:
                 partial = spec.build()
-                partial.restore(load_state(task, notes))
+                partial.restore(load_state(task, at, notes))
                 if reducer is None:
                     reducer = partial
                 else:
@@ -476,29 +478,56 @@ class Job:
             assert reducer is not None
             self.counters = add_counters(self.counters, collect_counters([reducer]))
             self.last_results = len(reducer) if hasattr(reducer, "__len__") else 0
-            return reducer.finish()  # type: ignore[attr-defined]
+            return reducer.finish  # type: ignore[attr-defined]
         stage = spec.build()
         assert isinstance(stage, KeyedReducer)
-        stage.nbuckets = self.plan.nbuckets(k)
+        stage.nbuckets = self.plan.nbuckets(seg.number, j)
         groups = 4 * max(budget.workers, 1) if self.executor.name != "dask" else stage.nbuckets
         results_count = 0
         for phase in range(stage.phases):
-            tasks = self.plan.reduce_tasks(k, phase, groups)
-            done = [finished_reduce(t) for t in tasks]
-            pending = [t for t, d in zip(tasks, done) if d is None]
+            rtasks = self.plan.reduce_tasks(seg.number, j, phase, groups)
+            done = [finished_reduce(t) for t in rtasks]
+            pending = [t for t, d in zip(rtasks, done) if d is None]
             try:
                 fresh = iter(self.executor.run(pending))
             except Stopped:
                 raise Stopped(self.counters.get("lines", 0)) from None
-            for t, d in zip(tasks, done):
+            for d in done:
                 result = d if d is not None else next(fresh)
                 self.counters = add_counters(self.counters, result["counters"])
                 results_count += result["counters"].get("_results", 0)
-                self._meter(seg.reducer, {"stage": spec.name, "records_in": 0,
-                                          "records_out": 0, "seconds": result["seconds"]})
+                self._meter(leaf.stage, {"records_in": 0, "records_out": 0,
+                                         "seconds": result["seconds"]})
         self.last_results = results_count
-        last = [t.dir for t in self.plan.reduce_tasks(k, stage.phases - 1, groups)]
-        return result_batches(stage, last, stage.nbuckets)
+        last = [t.dir for t in self.plan.reduce_tasks(seg.number, j, stage.phases - 1, groups)]
+        return lambda: result_batches(stage, last, stage.nbuckets)
+
+    def _tail(self, tail: Any, source: Callable[[], Iterator[Batch]], dead: DeadLetter) -> None:
+        """The stages after a path's last reducer, here, ending in its output."""
+        leaf = self.plan.segments[tail.source[0]].leaves[tail.source[1]]
+        stages = [self.cfg.stages[i].build() for i in tail.stages]
+        ctx = Context(dead)
+        name = self.cfg.stages[leaf.stage].label if leaf.stage is not None else "capture"
+        run_stream(source(), name, stages, ctx)
+        self.counters = add_counters(self.counters, collect_counters(stages))
+        for i, m in zip(tail.stages, ctx.meters[1:]):
+            self._meter(i, m.as_dict())
+        if leaf.stage is not None and ctx.meters:
+            self._meter(leaf.stage, {"records_in": 0, "seconds": ctx.meters[0].seconds,
+                                     "records_out": ctx.meters[0].records_out})
+
+
+def _append_rejects(path: str, dead: DeadLetter, line_base: int | None) -> None:
+    """Copy a task's rejected lines into the run's dead-letter file."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as fh:
+        for raw in fh:
+            entry = json.loads(raw)
+            if line_base is not None and entry.get("line") is not None:
+                entry["line"] += line_base
+            dead.refuse_if_strict(entry)  # a resumed --strict run meets it here
+            dead.append_entry(entry)
 
 
 def t_is_reportable(notice: str) -> bool:

@@ -235,3 +235,23 @@ def result_batches(stage: KeyedReducer, dirs: list[str], nbuckets: int) -> Itera
             yield batch
             batch = Batch()
     yield batch
+
+
+class Capture(KeyedReducer):
+    """Where a fork branch without a reducer ends inside a map task: its records, kept
+    in file order on disk until the branch's output runs (see plan.py)."""
+
+    name = "capture"
+    spills = {"records": None}
+    phases = 0
+
+    def update(self, batch: Batch) -> None:
+        if batch:
+            self._writer().add_objects("records", 0, list(batch))
+
+
+def captured(dirs: list[str]) -> Iterator[Batch]:
+    """The records captured by map tasks (their directories in task order), in order."""
+    reader = SpillReader(dirs, Capture.all_sets())
+    for frame in reader.frames("records", 0):
+        yield Batch(frame)

@@ -3,11 +3,20 @@
     file-input -> p -> reducer A -> q -> reducer B -> r -> output
     |---- segment 0 ----------|                        map tasks over input ranges
                                |-- segment 1 ---------|  one map task over A's results
-                                                        |-- the tail --|
+                                                        |-- a tail ---|
 
-A segment ends in a reducer. Segment 0's map tasks read ranges of the input and run in
-parallel; each later segment reads the merged results of the reducer before it. A
-keyed reducer's phases then run as reduce tasks over its buckets.
+A segment runs from a source (the input, or the results of an earlier reducer) to its
+*leaves*: the first reducer on each path. Segment 0's map tasks read ranges of the input
+in parallel; a later segment is one map task over the results it reads. A keyed
+reducer's phases then run as reduce tasks over its buckets. What follows the last
+reducer of a path, up to its output, is a *tail*, run in the main process.
+
+With a `fork`, the segment that reaches it runs every branch too, up to its own first
+reducer; a branch with no reducer ends that segment in a *capture*, which keeps its
+records in file order on disk until the branch's output runs as a tail:
+
+    input -> p -> fork -> summary:  site-state-reducer | -> sorted-stdout-output
+                       -> statuses: where -> (capture) | -> jsonl-output
 
 The plan is saved in `SLOT/plan.json` (JSON: nothing in it is executed). A resumed run
 reuses it, so every task keeps its range, its number (the order keys of its rows) and
@@ -19,36 +28,89 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .checkpoint import read_json, write_json_atomic
 from .config import PipelineConfig
 from .keyed import KeyedReducer
 from .stage import Input, Kind
-from .tasks import STATE_VERSION, MapTask, ReduceTask
+from .tasks import STATE_VERSION, Leaf, MapTask, ReduceTask
 
 PLAN = "plan.json"
 MAX_BUCKETS = 4096
 LINE_BYTES_GUESS = 64  # bytes per input line assumed when sizing buckets (real logs: 150+)
+CAPTURE_ROW_BYTES = 0   # a capture is never reduced
 
 
 @dataclass
 class Segment:
     number: int
-    first: int      # cfg.stages[first:reducer + 1] run in its map tasks
-    reducer: int
-    keyed: bool
+    source: tuple[int, int] | None  # (segment, leaf) whose results it reads; None: input
+    stages: list[int]               # cfg.stages run after the source, before any fork
+    branches: dict[str, list[int]] = field(default_factory=dict)  # each up to its leaf
+    leaves: list[Leaf] = field(default_factory=list)
 
 
-def segments(cfg: PipelineConfig) -> list[Segment]:
-    out: list[Segment] = []
-    first = 1
-    for i, spec in enumerate(cfg.stages):
-        if spec.cls.kind is Kind.REDUCER:
-            out.append(Segment(len(out), first, i, issubclass(spec.cls, KeyedReducer)))
-            first = i + 1
-    return out
+@dataclass
+class Tail:
+    source: tuple[int, int]
+    stages: list[int]               # ending in an output
+    branch: str = ""
+
+
+def _first_reducer(cfg: PipelineConfig, idx: list[int]) -> int | None:
+    for n, i in enumerate(idx):
+        if cfg.stages[i].cls.kind is Kind.REDUCER:
+            return n
+    return None
+
+
+def _leaf(cfg: PipelineConfig, name: str, stage: int | None) -> Leaf:
+    keyed = stage is not None and issubclass(cfg.stages[stage].cls, KeyedReducer)
+    return Leaf(name, stage, keyed)
+
+
+def layout(cfg: PipelineConfig) -> tuple[list[Segment], list[Tail]]:
+    """The segments and tails of a config (none of either: a straight run)."""
+    segs: list[Segment] = []
+    tails: list[Tail] = []
+
+    def linear(source: tuple[int, int] | None, rest: list[int], branch: str) -> None:
+        while True:
+            r = _first_reducer(cfg, rest)
+            if r is None:
+                if source is not None:
+                    tails.append(Tail(source, rest, branch))
+                return
+            segs.append(Segment(len(segs), source, rest[:r + 1], {},
+                                [_leaf(cfg, branch, rest[r])]))
+            source, rest = (len(segs) - 1, 0), rest[r + 1:]
+
+    if not cfg.branches:
+        linear(None, cfg.trunk[1:], "")
+        return segs, tails
+    rest = cfg.trunk[1:]
+    source: tuple[int, int] | None = None
+    while (r := _first_reducer(cfg, rest)) is not None:
+        segs.append(Segment(len(segs), source, rest[:r + 1], {}, [_leaf(cfg, "", rest[r])]))
+        source, rest = (len(segs) - 1, 0), rest[r + 1:]
+    branch_parts, leaves, after = {}, [], {}
+    for name, idx in cfg.branches.items():
+        r = _first_reducer(cfg, idx)
+        if r is None:  # no reducer: its records are captured, its output is a tail
+            branch_parts[name], after[name] = idx[:-1], idx[-1:]
+            leaves.append(_leaf(cfg, name, None))
+        else:
+            branch_parts[name], after[name] = idx[:r + 1], idx[r + 1:]
+            leaves.append(_leaf(cfg, name, idx[r]))
+    if source is None and all(leaf.stage is None for leaf in leaves):
+        return [], []  # no reducer anywhere: a straight run
+    k = len(segs)
+    segs.append(Segment(k, source, rest, branch_parts, leaves))
+    for j, name in enumerate(cfg.branches):
+        linear((k, j), after[name], name)
+    return segs, tails
 
 
 def bucket_count(rows: int, row_bytes: int, reduce_bytes: int) -> int:
@@ -61,7 +123,7 @@ class Plan:
 
     def __init__(self, slot: str, cfg: PipelineConfig, data: dict[str, Any]):
         self.slot, self.cfg, self.data = slot, cfg, data
-        self.segments = segments(cfg)
+        self.segments, self.tails = layout(cfg)
 
     def save(self) -> None:
         write_json_atomic(os.path.join(self.slot, PLAN), self.data)
@@ -73,31 +135,33 @@ class Plan:
     def seg_dir(self, k: int) -> str:
         return os.path.join(self.slot, f"s{k}")
 
-    def nbuckets(self, k: int) -> int:
-        return int(self.data["segments"][str(k)]["nbuckets"])
+    def nbuckets(self, k: int, leaf: int) -> int:
+        return int(self.data["segments"][str(k)]["nbuckets"][leaf])
 
     def map_tasks(self, k: int) -> list[MapTask]:
         seg = self.segments[k]
-        stages = (seg.first, seg.reducer + 1)
-        if k == 0:
-            return [MapTask(0, i, where, os.path.join(self.seg_dir(0), f"m{i:05d}"), stages,
-                            self.nbuckets(0)) for i, where in enumerate(self.data["ranges"])]
-        return [MapTask(k, 0, None, os.path.join(self.seg_dir(k), "m00000"), stages,
-                        self.nbuckets(k))]
+        leaves = [Leaf(lf.name, lf.stage, lf.keyed, self.nbuckets(k, j))
+                  for j, lf in enumerate(seg.leaves)]
+        if seg.source is None:
+            return [MapTask(k, i, where, os.path.join(self.seg_dir(k), f"m{i:05d}"),
+                            seg.stages, seg.branches, leaves)
+                    for i, where in enumerate(self.data["ranges"])]
+        return [MapTask(k, 0, None, os.path.join(self.seg_dir(k), "m00000"), seg.stages,
+                        seg.branches, leaves)]
 
-    def reduce_tasks(self, k: int, phase: int, groups: int) -> list[ReduceTask]:
-        seg = self.segments[k]
-        n = self.nbuckets(k)
-        inputs = [t.dir for t in self.map_tasks(k)]
+    def reduce_tasks(self, k: int, leaf: int, phase: int, groups: int) -> list[ReduceTask]:
+        lf = self.segments[k].leaves[leaf]
+        n = self.nbuckets(k, leaf)
+        inputs = [t.leaf_dir(leaf) for t in self.map_tasks(k)]
         for p in range(phase):
-            inputs += [t.dir for t in self.reduce_tasks(k, p, groups)]
+            inputs += [t.dir for t in self.reduce_tasks(k, leaf, p, groups)]
         groups = max(1, min(groups, n))
         out = []
         for g in range(groups):
             buckets = list(range(g * n // groups, (g + 1) * n // groups))
-            out.append(ReduceTask(k, seg.reducer, phase, buckets, inputs,
-                                  os.path.join(self.seg_dir(k), f"r{phase}-{g:04d}"), n,
-                                  self.generation))
+            out.append(ReduceTask(k, lf.stage, phase, buckets, inputs,  # type: ignore[arg-type]
+                                  os.path.join(self.seg_dir(k), f"r{leaf}-{phase}-{g:04d}"),
+                                  n, self.generation))
         return out
 
     def start_segment(self, k: int, generation: int, rows: int) -> bool:
@@ -107,12 +171,22 @@ class Plan:
         if saved is not None and saved.get("after") == generation:
             return True
         shutil.rmtree(self.seg_dir(k), ignore_errors=True)
-        cls = self.cfg.stages[self.segments[k].reducer].cls
-        row_bytes = getattr(cls, "reduce_row_bytes", 256)
-        self.data["segments"][key] = {"after": generation, "nbuckets": bucket_count(
-            rows, row_bytes, self.data["reduce_bytes"])}
+        self.data["segments"][key] = {"after": generation, "nbuckets": _sizes(
+            self.cfg, self.segments[k], rows, self.data["reduce_bytes"])}
         self.save()
         return False
+
+
+def _sizes(cfg: PipelineConfig, seg: Segment, rows: int, reduce_bytes: int) -> list[int]:
+    """Buckets for each leaf of a segment that will see about `rows` records."""
+    out = []
+    for leaf in seg.leaves:
+        if leaf.stage is None:
+            out.append(1)
+        else:
+            row_bytes = getattr(cfg.stages[leaf.stage].cls, "reduce_row_bytes", 256)
+            out.append(bucket_count(rows, row_bytes, reduce_bytes))
+    return out
 
 
 def open_plan(slot: str, cfg: PipelineConfig, source: Input, target_bytes: int,
@@ -143,15 +217,14 @@ def open_plan(slot: str, cfg: PipelineConfig, source: Input, target_bytes: int,
         shutil.rmtree(slot)
     os.makedirs(slot, mode=0o700)
     ranges, frontier = source.ranges(target_bytes)
-    segs = segments(cfg)
     est = source.estimated_bytes()
     rows = (est // LINE_BYTES_GUESS) if est is not None else 8_000_000
-    first = cfg.stages[segs[0].reducer].cls if segs else None
-    nb = bucket_count(rows, getattr(first, "reduce_row_bytes", 256), reduce_bytes)
+    segs, _ = layout(cfg)
     data = {"version": STATE_VERSION, "config": cfg.identity(), "frontier": frontier,
             "ranges": [list(w) if isinstance(w, tuple) else w for w in ranges],
             "generation": 0, "reduce_bytes": reduce_bytes,
-            "segments": {"0": {"after": 0, "nbuckets": nb}}}
+            "segments": {"0": {"after": 0, "nbuckets": _sizes(cfg, segs[0], rows,
+                                                               reduce_bytes)}}}
     plan = Plan(slot, cfg, data)
     plan.save()
     return plan

@@ -6,6 +6,7 @@ finished the previous one, so that is where the engine may take a checkpoint.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -61,6 +62,7 @@ class Context:
     def __init__(self, dead_letter: Any):
         self.dead_letter = dead_letter
         self.meters: list[Meter] = []
+        self.branch_meters: dict[str, list[Meter]] = {}  # a fork's branches
 
     def reject(self, raw: Any, reason: str, *, line: int | None = None,
                offset: int | None = None, stage: str = "", file: str | None = None) -> None:
@@ -92,15 +94,6 @@ def barrier(batches: Iterator[Batch], hook: Hook | None) -> Iterator[Batch]:
         yield batch
 
 
-def partition_boundary(stages: list[Any]) -> int | None:
-    """Index just past the first reducer (stages before it run once per partition), or
-    None when there is no reducer: such a chain cannot be split and merged."""
-    for i, stage in enumerate(stages):
-        if stage.kind is Kind.REDUCER:
-            return i + 1
-    return None
-
-
 def _drive(head: Iterator[Batch], stages: list[Stage], ctx: Context,
            consume: Callable[[Iterator[Batch]], None], on_barrier: Hook | None) -> None:
     """stages[0] produced `head`; stages[1:-1] process it; consume() is the last stage.
@@ -124,29 +117,153 @@ def _drive(head: Iterator[Batch], stages: list[Stage], ctx: Context,
         settle(ctx.meters, time.perf_counter() - start)
 
 
-def run_chain(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
-    """Run input -> ... -> output to the end."""
-    source, sink = stages[0], stages[-1]
-    assert isinstance(source, Input) and isinstance(sink, Output)
-    for stage in stages:
-        stage.open(ctx)
-    _drive(source.read(), stages, ctx, sink.write, on_barrier)
-
-
-def run_partial(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
-    """Run input -> processors -> reducer.update(), leaving the reducer unfinished.
-
-    This is what one partition does; the engine merges the reducers afterwards.
-    """
-    source, reducer = stages[0], stages[-1]
-    assert isinstance(source, Input) and reducer.kind is Kind.REDUCER
-    for stage in stages:
-        stage.open(ctx)
+def _consumer(stage: Stage) -> Callable[[Iterator[Batch]], None]:
+    """How the last stage of a chain takes its batches: an output writes them, a reducer
+    folds them in (its result comes later)."""
+    if isinstance(stage, Output):
+        return stage.write
 
     def fold(batches: Iterator[Batch]) -> None:
         for batch in batches:
-            reducer.update(batch)  # type: ignore[attr-defined]
-    _drive(source.read(), stages, ctx, fold, on_barrier)
+            stage.update(batch)  # type: ignore[attr-defined]
+    return fold
+
+
+def run_tree(trunk: list[Stage], branches: dict[str, list[Stage]], ctx: Context,
+             on_barrier: Hook | None = None) -> None:
+    """Run an input through `trunk` and then every fork branch to its last stage, which
+    is an output or a reducer (left unfinished: the engine reduces it afterwards).
+
+    Without branches, trunk[-1] is the last stage. The checkpoint barrier stays right
+    after the input: every branch finishes a batch before the trunk reads the next.
+    """
+    source = trunk[0]
+    assert isinstance(source, Input)
+    for stage in trunk + [s for b in branches.values() for s in b]:
+        stage.open(ctx)
+    if not branches:
+        _drive(source.read(), trunk, ctx, _consumer(trunk[-1]), on_barrier)
+        return
+    ctx.branch_meters = {}
+
+    def branch(name: str, stages: list[Stage]) -> Callable[[Iterator[Batch]], None]:
+        def consume(inbox: Iterator[Batch]) -> None:
+            sub = Context(ctx.dead_letter)
+            try:
+                _drive(inbox, [_Named("fork"), *stages], sub, _consumer(stages[-1]), None)
+            finally:
+                ctx.branch_meters[name] = sub.meters[1:]
+        return consume
+    feeders = [(name, branch(name, stages)) for name, stages in branches.items()]
+    _drive(source.read(), [*trunk, _Named("fork")], ctx,
+           lambda batches: fan_out(batches, feeders), on_barrier)
+    ctx.meters = ctx.meters[:-1]
+
+
+def run_chain(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
+    """Run input -> ... -> output to the end."""
+    run_tree(stages, {}, ctx, on_barrier)
+
+
+def run_partial(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
+    """Run input -> processors -> reducer.update(), leaving the reducer unfinished."""
+    run_tree(stages, {}, ctx, on_barrier)
+
+
+class _Named:
+    """Stands for something that is not a stage (a fork, a reducer's results) in meters."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+class Aborted(Exception):
+    """Raised inside a fork branch whose feeder failed: its output must not commit."""
+
+
+_END, _ABORT = object(), object()
+
+
+class _Inbox:
+    """What one fork branch reads: the batches its feeder hands it, one at a time."""
+
+    def __init__(self) -> None:
+        self.asking = threading.Semaphore(0)  # the branch wants the next batch (or ended)
+        self.given = threading.Semaphore(0)
+        self.item: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            self.asking.release()
+            self.given.acquire()
+            if self.item is _END:
+                return
+            if self.item is _ABORT:
+                raise Aborted()
+            yield self.item
+
+    def give(self, item: Any) -> None:
+        self.item = item
+        self.given.release()
+
+
+def fan_out(batches: Iterator[Batch],
+            branches: list[tuple[str, Callable[[Iterator[Batch]], None]]]) -> None:
+    """Hand every batch to every branch, each running in its own thread, in lockstep: the
+    next batch is read only when every branch has finished this one. A branch that fails
+    stops the rest (their outputs see Aborted, never a normal end)."""
+    inboxes = [_Inbox() for _ in branches]
+
+    def run(inbox: _Inbox, consume: Callable[[Iterator[Batch]], None]) -> None:
+        try:
+            consume(iter(inbox))
+        except BaseException as exc:  # reported to the feeder, in the main thread
+            inbox.error = exc
+        finally:
+            inbox.done = True
+            inbox.asking.release()
+    threads = [threading.Thread(target=run, args=(inbox, consume), daemon=True,
+                                name=f"sluice-branch-{name}")
+               for inbox, (name, consume) in zip(inboxes, branches)]
+    for t in threads:
+        t.start()
+    ok = False
+    try:
+        _await(inboxes)
+        for batch in batches:
+            for inbox in inboxes:
+                inbox.give(batch)
+            _await(inboxes)
+        for inbox in inboxes:
+            inbox.give(_END)
+        for t in threads:
+            t.join()
+        _raise_first(inboxes)
+        ok = True
+    finally:
+        if not ok:
+            for inbox in inboxes:
+                if not inbox.done:
+                    inbox.give(_ABORT)
+            for t in threads:
+                t.join()
+
+
+def _await(inboxes: list[_Inbox]) -> None:
+    for inbox in inboxes:
+        inbox.asking.acquire()
+    _raise_first(inboxes)
+
+
+def _raise_first(inboxes: list[_Inbox]) -> None:
+    for inbox in inboxes:
+        if inbox.error is not None and not isinstance(inbox.error, Aborted):
+            raise inbox.error
+    for inbox in inboxes:
+        if inbox.done and inbox.error is None and inbox.item is not _END:
+            raise RuntimeError("a fork branch stopped reading before its input ended")
 
 
 def run_stream(head: Iterator[Batch], name: str, rest: list[Stage], ctx: Context,
@@ -156,9 +273,4 @@ def run_stream(head: Iterator[Batch], name: str, rest: list[Stage], ctx: Context
     assert isinstance(sink, Output)
     for stage in rest:
         stage.open(ctx)
-
-    class Head:  # stands for whatever produced the stream, in the meters
-        pass
-    head_stage = Head()
-    head_stage.name = name  # type: ignore[attr-defined]
-    _drive(head, [head_stage, *rest], ctx, sink.write, on_barrier)  # type: ignore[list-item]
+    _drive(head, [_Named(name), *rest], ctx, sink.write, on_barrier)  # type: ignore[list-item]

@@ -25,11 +25,11 @@ from .checkpoint import CheckpointStore, write_json_atomic
 from .config import PipelineConfig
 from .deadletter import DeadLetter
 from .errors import RejectedLine
-from .keyed import KeyedReducer, reduce_buckets
-from .runner import Context, run_partial
+from .keyed import Capture, KeyedReducer, reduce_buckets
+from .runner import Context, run_tree
 from .signals import NeverSet, Stopped
-from .slots import Checkpointer, collect_counters, open_slot
-from .stage import Input, Stage
+from .slots import Checkpointer, add_counters, collect_counters, open_slot
+from .stage import Input, Kind, Stage
 
 STATE_VERSION = 2
 RESULT_FILE = "result.json"
@@ -52,16 +52,30 @@ class JobSpec:
 
 
 @dataclass
+class Leaf:
+    """Where a map task's path ends: a reducer (`stage`), or a capture (None)."""
+
+    name: str                       # the fork branch, or ""
+    stage: int | None
+    keyed: bool
+    nbuckets: int = 1
+
+
+@dataclass
 class MapTask:
     segment: int
     index: int                      # task number: the high bits of its rows' order keys
     where: Any                      # the input range (the input's own descriptor)
     dir: str
-    stages: tuple[int, int]         # cfg.stages[a:b] follow the input; the last may reduce
-    nbuckets: int = 1
+    stages: list[int]               # cfg.stages that follow the source
+    branches: dict[str, list[int]]  # then each fork branch, up to its leaf
+    leaves: list[Leaf]
 
     def describe(self) -> str:
         return f"map task {self.index}"
+
+    def leaf_dir(self, j: int) -> str:
+        return self.dir if not self.branches else os.path.join(self.dir, f"leaf{j}")
 
 
 @dataclass
@@ -105,21 +119,38 @@ def run_task(spec: JobSpec, task: Any, env: Env | None = None) -> dict[str, Any]
         os.close(fd)
 
 
-def map_stages(spec: JobSpec, task: MapTask, source: Input) -> list[Stage]:
-    a, b = task.stages
-    stages = [source] + [s.build() for s in spec.cfg.stages[a:b]]
-    last = stages[-1]
-    if isinstance(last, KeyedReducer):
-        last.configure(task.dir, task.nbuckets, task.index, spec.buffer_bytes)
-    return stages
+def map_stages(spec: JobSpec, task: MapTask, source: Input
+               ) -> tuple[list[Stage], list[Stage], dict[str, list[Stage]]]:
+    """(every stage, flat, for checkpoints; the trunk; the branches) of a map task."""
+    stages = spec.cfg.stages
+    trunk = [source] + [stages[i].build() for i in task.stages]
+    branches: dict[str, list[Stage]] = {}
+    for j, leaf in enumerate(task.leaves):
+        if not task.branches:
+            last = trunk[-1]
+        else:
+            part = [stages[i].build() for i in task.branches[leaf.name]]
+            if leaf.stage is None:
+                part.append(Capture())
+            branches[leaf.name] = part
+            last = part[-1]
+        if isinstance(last, KeyedReducer):
+            last.configure(task.leaf_dir(j), leaf.nbuckets, task.index, spec.buffer_bytes)
+    flat = trunk + [s for part in branches.values() for s in part]
+    return flat, trunk, branches
 
 
 def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
     """input range -> ... -> reducer.update(); leaves rows and state in task.dir."""
+    shape: dict[str, Any] = {}
+
     def build() -> list[Stage]:
         if env.source is not None:
-            return map_stages(spec, task, env.source())
-        return map_stages(spec, task, spec.cfg.stages[0].build().part(task.where))  # type: ignore[attr-defined]
+            source = env.source()
+        else:
+            source = spec.cfg.stages[0].build().part(task.where)  # type: ignore[attr-defined]
+        flat, shape["trunk"], shape["branches"] = map_stages(spec, task, source)
+        return flat
     header = {**spec.header, "task": task.index, "segment": task.segment,
               "where": list(task.where) if isinstance(task.where, tuple) else task.where}
     dead = DeadLetter(os.path.join(task.dir, "dead_letter.jsonl"), strict=spec.strict)
@@ -141,26 +172,28 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
 
     ctx = Context(dead)
     try:
-        run_partial(stages, ctx, on_barrier=hook)
+        run_tree(shape["trunk"], shape["branches"], ctx, on_barrier=hook)
     except RejectedLine as exc:
         if exc.line is None:
             raise
-        raise RejectedLine(exc.reason, exc.line + source.lines_before(), exc.stage) from None
+        raise RejectedLine(exc.reason, exc.line + source.lines_before(), exc.stage,
+                           exc.file) from None
     finally:
         dead.close()
-        last = stages[-1]
-        if isinstance(last, KeyedReducer) and last.spill is not None:
-            last.spill.close()
-    result = {"counters": collect_counters(stages[:-1]) | _own(stages[-1]),
+        for stage in stages:
+            if isinstance(stage, KeyedReducer) and stage.spill is not None:
+                stage.spill.close()
+    leaves = [s for s in stages if s.kind is Kind.REDUCER]
+    result = {"counters": add_counters(collect_counters([s for s in stages if s not in leaves]),
+                                       collect_counters([s for s in leaves
+                                                         if isinstance(s, KeyedReducer)])),
               "lines": source.counters().get("lines", 0), "resumed_lines": resumed,
               "where": source.where(), "resumed_at": resumed_at, "notices": notices, "rejected": dead.count,
-              "meters": [m.as_dict() for m in ctx.meters], "checkpoints": checkpointer.count}
+              "meters": [m.as_dict() for m in ctx.meters], "checkpoints": checkpointer.count,
+              "branch_meters": {b: [m.as_dict() for m in ms]
+                                for b, ms in ctx.branch_meters.items()}}
     write_json_atomic(os.path.join(task.dir, RESULT_FILE), result)
     return result
-
-
-def _own(stage: Stage) -> dict[str, int]:
-    return dict(stage.counters()) if isinstance(stage, KeyedReducer) else {}
 
 
 def finished_map(task: MapTask) -> dict[str, Any] | None:
@@ -198,10 +231,22 @@ def finished_reduce(task: ReduceTask) -> dict[str, Any] | None:
     return result
 
 
-def load_state(task: MapTask, notices: list[str]) -> Any:
-    """The final state of a mergeable reducer that ended a map task."""
+def leaf_position(task: MapTask, j: int) -> int:
+    """Where leaf j's stage is in a map task's flat list of stages (see map_stages)."""
+    if not task.branches:
+        return len(task.stages)
+    at = 1 + len(task.stages)
+    for k, leaf in enumerate(task.leaves):
+        at += len(task.branches[leaf.name]) + (leaf.stage is None)
+        if k == j:
+            return at - 1
+    raise IndexError(j)
+
+
+def load_state(task: MapTask, position: int, notices: list[str]) -> Any:
+    """The final state of the stage at `position` (a mergeable reducer) of a map task."""
     tree = CheckpointStore(task.dir).load(notices.append)
     if tree is None or not tree.get("complete"):
         raise RuntimeError(f"the state of {task.describe()} in {task.dir} is missing "
                            f"after it finished")
-    return tree["stages"][-1]
+    return tree["stages"][position]

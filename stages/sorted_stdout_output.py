@@ -8,7 +8,7 @@ from pipeline import Batch, Output
 
 
 def format_summary(rows: list[tuple[str, int, int, int, int]]) -> str:
-    # sorted() on str is Unicode code-point order, as SPEC.md asks
+    # sorted() on str is Unicode code-point order, as configs/summary.md asks
     return "".join(f"{site},messages={m},emails={e},operators={o},visitors={v}\n"
                    for site, m, e, o, v in sorted(rows))
 

@@ -3,8 +3,8 @@
 
     python test_scripts/duckdb_summary.py LOG > summary.txt
 
-Same semantics as SPEC.md on well-formed input (the benchmark's generated logs have no
-broken lines); its looser validation is not a reference for bad input.
+Same semantics as configs/summary.md on well-formed input (the benchmark's generated
+logs have no broken lines); its looser validation is not a reference for bad input.
 """
 from __future__ import annotations
 

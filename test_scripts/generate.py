@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a seeded synthetic chat log in the format of SPEC.md.
+"""Write a seeded synthetic chat log in the format of configs/summary.md.
 
     python test_scripts/generate.py --lines 1000000 --seed 7 -o /tmp/chat.jsonl
 

@@ -53,14 +53,15 @@ class Attempt:
 
     count = 0
 
-    def __init__(self, cmd: list[str], work: str):
+    def __init__(self, cmd: list[str], work: str, cwd: str):
         Attempt.count += 1
         self.token = f"{os.getpid()}-{Attempt.count}"
         self.out = os.path.join(work, "attempt.out")
         self.err = os.path.join(work, "attempt.err")
+        os.makedirs(cwd, exist_ok=True)
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         start_new_session=True,
+                                         start_new_session=True, cwd=cwd,
                                          env={**os.environ, TOKEN: self.token})
 
     def wait(self, timeout: float) -> int | None:
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="where to keep files (default: a temp dir)")
     p.add_argument("--command", default=f"{shlex.quote(sys.executable)} {shlex.quote(MAIN)}",
                    help="how to start Sluice (for testing this script itself)")
+    p.add_argument("--config", default=CONFIG, help="the pipeline (default: the summary)")
+    p.add_argument("--compare", nargs="*", default=[], metavar="FILE",
+                   help="files the pipeline writes (relative to its working directory) "
+                        "that must also match the uninterrupted run's")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     deadline = time.monotonic() + args.max_seconds
@@ -116,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_mb:
         extra += ["--memory-mb", str(args.memory_mb)]
 
+    config = os.path.abspath(args.config)
+
     def job(state: str, *more: str) -> list[str]:
-        return [*shlex.split(args.command), "-c", CONFIG, "-f", path, "--state-dir", state,
+        return [*shlex.split(args.command), "-c", config, "-f", path, "--state-dir", state,
                 *extra, *more]
 
     failures = 0
@@ -144,13 +151,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ref_state = os.path.join(work, "reference")
     t0 = time.monotonic()
-    ref = Attempt(job(ref_state, "--no-checkpoint"), work)
+    ref_cwd, run_cwd = os.path.join(work, "ref-cwd"), os.path.join(work, "run-cwd")
+    ref = Attempt(job(ref_state, "--no-checkpoint"), work, ref_cwd)
     if finish(ref, "the uninterrupted run", args.attempt_timeout) != 0:
         print(f"stress: the uninterrupted run failed: {read(ref.err).decode()}", file=sys.stderr)
         return 2
     full_time = time.monotonic() - t0
     expected = read(ref.out)
     expected_dead = read(os.path.join(ref_state, "dead_letter.jsonl"))
+    expected_files = {f: read(os.path.join(ref_cwd, f)) for f in args.compare}
     state = os.path.join(work, "state")
     dead = os.path.join(state, "dead_letter.jsonl")
     lines_total = expected_lines = sum(1 for _ in open(path, "rb"))
@@ -164,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             problems.append("stdout differs")
         if read(dead) != expected_dead:
             problems.append("dead-letter file differs")
+        for f, want in expected_files.items():
+            if read(os.path.join(run_cwd, f)) != want:
+                problems.append(f"{f} differs")
         if problems:
             keep = os.path.join(work, f"failure-{failures + 1}.txt")
             with open(keep, "wb") as fh:
@@ -174,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         every = rng.choice([rng.randint(500, 5_000),
                             rng.randint(5_000, max(expected_lines // 4, 5_001))])
         attempt = Attempt(job(state, "--checkpoint-every", str(every))
-                          + (["--fresh"] if fresh else []), work)
+                          + (["--fresh"] if fresh else []), work, run_cwd)
         code = attempt.wait(rng.uniform(0.05, full_time * 1.1))
         if code is None:
             left = attempt.kill()
@@ -195,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         completed += 1
         check(attempt, f"run {completed} (after {kills} kills)")
         fresh = True
-    final = Attempt(job(state), work)
+    final = Attempt(job(state), work, run_cwd)
     if finish(final, "the final run", args.attempt_timeout) is not None:
         completed += 1
         check(final, "final run")

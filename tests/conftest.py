@@ -31,7 +31,7 @@ class Result:
 
 
 def rec(id: str, type: str, site, frm: str, ts, status: str | None = None, **extra) -> str:
-    """One JSON line in SPEC.md's format."""
+    """One JSON line in the input format of configs/summary.md."""
     d = {"id": id, "from": frm, "type": type, "site_id": site, "timestamp": ts,
          "data": {"status": status} if type == "status" else {"message": "hi"}}
     d.update(extra)

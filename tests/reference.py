@@ -1,4 +1,5 @@
-"""A deliberately simple, independent implementation of SPEC.md, for golden tests.
+"""A deliberately simple, independent implementation of configs/summary.md,
+for golden tests.
 
 Dicts and sorted lists, `json.loads` per line: slow, obviously right, shares no
 code with the pipeline.

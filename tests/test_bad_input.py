@@ -1,11 +1,13 @@
-"""SPEC.md's bad-input policy: every rejected class, with its reason and position."""
+"""The bad-input rules of configs/summary.md: every rejected class, with its reason
+and position."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from conftest import rec
+import main
+from conftest import SUMMARY, rec
 
 GOOD = [rec("a", "status", "1", "o", 1, "online"), rec("b", "message", "1", "v", 2),
         rec("c", "message", "2", "w", 3)]
@@ -32,6 +34,8 @@ BAD = [
     ("trailing garbage", json.dumps(base()) + " x", "invalid JSON: trailing characters (byte 103)"),
     ("nan", json.dumps(base()).replace("5", "NaN"), "invalid JSON: invalid character (byte 73)"),
     ("infinity", json.dumps(base()).replace("5", "Infinity"), "invalid JSON: invalid character (byte 73)"),
+    ("lone surrogate", json.dumps(base(site_id="\ud800")),
+     "invalid JSON: unexpected end of escaped utf-16 surrogate pair (byte 62)"),
     ("overflow", json.dumps(base()).replace("5", "1e999"), "field 'timestamp': not a finite number"),
     ("array", "[1, 2]", "not a JSON object: expected `object`, got `array`"),
     ("string", '"hello"', "not a JSON object: expected `object`, got `str`"),
@@ -101,6 +105,13 @@ def test_blank_and_whitespace_lines_are_skipped_silently(run):
     assert "rejected 0 of" in r.err
 
 
+def test_blank_lines_count_as_lines_read_only(run):
+    """Blank lines (any ASCII whitespace, \\v and \\f too) are lines read, never records or rejects."""
+    r = run("\n" + GOOD[0] + "\n \x0b\x0c\t\r\n" + GOOD[1] + "\n")
+    assert r.rejects() == []
+    assert r.err == "sluice: 4 lines read, 2 records, 0 duplicates skipped; rejected 0 of 4 lines\n"
+
+
 def test_bom_crlf_and_missing_final_newline(run):
     """A BOM at the start, CRLF line ends and a last line without \\n are all fine."""
     data = b"\xef\xbb\xbf" + "\r\n".join(GOOD).encode()
@@ -116,6 +127,35 @@ def test_bom_only_at_start_of_file(run):
     [entry] = r.rejects()
     assert (entry["line"], entry["offset"]) == (2, 3 + len(GOOD[0]) + 1)
     assert entry["reason"] == "invalid JSON: invalid character (byte 0)"
+
+
+def test_raw_is_the_line_without_its_newline(run):
+    """raw is the whole line minus its \\n: surrounding spaces and a CRLF's \\r stay."""
+    r = run(b"  x \r\n" + GOOD[0].encode() + b"\n")
+    assert r.rejects() == [{"line": 1, "offset": 0, "stage": "json-decode",
+                            "reason": "invalid JSON: invalid character (byte 2)",
+                            "raw": "  x \r"}]
+
+
+def test_dead_letters_name_the_file_when_there_are_several(tmp_path, capsys):
+    """With several input files a reject names its `file` first; line and offset count in it."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(GOOD[0] + "\nbad a\n")
+    b.write_text("\n" + GOOD[1] + "\nbad b\n")
+    state = tmp_path / "state"
+    rc = main.main(["-c", SUMMARY, "-f", str(tmp_path / "*.jsonl"), "--state-dir", str(state)])
+    err = capsys.readouterr().err
+    dead = state / "dead_letter.jsonl"
+    rejects = [json.loads(x) for x in dead.read_text().splitlines()]
+    why = "invalid JSON: invalid character (byte 0)"
+    assert rc == 0
+    assert rejects == [
+        {"file": str(a), "line": 2, "offset": len(GOOD[0]) + 1, "stage": "json-decode",
+         "reason": why, "raw": "bad a"},
+        {"file": str(b), "line": 3, "offset": 1 + len(GOOD[1]) + 1, "stage": "json-decode",
+         "reason": why, "raw": "bad b"}]
+    assert list(rejects[0]) == ["file", "line", "offset", "stage", "reason", "raw"]
+    assert err.endswith(f"rejected 2 of 5 lines (reasons in {dead})\n")
 
 
 def test_many_bad_lines_in_one_block_keep_their_positions(run):
@@ -147,3 +187,34 @@ def test_dead_letter_path_option(run, tmp_path):
     assert target.exists() and not r.dead_letter.exists()
     assert json.loads(target.read_text())["raw"] == "nope"
     assert r.err.endswith(f"(reasons in {target})\n")
+
+
+def test_strict_rerun_over_saved_state_still_stops_at_the_first_rejected_line(tmp_path):
+    """A --strict rerun that resumes a finished run stops at the first saved reject."""
+    from conftest import SUMMARY, cli
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join([rec("a", "message", "1", "v", 1), "not json",
+                              rec("b", "message", "1", "v", 2)]) + "\n")
+    args = ("-c", SUMMARY, "-f", str(log), "--state-dir", str(tmp_path / "s"))
+    assert cli(*args).returncode == 0
+    again = cli(*args, "--strict")
+    assert again.returncode == 1 and again.stdout == ""
+    assert again.stderr.splitlines()[-1] == (
+        "sluice: error: line 2: invalid JSON: invalid character (byte 4) "
+        "(--strict stops at the first rejected line)")
+    assert "resumed" in again.stderr
+
+
+def test_strict_with_several_files_names_the_file(tmp_path):
+    """With several input files, the --strict message names the file of the bad line."""
+    from conftest import SUMMARY, cli
+
+    (tmp_path / "a.jsonl").write_text(rec("a", "message", "1", "v", 1) + "\n")
+    (tmp_path / "b.jsonl").write_text(rec("b", "message", "1", "v", 2) + "\n[1]\n")
+    p = cli("-c", SUMMARY, "-f", str(tmp_path / "*.jsonl"), "--state-dir",
+            str(tmp_path / "s"), "--strict")
+    assert p.returncode == 1
+    assert p.stderr == (f"sluice: error: {tmp_path / 'b.jsonl'} line 2: not a JSON object: "
+                        f"expected `object`, got `array` (--strict stops at the first "
+                        f"rejected line)\n")

@@ -1,13 +1,14 @@
-"""Each rule of SPEC.md's summary semantics, on hand-computed cases."""
+"""Each summary rule of configs/summary.md, on hand-computed cases."""
 from __future__ import annotations
 
-from conftest import rec
+import main
+from conftest import SUMMARY, rec
 
 U = "45094d07-e2cf-11e4-9454-56847afe97{:02x}"  # canonical UUIDs: U.format(n)
 
 
 def test_spec_example_records(run):
-    """The two records shown in SPEC.md: an email (operator comes online later)."""
+    """The two example records of configs/summary.md: an email (operator comes online later)."""
     r = run([
         '{"id":"45094d07-e2cf-11e4-9454-56847afe9799","from":"visitor5","type":"message",'
         '"site_id":"123","data":{"message":"Hi, how\'s it going"},"timestamp":1429026445}',
@@ -132,6 +133,22 @@ def test_invalid_record_does_not_claim_an_id(run):
     assert r.out == "1,messages=0,emails=1,operators=0,visitors=1\n"
 
 
+def test_site_seen_only_in_duplicates_does_not_appear(run):
+    """An ignored duplicate contributes nothing: a site named only by one does not appear."""
+    r = run([rec(U.format(1), "message", "1", "v", 5),
+             rec(U.format(1), "status", "2", "o", 1, "online")])   # duplicate id, site 2
+    assert r.out == "1,messages=0,emails=1,operators=0,visitors=1\n"
+
+
+def test_several_input_files_are_one_stream_in_order(tmp_path, capsys):
+    """Several input files (here a glob, read in name order) are one stream: first id wins."""
+    (tmp_path / "b.jsonl").write_text(rec(U.format(1), "status", "2", "o", 1, "online") + "\n")
+    (tmp_path / "a.jsonl").write_text(rec(U.format(1), "message", "1", "v", 2) + "\n")
+    rc = main.main(["-c", SUMMARY, "-f", str(tmp_path / "*.jsonl"),
+                    "--state-dir", str(tmp_path / "state")])
+    assert (rc, capsys.readouterr().out) == (0, "1,messages=0,emails=1,operators=0,visitors=1\n")
+
+
 def test_ids_compare_as_strings(run):
     """An upper-case UUID and a non-UUID id are ids of their own, never merged."""
     lower = "45094d07-e2cf-11e4-9454-56847afe9799"
@@ -139,6 +156,21 @@ def test_ids_compare_as_strings(run):
              rec("evt-1", "message", "1", "c", 3), rec("evt-1", "message", "1", "d", 4),
              rec(lower, "message", "1", "e", 5)])
     assert r.out == "1,messages=0,emails=3,operators=0,visitors=3\n"
+
+
+def test_one_sender_can_count_as_operator_and_as_visitor(run):
+    """operators= and visitors= are counted apart: a `from` sending both counts in each."""
+    r = run([rec(U.format(1), "status", "1", "x", 1, "online"),
+             rec(U.format(2), "message", "1", "x", 2),
+             rec(U.format(3), "message", "1", "x", 3)])
+    assert r.out == "1,messages=2,emails=0,operators=1,visitors=1\n"
+
+
+def test_whitespace_only_strings_are_not_empty(run):
+    """A non-empty string needs one character, so a single space is a valid id, from or site."""
+    r = run([rec(" ", "message", " ", " ", 1)])
+    assert r.out == " ,messages=0,emails=1,operators=0,visitors=1\n"
+    assert r.rejects() == []
 
 
 def test_status_only_site_appears_with_zeros(run):
@@ -155,6 +187,14 @@ def test_integer_site_id_is_its_decimal_string(run):
              rec(U.format(4), "message", -7, "w", 3)])
     assert r.out == ("-7,messages=0,emails=1,operators=0,visitors=1\n"
                      "123,messages=2,emails=0,operators=1,visitors=2\n")
+
+
+def test_integer_site_id_of_any_size_is_its_decimal_string(run):
+    """An integer site_id beyond 64 bits is still exact: its decimal string."""
+    big = 2 ** 70
+    r = run([rec(U.format(1), "message", big, "v", 1),
+             rec(U.format(2), "message", str(big), "w", 2)])
+    assert r.out == "1180591620717411303424,messages=0,emails=2,operators=0,visitors=2\n"
 
 
 def test_sites_sort_by_code_point(run):
@@ -196,6 +236,13 @@ def test_empty_input_prints_nothing(run):
     r = run(b"")
     assert (r.rc, r.out) == (0, "")
     assert r.err == "sluice: 0 lines read, 0 records, 0 duplicates skipped; rejected 0 of 0 lines\n"
+
+
+def test_timestamps_compare_as_doubles(run):
+    """Timestamps compare as IEEE doubles: 2**53 + 1 and 2**53 are the same instant (a tie)."""
+    r = run([rec(U.format(1), "status", "1", "o", 2 ** 53 + 1, "online"),
+             rec(U.format(2), "message", "1", "v", 2 ** 53)])
+    assert r.out == "1,messages=1,emails=0,operators=1,visitors=1\n"
 
 
 def test_timestamps_that_are_not_round_decimals(run):
