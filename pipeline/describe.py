@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from .config import PipelineConfig, _type_name
 from .registry import Registry
@@ -38,22 +39,45 @@ def show_stage(registry: Registry, name: str) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _line(spec: Any) -> str:
+    opts = ", ".join(f"{k}={v!r}" for k, v in spec.options.items())
+    return f"{spec.name} [{spec.cls.kind.value}]" + (f" ({opts})" if opts else "")
+
+
 def graph_text(cfg: PipelineConfig) -> str:
-    """The chain, one stage a line, with kinds and options."""
+    """The pipeline, one stage a line, with kinds and options; a fork as a tree."""
     out = []
-    for i, spec in enumerate(cfg.stages):
-        opts = ", ".join(f"{k}={v!r}" for k, v in spec.options.items())
-        arrow = "   " if i == 0 else "-> "
-        out.append(f"{arrow}{spec.name} [{spec.cls.kind.value}]" + (f" ({opts})" if opts else ""))
+    for n, i in enumerate(cfg.trunk):
+        out.append(("   " if n == 0 else "-> ") + _line(cfg.stages[i]))
+    names = list(cfg.branches)
+    for b, name in enumerate(names):
+        last = b == len(names) - 1
+        out.append(f"{'`' if last else '|'}-- fork branch {name!r}")
+        pad = "    " if last else "|   "
+        for n, i in enumerate(cfg.branches[name]):
+            out.append(pad + ("   " if n == 0 else "-> ") + _line(cfg.stages[i]))
     return "\n".join(out) + "\n"
 
 
 def graph_mermaid(cfg: PipelineConfig) -> str:
-    """The chain as a Mermaid flowchart."""
+    """The pipeline as a Mermaid flowchart: a chain, or a tree for a fork."""
     out = ["flowchart LR"]
     for i, spec in enumerate(cfg.stages):
         label = f"{spec.name}<br/>{spec.cls.kind.value}".replace('"', "'")
         out.append(f'    s{i}["{label}"]')
-    for i in range(1, len(cfg.stages)):
-        out.append(f"    s{i - 1} --> s{i}")
+    out += [f"    s{a} --> s{b}" for a, b in zip(cfg.trunk, cfg.trunk[1:])]
+    for name, idx in cfg.branches.items():
+        label = name.replace('"', "'").replace("|", "/")
+        out.append(f"    s{cfg.trunk[-1]} -->|{label}| s{idx[0]}")
+        out += [f"    s{a} --> s{b}" for a, b in zip(idx, idx[1:])]
     return "\n".join(out) + "\n"
+
+
+def chain_text(cfg: PipelineConfig) -> str:
+    """One line: `a -> b -> fork(x: c -> d; y: e -> f)`."""
+    trunk = " -> ".join(cfg.stages[i].name for i in cfg.trunk)
+    if not cfg.branches:
+        return trunk
+    return trunk + " -> fork(" + "; ".join(
+        f"{name}: " + " -> ".join(cfg.stages[i].name for i in idx)
+        for name, idx in cfg.branches.items()) + ")"

@@ -9,9 +9,13 @@
         output: |
           1,messages=0,emails=1,operators=0,visitors=1
         rejects: []               # optional: [{line: N, reason: "..."}], exact
+        files:                    # optional: files the pipeline writes, exactly
+          statuses.jsonl: |
+            {"id":"a",...}
 
-Each case runs the pipeline on its input lines in a scratch directory, without
-checkpoints, and compares stdout (and the rejects, when given) exactly.
+Each case runs the pipeline on its input lines in a scratch directory (which is also
+the working directory, so relative output paths land there), without checkpoints, and
+compares stdout, and the rejects and files when given, exactly.
 """
 from __future__ import annotations
 
@@ -66,9 +70,11 @@ def _config_for(path: str, doc: dict[str, Any]) -> str:
     return os.path.join(here, base[: -len("_test.yaml")] + ".yaml")
 
 
-def run_case(config: str, registry: Registry, case: dict[str, Any]) -> tuple[str, list[dict]]:
-    """(stdout, rejects) of the pipeline on the case's input."""
+def run_case(config: str, registry: Registry, case: dict[str, Any]
+             ) -> tuple[str, list[dict], dict[str, str | None]]:
+    """(stdout, rejects, {file: its text or None}) of the pipeline on the case's input."""
     cfg = load_config(config, registry)
+    here = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="sluice-test-") as tmp:
         data = case.get("input", "")
         path = os.path.join(tmp, "input.jsonl")
@@ -78,15 +84,28 @@ def run_case(config: str, registry: Registry, case: dict[str, Any]) -> tuple[str
         opts = JobOptions(state_dir=tmp, checkpoint=False, workers=1, notify=lambda _: None)
         buf = io.BytesIO()
         out = io.TextIOWrapper(buf, encoding="utf-8", newline="")
-        with contextlib.redirect_stdout(out):
-            run_job(cfg, opts)
-            out.flush()
+        os.chdir(tmp)
+        try:
+            with contextlib.redirect_stdout(out):
+                run_job(cfg, opts)
+                out.flush()
+            files = {name: _read(os.path.join(tmp, name)) for name in case.get("files") or {}}
+        finally:
+            os.chdir(here)
         dead = os.path.join(tmp, "dead_letter.jsonl")
         rejects = []
         if os.path.exists(dead):
             with open(dead, encoding="utf-8") as fh:
                 rejects = [json.loads(x) for x in fh]
-        return buf.getvalue().decode("utf-8"), rejects
+        return buf.getvalue().decode("utf-8"), rejects, files
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return None
 
 
 def run_file(path: str, registry: Registry) -> list[CaseResult]:
@@ -96,7 +115,7 @@ def run_file(path: str, registry: Registry) -> list[CaseResult]:
     for i, case in enumerate(doc["cases"], 1):
         name = str(case.get("name", f"case {i}"))
         try:
-            got, rejects = run_case(config, registry, case)
+            got, rejects, files = run_case(config, registry, case)
         except SluiceError as exc:
             results.append(CaseResult(path, name, False, f"error: {exc}"))
             continue
@@ -106,6 +125,13 @@ def run_file(path: str, registry: Registry) -> list[CaseResult]:
             diff = difflib.unified_diff(want.splitlines(True), got.splitlines(True),
                                         "expected", "got")
             problems.append("output differs:\n" + "".join(diff))
+        for fname, want_text in (case.get("files") or {}).items():
+            if files.get(fname) is None:
+                problems.append(f"file {fname} was not written")
+            elif files[fname] != want_text:
+                diff = difflib.unified_diff(want_text.splitlines(True),
+                                            files[fname].splitlines(True), "expected", "got")
+                problems.append(f"file {fname} differs:\n" + "".join(diff))
         if "rejects" in case:
             have = [{"line": r["line"], "reason": r["reason"]} for r in rejects]
             if have != case["rejects"]:
