@@ -55,3 +55,32 @@ def test_nothing_refers_outside_the_repository():
                 if any(needle in line for needle in needles):
                     found.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}")
     assert found == [], "\n".join(found)
+
+
+def test_readme_keyed_reducer_example_is_exact(tmp_path):
+    """The README's KeyedReducer example runs, in several buckets and map tasks, exactly."""
+    import re
+    from collections import Counter
+
+    from pipeline.keyed import reduce_buckets, result_batches
+
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(import numpy as np\nfrom pipeline import KeyedReducer, "
+                     r"keys\n.*?)```", readme, re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    cls = scope["CountSenders"]
+    senders = ["v1", "v2", "v1", "someone.with.a.long.address@example.com", 7, "v1",
+               "someone.with.a.long.address@example.com"]
+    dirs = []
+    for task, part in enumerate((senders[:3], senders[3:])):
+        stage = cls()
+        stage.configure(str(tmp_path / f"m{task}"), nbuckets=3, task=task)
+        stage.update([{"from": s} for s in part])
+        stage.spill.mark(durable=False)
+        dirs.append(str(tmp_path / f"m{task}"))
+    stage = cls()
+    stage.nbuckets = 3
+    reduce_buckets(stage, 0, range(3), dirs, str(tmp_path / "r"), memory_bytes=1 << 20)
+    got = [r for b in result_batches(stage, [str(tmp_path / "r")], 3) for r in b]
+    assert got == sorted(Counter(str(s) for s in senders).items())
