@@ -6,7 +6,8 @@ from .keyed import KeyedReducer, ReduceIO
 from .errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
                      InputError, RejectedLine, SluiceError)
 from .registry import Registry, check_stage_class
-from .stage import Batch, Input, Kind, Option, Output, Processor, Reducer, Stage, positive
+from .stage import (Batch, Input, InputChanged, Kind, Option, Output, Processor, Reducer,
+                    Stage, positive)
 
 __all__ = [
     "AppendOnly",
@@ -17,6 +18,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Input",
+    "InputChanged",
     "InputError",
     "KeyedReducer",
     "Kind",

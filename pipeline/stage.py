@@ -124,6 +124,11 @@ class Stage:
         return self.name
 
 
+class InputChanged(Exception):
+    """Raised by an input that follows growing files when one was truncated or replaced:
+    what was read no longer describes it, so the engine starts over (with a notice)."""
+
+
 class Input(Stage):
     kind = Kind.INPUT
 

@@ -9,16 +9,18 @@ from pipeline import Stage
 
 
 def builtin_stages() -> list[type[Stage]]:
+    from .aggregate import Aggregate
     from .count import Count
     from .csv_output import CsvOutput
     from .dedupe import Dedupe
     from .file_input import FileInput
     from .json_decode import JsonDecode
     from .jsonl_output import JsonlOutput
+    from .mutate import Mutate
     from .site_state_reducer import SiteStateReducer
     from .sorted_stdout_output import SortedStdoutOutput
     from .summary_json_output import SummaryJsonOutput
     from .where import Where
 
-    return [FileInput, JsonDecode, Where, Dedupe, SiteStateReducer, Count,
+    return [FileInput, JsonDecode, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
             SortedStdoutOutput, SummaryJsonOutput, JsonlOutput, CsvOutput]

@@ -1,6 +1,15 @@
-"""Reading a named field from any record: a dict, a msgspec struct, or a tuple."""
+"""Reading a named field from any record: a dict, a msgspec struct, or a tuple.
+
+A field is named by its JSON name (`from`, not `from_`). A name with dots is a path
+into nested objects: `data.status` is the `status` field of the object in `data`. Every
+dot separates two names, so a key that itself contains a dot cannot be reached.
+
+The path helpers `get_in`, `set_in` and `delete_in` work on nested dicts (what
+json-decode's `object` schema yields, and what `msgspec.to_builtins` makes of a struct).
+"""
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable
 
 import msgspec
@@ -8,41 +17,222 @@ import msgspec
 _MISSING = object()
 
 
+class NotAnObject(ValueError):
+    """A path goes through a value that is not an object, so nothing can be set there."""
+
+    def __init__(self, path: tuple[str, ...], depth: int, value: Any):
+        self.path, self.depth, self.value = path, depth, value
+        where = ".".join(path[:depth + 1])
+        super().__init__(f"{where!r} is {json_type(value, article=True)}, not an object")
+
+
+def path_of(name: str) -> tuple[str, ...]:
+    """`"data.status"` -> `("data", "status")`; a plain name is a path of one."""
+    return tuple(name.split("."))
+
+
+def _step(value: Any, name: str, cache: dict[type, str | None]) -> Any:
+    """The field `name` of one value (dict or struct), or _MISSING for anything else."""
+    if isinstance(value, dict):
+        return value.get(name, _MISSING)
+    cls = type(value)
+    attr = cache.get(cls, "")
+    if attr == "":
+        attr = None
+        if isinstance(value, msgspec.Struct):
+            for f in msgspec.structs.fields(cls):
+                if f.encode_name == name:
+                    attr = f.name
+            tag = cls.__struct_config__.tag_field
+            if tag == name:
+                attr = "__tag__"
+        cache[cls] = attr
+    if attr is None:
+        return _MISSING
+    if attr == "__tag__":
+        return cls.__struct_config__.tag
+    return getattr(value, attr)
+
+
 def getter(field: str) -> Callable[[Any], Any]:
-    """A function record -> value of `field` (JSON name), or _MISSING.
+    """A function record -> value of `field` (JSON name or dotted path), or _MISSING.
 
-    A struct field is found by its JSON name, so `from` reads SiteEvent.from_.
+    A struct field is found by its JSON name, so `from` reads SiteEvent.from_, and
+    `data.status` reads a status record's StatusData.status.
     """
-    cache: dict[type, str | None] = {}
+    if "." not in field:
+        cache: dict[type, str | None] = {}
 
-    def get(record: Any) -> Any:
-        if isinstance(record, dict):
-            return record.get(field, _MISSING)
-        cls = type(record)
-        attr = cache.get(cls, "")
-        if attr == "":
-            attr = None
-            if isinstance(record, msgspec.Struct):
-                for f in msgspec.structs.fields(cls):
-                    if f.encode_name == field:
-                        attr = f.name
-                tag = cls.__struct_config__.tag_field
-                if tag == field:
-                    attr = "__tag__"
-            elif hasattr(record, field):
-                attr = field
-            cache[cls] = attr
-        if attr is None:
+        def get(record: Any) -> Any:
+            if isinstance(record, dict):
+                return record.get(field, _MISSING)
+            cls = type(record)
+            attr = cache.get(cls, "")
+            if attr == "":
+                attr = None
+                if isinstance(record, msgspec.Struct):
+                    for f in msgspec.structs.fields(cls):
+                        if f.encode_name == field:
+                            attr = f.name
+                    tag = cls.__struct_config__.tag_field
+                    if tag == field:
+                        attr = "__tag__"
+                elif hasattr(record, field):
+                    attr = field
+                cache[cls] = attr
+            if attr is None:
+                return _MISSING
+            if attr == "__tag__":
+                return cls.__struct_config__.tag
+            return getattr(record, attr)
+
+        return get
+
+    parts = path_of(field)
+    caches: list[dict[type, str | None]] = [{} for _ in parts]
+
+    def get_path(record: Any) -> Any:
+        value = record
+        for name, c in zip(parts, caches):
+            value = _step(value, name, c)
+            if value is _MISSING:
+                return _MISSING
+        return value
+
+    return get_path
+
+
+def column(field: str) -> Callable[[list[Any]], list[Any]]:
+    """A function batch -> [value of `field` in each record, or MISSING]; the same
+    values as `getter(field)` record by record, read with C-level maps where the
+    batch's record classes allow (dicts; structs, whose field or tag is per class)."""
+    get = getter(field)
+    if "." in field:
+        return lambda batch: list(map(get, batch))
+    how: dict[type, tuple[str, Any]] = {}
+
+    def kind(cls: type) -> tuple[str, Any]:
+        if issubclass(cls, dict):
+            return ("dict", None)
+        if issubclass(cls, msgspec.Struct):
+            if cls.__struct_config__.tag_field == field:
+                return ("const", cls.__struct_config__.tag)
+            for f in msgspec.structs.fields(cls):
+                if f.encode_name == field:
+                    return ("attr", f.name)
+            return ("const", _MISSING)
+        return ("call", None)
+
+    by_dict = operator.methodcaller("get", field, _MISSING)
+
+    def values(batch: list[Any]) -> list[Any]:
+        kinds = set()
+        for cls in set(map(type, batch)):
+            k = how.get(cls)
+            if k is None:
+                k = how[cls] = kind(cls)
+            kinds.add(k)
+        if len(kinds) == 1:
+            (what, arg), = kinds
+            if what == "dict":
+                return list(map(by_dict, batch))
+            if what == "attr":
+                return list(map(operator.attrgetter(arg), batch))
+            if what == "const":
+                return [arg] * len(batch)
+        elif all(what == "const" for what, _ in kinds):  # a tag: one value per class
+            table = {cls: k[1] for cls, k in how.items() if k[0] == "const"}
+            return list(map(table.__getitem__, map(type, batch)))
+        return list(map(get, batch))
+
+    return values
+
+
+def get_in(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at `path` in nested dicts, or MISSING (also when a step is not a dict)."""
+    value: Any = obj
+    for name in path:
+        if not isinstance(value, dict):
             return _MISSING
-        if attr == "__tag__":
-            return cls.__struct_config__.tag
-        return getattr(record, attr)
+        value = value.get(name, _MISSING)
+        if value is _MISSING:
+            return _MISSING
+    return value
 
-    return get
+
+def set_in(obj: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Set the value at `path`, creating missing objects on the way (replacing a value).
+
+    `obj` is changed in place; each nested dict on the path is replaced by a copy
+    first, so a record that shares nested objects with another never changes the other.
+    Raises NotAnObject if a step on the way holds something other than an object.
+    """
+    target = obj
+    for depth, name in enumerate(path[:-1]):
+        child = target.get(name, _MISSING)
+        if child is _MISSING:
+            child = {}
+        elif isinstance(child, dict):
+            child = dict(child)
+        else:
+            raise NotAnObject(path, depth, child)
+        target[name] = child
+        target = child
+    target[path[-1]] = value
+
+
+def delete_in(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """Remove the value at `path` and return it; MISSING (and no change) if absent.
+
+    Like set_in, nested dicts on the path are copied before they change.
+    """
+    if len(path) > 1 and get_in(obj, path) is _MISSING:
+        return _MISSING
+    target = obj
+    for name in path[:-1]:
+        child = dict(target[name])
+        target[name] = child
+        target = child
+    return target.pop(path[-1], _MISSING)
+
+
+def json_type(value: Any, article: bool = False) -> str:
+    """The JSON name of a value's type: string, integer, number, bool, null, array,
+    object (with "a"/"an" in front if `article`)."""
+    if value is None:
+        name = "null"
+    elif isinstance(value, bool):
+        name = "bool"
+    elif isinstance(value, int):
+        name = "integer"
+    elif isinstance(value, float):
+        name = "number"
+    elif isinstance(value, str):
+        name = "string"
+    elif isinstance(value, (list, tuple)):
+        name = "array"
+    else:
+        name = "object"
+    if not article or name == "null":
+        return name
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def show(value: Any, width: int = 60) -> str:
+    """A value as a reject reason quotes it: a string in quotes ('abc'), anything else
+    as JSON (1.5, true, null, [1]); cut to `width` characters with "..."."""
+    if isinstance(value, str):
+        text = repr(value)
+    else:
+        try:
+            text = msgspec.json.encode(value).decode()
+        except (TypeError, ValueError, OverflowError):
+            text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def normalize(value: Any) -> Any:
-    """Integers compare as their decimal strings, as SPEC.md does for site_id."""
+    """Integers compare as their decimal strings, as configs/summary.md does for site_id."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value

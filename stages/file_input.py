@@ -13,6 +13,8 @@ from typing import Any, Iterator
 
 from pipeline import Batch, Input, InputError, Option, positive
 
+from .follow import Follower
+
 BOM = b"\xef\xbb\xbf"
 FINGERPRINT_BYTES = 1024
 
@@ -61,12 +63,18 @@ class FileInput(Input):
     and byte offset (in the decompressed file) of its first line. A single plain file
     can be split between workers; several files, compressed files and stdin are read
     by one process, and stdin cannot be resumed after a kill.
+
+    With `follow: true` (or `--follow`) the files are read to their end and then watched
+    for appended lines until the run is stopped (see stages/follow.py); `-` is then read
+    to its end as usual.
     """
 
     name = "file-input"
     options = (
         Option("path", (str, list), doc="file, `-` (stdin), glob, or a list of them"),
         Option("block_size", int, 4 << 20, "bytes read per batch", check=positive),
+        Option("follow", bool, False, "keep reading lines appended to the files until "
+                                      "stopped (SIGINT/SIGTERM)"),
     )
 
     @classmethod
@@ -86,6 +94,7 @@ class FileInput(Input):
         self.line = 1           # number of the line that starts at `offset`
         self.lines_read = 0
         self.label: str | None = None  # the file named in rejects, when there are several
+        self.follower: Follower | None = None  # the reader when following
 
     @property
     def resumable(self) -> bool:  # type: ignore[override]
@@ -110,6 +119,8 @@ class FileInput(Input):
         if "-" in self.files:
             return ([(0, 0, None)] if frontier is None else []), {"stdin": True}
         files = [self._file_state(i) for i in range(len(self.files))]
+        if self.follow:  # one reader of every file, open-ended: it never needs more ranges
+            return ([("follow", 0, None)] if frontier is None else []), {"files": files}
         out: list[tuple[int, int, int | None]] = []
         for i, now in enumerate(files):
             if not now["splittable"]:
@@ -146,7 +157,7 @@ class FileInput(Input):
                 head = fh.read(old["head_len"])
             if hashlib.sha256(head).hexdigest() != old["head_sha256"]:
                 return "the input file was replaced (its first bytes differ)"
-            if now["size"] > old["size"] and not old["newline_end"]:
+            if now["size"] > old["size"] and not old["newline_end"] and not self.follow:
                 return "the input's last line, read without its newline, has grown"
         return None
 
@@ -198,6 +209,11 @@ class FileInput(Input):
     def part(self, where: tuple[int, int, int | None]) -> "FileInput":  # type: ignore[override]
         """A reader of one range that ranges() described."""
         i, start, end = where
+        if i == "follow":
+            part = FileInput(path=[os.path.abspath(f) for f in self.files],
+                             block_size=self.block_size, follow=True)
+            part.follower = Follower(part.files, self.block_size, len(self.files) > 1)
+            return part
         path = self.files[i]
         if path != "-" and not is_url(path):
             path = os.path.abspath(path)  # Dask workers may run elsewhere
@@ -218,16 +234,23 @@ class FileInput(Input):
         return total
 
     # -- state --------------------------------------------------------------------
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, Any]:
+        if self.follower is not None:
+            return {"follow": self.follower.snapshot()}
         return {"offset": self.offset, "line": self.line, "lines_read": self.lines_read,
                 "index": self.index}
 
-    def restore(self, state: dict[str, int]) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
+        if self.follower is not None:
+            self.follower.restore(state["follow"])
+            return
         self.offset, self.line = state["offset"], state["line"]
         self.lines_read = state["lines_read"]
         self.index = state.get("index", 0)
 
     def counters(self) -> dict[str, int]:
+        if self.follower is not None:
+            return {"lines": self.follower.lines_read}
         return {"lines": self.lines_read}
 
     def identity(self) -> dict[str, Any]:
@@ -298,6 +321,8 @@ class FileInput(Input):
         return self.offset < end
 
     def where(self) -> str:
+        if self.follower is not None:
+            return self.follower.where()
         prefix = f"{self.files[self.index]} " if len(self.files) > 1 else ""
         if self.start:  # a range's line numbers start at 1: only the byte is absolute
             return f"{prefix}byte {self.offset:,}"
@@ -309,6 +334,8 @@ class FileInput(Input):
         return (self.end if self.end is not None else self._size()) - self.start
 
     def position(self) -> int:
+        if self.follower is not None:
+            return sum(self.follower.offsets)
         return self.offset - self.start
 
     # -- reading ------------------------------------------------------------------
@@ -346,6 +373,9 @@ class FileInput(Input):
         return fh
 
     def read(self) -> Iterator[Batch]:
+        if self.follower is not None:
+            yield from self.follower.read()
+            return
         while self.index < len(self.files):
             yield from self._read_file()
             if self.index + 1 >= len(self.files):

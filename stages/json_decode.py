@@ -40,6 +40,7 @@ def reject_reason(exc: Exception) -> str:
     problem = problem.replace("`str` of length >= 1", "a non-empty string")
     problem = problem.replace("Number out of range", "not a finite number")
     problem = (problem.replace("xpected `float`", "xpected a number")
+               .replace("xpected `int | float`", "xpected a number")
                .replace("xpected `int | str`", "xpected a string or integer"))
     problem = problem[0].lower() + problem[1:]
     return f"field {path.lstrip('.')!r}: {problem}" if path else problem
@@ -59,7 +60,8 @@ class JsonDecode(Processor):
         - json-decode:
             schema: site-event
 
-    `site-event` is SPEC.md's chat-log record; `object` accepts any JSON object.
+    `site-event` is the chat-log record of configs/summary.md; `object` accepts any
+    JSON object.
     Blank lines are skipped. A rejected line goes to the run's dead-letter file with
     its line number, byte offset and a reason naming the field.
     """

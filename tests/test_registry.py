@@ -13,20 +13,21 @@ def test_public_api_names():
     assert pipeline.__all__ == sorted(pipeline.__all__)
     assert pipeline.__all__ == [
         "AppendOnly", "Batch", "ConfigError", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK",
-        "EXIT_USAGE", "Input", "InputError", "KeyedReducer", "Kind", "Option", "Output",
-        "PipelineConfig", "Processor", "ReduceIO", "Reducer", "Registry", "RejectedLine",
-        "SluiceError", "Stage", "check_stage_class", "keys", "load_config", "parse_config",
-        "positive", "unwrap"]
+        "EXIT_USAGE", "Input", "InputChanged", "InputError", "KeyedReducer", "Kind", "Option",
+        "Output", "PipelineConfig", "Processor", "ReduceIO", "Reducer", "Registry",
+        "RejectedLine", "SluiceError", "Stage", "check_stage_class", "keys", "load_config",
+        "parse_config", "positive", "unwrap"]
 
 
 def test_builtins_are_registered_by_name():
     """The built-ins register under their documented names and kinds."""
     reg = main.build_registry()
     assert {n: reg.get(n).kind.value for n in reg.names()} == {
-        "count": "reducer", "csv-output": "output", "dedupe": "reducer",
-        "file-input": "input", "json-decode": "processor", "jsonl-output": "output",
-        "site-state-reducer": "reducer", "sorted-stdout-output": "output",
-        "summary-json-output": "output", "where": "processor"}
+        "aggregate": "reducer", "count": "reducer", "csv-output": "output",
+        "dedupe": "reducer", "file-input": "input", "json-decode": "processor",
+        "jsonl-output": "output", "mutate": "processor", "site-state-reducer": "reducer",
+        "sorted-stdout-output": "output", "summary-json-output": "output",
+        "where": "processor"}
 
 
 def test_every_builtin_documents_itself():

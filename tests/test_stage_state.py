@@ -14,10 +14,12 @@ from pipeline import Batch, KeyedReducer, Kind
 from pipeline.keyed import reduce_buckets, result_batches
 from stages.file_input import FileInput
 from stages.json_decode import JsonDecode
+from stages.aggregate import Aggregate
 from stages.count import Count
 from stages.csv_output import CsvOutput
 from stages.dedupe import Dedupe
 from stages.jsonl_output import JsonlOutput
+from stages.mutate import Mutate
 from stages.site_state_reducer import SiteStateReducer
 from stages.where import Where
 from conftest import generate
@@ -147,6 +149,13 @@ SAMPLES = {
     "dedupe": lambda log: ("reducer", lambda: Dedupe(field="id"), decoded_batches(log)),
     "site-state-reducer": lambda log: ("reducer", SiteStateReducer, decoded_batches(log)),
     "count": lambda log: ("reducer", lambda: Count(field="from"), decoded_batches(log)),
+    "mutate": lambda log: ("processor", lambda: Mutate(
+        rename={"from": "sender"}, remove=["id"], set={"meta.seen": True},
+        copy={"timestamp": "meta.ts"}, convert={"site_id": "int"}), decoded_batches(log)),
+    "aggregate": lambda log: ("reducer", lambda: Aggregate(
+        by=["site_id", "type"], metrics={"n": "count", "senders": "count_distinct(from)",
+                                         "first": "min(timestamp)", "last": "max(timestamp)",
+                                         "total": "sum(timestamp)"}), decoded_batches(log)),
     "jsonl-output": file_output(JsonlOutput),
     "csv-output": file_output(CsvOutput, columns=["id", "from", "timestamp"]),
     # run once at the end and hold no state between batches:

@@ -1,0 +1,402 @@
+"""aggregate: exact group-by with count, count_distinct, min, max and sum."""
+from __future__ import annotations
+
+import math
+import operator
+import re
+from operator import itemgetter
+from typing import Any, Iterable
+
+import msgspec
+import numpy as np
+
+from pipeline import Batch, Option, keys
+from pipeline.keyed import KeyedReducer, ReduceIO
+
+from .fields import MISSING, column, path_of, set_in, show
+
+FUNCTIONS = ("count", "count_distinct", "min", "max", "sum")
+_METRIC = re.compile(r"\s*([a-z_]+)\s*(?:\(\s*([^()\s]*)\s*\)\s*)?\Z")
+_SPEC_HELP = "count, count_distinct(FIELD), min(FIELD), max(FIELD) or sum(FIELD)"
+SCALE = 1074  # every finite double is an integer multiple of 2**-1074
+
+_encode = msgspec.json.Encoder(order="sorted").encode
+_decode = msgspec.json.decode
+
+
+def _missing_as_null(obj: Any) -> None:
+    if obj is MISSING:
+        return None
+    raise TypeError(f"aggregate cannot compare a {type(obj).__name__}: {obj!r}")
+
+
+# a group's or a value's identity: its JSON text, object keys sorted, MISSING as null
+_key = msgspec.json.Encoder(order="sorted", enc_hook=_missing_as_null).encode
+_SUMMABLE = {int, float, type(None), type(MISSING)}
+_NONE = object()
+
+# one partial aggregate: [records, slot per metric]; a slot is None until a value came:
+#   min/max: (order key, value)    sum: [int total, float total * 2**1074, all -0.0]
+#   count, count_distinct: unused (count is the record count; distinct values are
+#   spilled as pairs and counted in the first reduce phase)
+
+
+def parse_metric(spec: Any) -> tuple[str, str | None] | str:
+    """("min", "timestamp") for "min(timestamp)", or the reason it is not a metric."""
+    m = _METRIC.match(spec) if isinstance(spec, str) else None
+    if m is None or m.group(1) not in FUNCTIONS:
+        return f"expected {_SPEC_HELP}; got {spec!r}"
+    func, field = m.group(1), m.group(2)
+    if func == "count":
+        if field is not None:
+            return f"`count` counts records and takes no field; got {spec!r}"
+        return func, None
+    if not field or "" in field.split("."):
+        return f"`{func}` needs a field, as in {func}(timestamp); got {spec!r}"
+    return func, field
+
+
+def canonical(value: Any) -> str:
+    """The group's (or a distinct value's) identity: its JSON text, object keys sorted.
+    Equal texts are equal values: 1, 1.0, "1" and true are four different values."""
+    return _encode(value).decode()
+
+
+def order_key(value: Any) -> tuple[Any, ...]:
+    """The total order of values, across types: null < false < true < numbers <
+    strings < arrays < objects. Numbers compare by value (an int and a float exactly);
+    of two equal numbers the int comes first, and -0.0 before 0.0. Strings compare by
+    code point, arrays element by element, objects by their canonical JSON text."""
+    if value is None:
+        return (0,)
+    if value is True or value is False:
+        return (1, value)
+    if isinstance(value, int):
+        return (2, value, 0, 0)
+    if isinstance(value, float):
+        return (2, value, 1, 0 if math.copysign(1.0, value) < 0 else 1)
+    if isinstance(value, str):
+        return (3, value)
+    if isinstance(value, (list, tuple)):
+        return (4, tuple(map(order_key, value)))
+    return (5, canonical(value))
+
+
+def _extremes(i: int, least: bool, col: list[Any], gids: list[int],
+              accs: list[list[Any]]) -> None:
+    """Each group's least (or greatest) value of one batch's column, as (key, value)."""
+    best: dict[int, Any] = {}
+    better = operator.lt if least else operator.gt
+    for g, v in zip(gids, col):
+        if v is None or v is MISSING:
+            continue
+        old = best.get(g, _NONE)
+        if old is _NONE:
+            best[g] = v
+        elif (v.__class__ is int or v.__class__ is float) and \
+                (old.__class__ is int or old.__class__ is float) and v != old:
+            if better(v, old):  # numbers: exact, also an int against a float
+                best[g] = v
+        elif better(order_key(v), order_key(old)):
+            best[g] = v
+    for g, v in best.items():
+        accs[g][i] = (order_key(v), v)
+
+
+def _sums(i: int, col: list[Any], gids: list[int], accs: list[list[Any]]) -> None:
+    """Each group's exact sum of one batch's column (numbers only: checked before)."""
+    ints: dict[int, int] = {}
+    floats: dict[int, int] = {}
+    signed: set[int] = set()  # groups with a value other than -0.0
+    for g, v in zip(gids, col):
+        if v.__class__ is int:
+            ints[g] = ints.get(g, 0) + v
+        elif v.__class__ is float:
+            floats[g] = floats.get(g, 0) + _scaled(v)
+            if v != 0.0 or math.copysign(1.0, v) > 0:
+                signed.add(g)
+    for g, total in ints.items():
+        accs[g][i] = [total, floats.get(g), False]
+    for g, scaled in floats.items():
+        if g not in ints:
+            accs[g][i] = [0, scaled, g not in signed]
+
+
+def _scaled(x: float) -> int:
+    """x * 2**1074, exactly (an integer for every finite double)."""
+    n, d = x.as_integer_ratio()
+    return n << (SCALE + 1 - d.bit_length())
+
+
+def _sum_result(s: list[Any]) -> Any:
+    total, scaled, negzero = s
+    if scaled is None:
+        return total  # every value was an integer
+    exact = (total << SCALE) + scaled
+    if exact == 0:
+        return -0.0 if negzero else 0.0
+    try:
+        return exact / (1 << SCALE)  # int / int: correctly rounded
+    except OverflowError:
+        return None  # beyond the double range
+
+
+class Aggregate(KeyedReducer):
+    """Group records by fields and compute exact counts, distinct counts, min, max, sum.
+
+        - aggregate:
+            by: [site_id, type]
+            metrics:
+              records: count
+              senders: count_distinct(from)
+              first: min(timestamp)
+              last: max(timestamp)
+              total: sum(timestamp)
+
+    Emits one object per group: the `by` fields, then the metrics in config order. A
+    dotted `by` field reads a nested value (`data.status`) and writes it nested the
+    same way (`{"data": {"status": ...}}`, which csv-output's column `data.status`
+    reads). `by: []` makes one group of all records. A missing `by` field is null.
+
+    Values keep their JSON types and are equal when their JSON texts are (object keys
+    sorted): 1, 1.0, "1" and true are four groups, so site_id 123 and "123" are two
+    (`- mutate: {convert: {site_id: str}}` before aggregate makes them one). Groups
+    come out sorted by their values, field by field, in one order across types:
+    null < false < true < numbers < strings < arrays < objects; numbers by value
+    (an int before an equal float, -0.0 before 0.0), strings by code point, arrays
+    element by element, objects by their JSON text.
+
+    - `count`: records in the group.
+    - `count_distinct(F)`: distinct values of F (equal as above); 0 if none.
+    - `min(F)`, `max(F)`: the least / greatest value of F in the order above, so
+      numbers come before strings whatever their values (min of 3 and "a" is 3, max
+      is "a"); of 1 and 1.0, min is 1 and max is 1.0. null if F had no value.
+    - `sum(F)`: exact, independent of how the input was split: an int if every value
+      was an int, else the exact sum rounded once to the nearest double (as
+      math.fsum); null if F had no value or the sum is beyond the double range. A
+      record whose F is not a number (a string, bool, array or object) is sent to the
+      dead-letter file: `field 'F': sum(F) needs a number, got 'abc'`.
+
+    A record whose metric field is missing or null does not count towards that
+    metric (`count` still counts it). The state is spilled by a hash of the group
+    (partial aggregates of each batch, and (group, value) pairs for distinct counts),
+    so memory does not grow with the number of groups; equal groups and values are
+    always confirmed on their JSON texts, never on a hash alone.
+    """
+
+    name = "aggregate"
+    options = (
+        Option("by", list, doc="fields to group by, in order (may be empty: one group)"),
+        Option("metrics", dict, doc="{name: count | count_distinct(F) | min(F) | max(F) "
+                                    "| sum(F)}, in output order"),
+    )
+    spills = {"partials": None, "distinct": None, "dcounts": None}
+    phases = 2  # 0: count each bucket's distinct pairs; 1: combine each bucket's groups
+    reduce_row_bytes = 500
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> str | None:
+        by, metrics = options.get("by", []), options.get("metrics", {})
+        for field in by:
+            if not isinstance(field, str) or not field or "" in field.split("."):
+                return f"stage 'aggregate': `by` must be a list of field names; got {by!r}"
+        for i, a in enumerate(by):
+            for b in by[i + 1:]:
+                if a == b or b.startswith(a + ".") or a.startswith(b + "."):
+                    return (f"stage 'aggregate': `by` fields {a!r} and {b!r} would be "
+                            f"the same output field" if a == b else
+                            f"stage 'aggregate': `by` fields {a!r} and {b!r} overlap; "
+                            f"one is inside the other")
+        if not metrics:
+            return f"stage 'aggregate': `metrics` needs at least one {{name: {_SPEC_HELP}}}"
+        for name, spec in metrics.items():
+            if not isinstance(name, str) or not name or "." in name:
+                return (f"stage 'aggregate': metric names must be non-empty strings "
+                        f"without dots; got {name!r}")
+            if name in {f.split(".")[0] for f in by}:
+                return (f"stage 'aggregate': metric {name!r} is also a `by` field's "
+                        f"name; output fields must differ")
+            parsed = parse_metric(spec)
+            if isinstance(parsed, str):
+                return f"stage 'aggregate': metric {name!r}: {parsed}"
+        return None
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.by_cols = [column(f) for f in self.by]
+        self.by_paths = [path_of(f) for f in self.by]
+        self.metric_list: list[tuple[str, str, str | None]] = []
+        for name, spec in self.metrics.items():
+            func, field = parse_metric(spec)  # type: ignore[misc]
+            self.metric_list.append((name, func, field))
+        fields = sorted({f for _, _, f in self.metric_list if f is not None})
+        self.field_index = {f: i for i, f in enumerate(fields)}
+        self.field_cols = [column(f) for f in fields]
+        self.slots = [(i, func, self.field_index[f]) for i, (_, func, f)
+                      in enumerate(self.metric_list, start=1) if func in ("min", "max", "sum")]
+        self.distinct = [(i, self.field_index[f]) for i, (_, func, f)
+                         in enumerate(self.metric_list, start=1) if func == "count_distinct"]
+        self.sums = [(self.field_index[f], f) for _, func, f in self.metric_list
+                     if func == "sum"]
+
+    # -- map side -------------------------------------------------------------------
+    def update(self, batch: Batch) -> None:
+        """Fold one batch into partial aggregates, one per group, and spill them (and
+        the batch's distinct (metric, group, value) triples) by a hash of the group."""
+        n = len(batch)
+        if not n:
+            return
+        records: list[Any] = batch
+        cols = [c(records) for c in self.field_cols]
+        if self.sums:
+            bad = self._reject_bad_sums(records, cols)
+            if bad:
+                keep = [j for j in range(n) if j not in bad]
+                records = [records[j] for j in keep]
+                cols = [[c[j] for j in keep] for c in cols]
+                n = len(records)
+                if not n:
+                    return
+        if self.by_cols:
+            gkeys = list(map(_key, zip(*[c(records) for c in self.by_cols])))
+        else:
+            gkeys = [b"[]"] * n
+        index: dict[bytes, int] = {}
+        setdefault = index.setdefault
+        gids = [setdefault(k, len(index)) for k in gkeys]
+        groups = list(index)
+        empty = [None] * len(self.metric_list)
+        accs = [[c, *empty] for c in np.bincount(gids, minlength=len(groups)).tolist()]
+        for i, func, f in self.slots:
+            if func == "sum":
+                _sums(i, cols[f], gids, accs)
+            else:
+                _extremes(i, func == "min", cols[f], gids, accs)
+        spill = self._writer()
+        hashes = self._hashes([g.decode() for g in groups])
+        buckets = keys.bucket_of(hashes, self.nbuckets)
+        for b in np.unique(buckets).tolist():
+            spill.add_objects("partials", b, [(groups[j], accs[j])
+                                              for j in np.flatnonzero(buckets == b).tolist()])
+        items: list[tuple[int, bytes, bytes]] = []
+        for i, f in self.distinct:
+            pairs = set(zip(gids, map(_key, cols[f])))
+            items += [(i, groups[g], v) for g, v in pairs if v != b"null"]
+        if items:
+            # a triple goes where the hash of (metric, group, value) sends it, so one
+            # group's distinct values spread over the buckets however many there are
+            metric = np.array([i for i, _, _ in items], np.uint64)
+            where = {g: j for j, g in enumerate(groups)}
+            gh = hashes[np.array([where[g] for _, g, _ in items], np.int64)]
+            vw, vt, _ = keys.encode([v.decode() for _, _, v in items])
+            buckets = keys.bucket_of(keys.mix(metric, gh, vw[:, 0], vw[:, 1], vt),
+                                     self.nbuckets)
+            for b in np.unique(buckets).tolist():
+                spill.add_objects("distinct", b,
+                                  [items[j] for j in np.flatnonzero(buckets == b).tolist()])
+
+    def _reject_bad_sums(self, records: list[Any], cols: list[list[Any]]) -> set[int]:
+        """Reject the records whose summed field is not a number; their positions."""
+        bad: set[int] = set()
+        for f, field in self.sums:
+            col = cols[f]
+            if set(map(type, col)) <= _SUMMABLE:
+                continue
+            for j, v in enumerate(col):
+                if v.__class__ not in _SUMMABLE and j not in bad:
+                    bad.add(j)
+                    try:
+                        raw: Any = msgspec.json.encode(records[j])
+                    except (TypeError, ValueError, OverflowError):
+                        raw = repr(records[j])
+                    self.ctx.reject(raw, f"field {field!r}: sum({field}) needs a number, "
+                                         f"got {show(v)}", stage=self.name)
+        return bad
+
+    @staticmethod
+    def _hashes(texts: list[str]) -> np.ndarray:
+        """A 64-bit hash of each canonical text's exact key (pipeline.keys); it only
+        routes a group to its bucket."""
+        words, tags, _ = keys.encode(texts)
+        return keys.mix(words[:, 0], words[:, 1], tags)
+
+    # -- reduce side ------------------------------------------------------------------
+    def reduce(self, phase: int, bucket: int, io: ReduceIO) -> Iterable[tuple[Any, Any]] | None:
+        return self._count_distinct(bucket, io) if phase == 0 else self._groups(bucket, io)
+
+    def _count_distinct(self, bucket: int, io: ReduceIO) -> None:
+        """Phase 0: this bucket's distinct (metric, group, value) triples, counted per
+        (group, metric) and sent to the group's bucket for phase 1."""
+        seen: set[tuple[int, bytes, bytes]] = set()
+        for frame in io.frames("distinct", bucket):
+            seen.update(frame)  # equal triples are equal JSON texts: exact
+        if not seen:
+            return None
+        counts: dict[tuple[bytes, int], int] = {}
+        for i, group, _ in seen:
+            counts[(group, i)] = counts.get((group, i), 0) + 1
+        del seen
+        items = list(counts.items())
+        buckets = keys.bucket_of(self._hashes([g.decode() for (g, _), _ in items]),
+                                 self.nbuckets)
+        for b in np.unique(buckets).tolist():
+            io.add_objects("dcounts", b, [(*items[j][0], items[j][1])
+                                          for j in np.flatnonzero(buckets == b).tolist()])
+        return None
+
+    def _groups(self, bucket: int, io: ReduceIO) -> list[tuple[Any, Any]]:
+        """Phase 1: every partial aggregate of this bucket's groups, combined."""
+        accs: dict[bytes, list[Any]] = {}
+        for frame in io.frames("partials", bucket):
+            for key, part in frame:
+                acc = accs.get(key)  # equal groups are equal JSON texts: exact
+                if acc is None:
+                    accs[key] = part
+                else:
+                    self._combine(acc, part)
+        dcounts: dict[tuple[bytes, int], int] = {}
+        for frame in io.frames("dcounts", bucket):
+            for group, i, n in frame:
+                dcounts[(group, i)] = dcounts.get((group, i), 0) + n
+        out = []
+        for key, acc in accs.items():
+            values = _decode(key)
+            record: dict[str, Any] = {}
+            for path, value in zip(self.by_paths, values):
+                if len(path) == 1:
+                    record[path[0]] = value
+                else:
+                    set_in(record, path, value)
+            for i, (name, func, _) in enumerate(self.metric_list, start=1):
+                if func == "count":
+                    record[name] = acc[0]
+                elif func == "count_distinct":
+                    record[name] = dcounts.get((key, i), 0)
+                elif acc[i] is None:
+                    record[name] = None
+                elif func == "sum":
+                    record[name] = _sum_result(acc[i])
+                else:
+                    value = acc[i][1]
+                    record[name] = (msgspec.to_builtins(value)
+                                    if isinstance(value, (dict, list, msgspec.Struct)) else value)
+            out.append(((*map(order_key, values), key), record))
+        out.sort(key=itemgetter(0))
+        return out
+
+    def _combine(self, acc: list[Any], part: list[Any]) -> None:
+        acc[0] += part[0]
+        for i, func, _ in self.slots:
+            new = part[i]
+            if new is None:
+                continue
+            old = acc[i]
+            if old is None:
+                acc[i] = new
+            elif func == "sum":
+                old[0] += new[0]
+                if new[1] is not None:
+                    old[1] = (old[1] or 0) + new[1]
+                old[2] = old[2] and new[2]
+            elif new[0] < old[0] if func == "min" else new[0] > old[0]:
+                acc[i] = new

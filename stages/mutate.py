@@ -1,0 +1,297 @@
+"""mutate: rename, remove, set, copy and convert fields of each record."""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from typing import Any, Callable, Iterator
+
+import msgspec
+
+from pipeline import Batch, Option, Processor
+
+from .fields import (MISSING, NotAnObject, delete_in, get_in, json_type, path_of, set_in,
+                     show)
+
+TYPES = ("int", "float", "str", "bool")
+_INT = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+
+
+class Unconvertible(ValueError):
+    pass
+
+
+def to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return int(value)
+    elif isinstance(value, str) and _INT.match(value):
+        try:
+            return int(value)
+        except ValueError:  # more digits than int() takes (sys.get_int_max_str_digits)
+            pass
+    raise Unconvertible
+
+
+def to_float(value: Any) -> float:
+    if isinstance(value, float):
+        return value
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            raise Unconvertible from None
+    if isinstance(value, str) and _FLOAT.match(value):
+        try:
+            out = float(value)
+        except ValueError:
+            raise Unconvertible from None
+        if math.isfinite(out):
+            return out
+    raise Unconvertible
+
+
+def to_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        try:
+            return str(value)
+        except ValueError:  # more digits than str() writes (sys.get_int_max_str_digits)
+            raise Unconvertible from None
+    if isinstance(value, float):
+        return repr(value)
+    raise Unconvertible
+
+
+def to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return value == 1
+    if isinstance(value, str) and value in ("true", "false", "1", "0"):
+        return value in ("true", "1")
+    raise Unconvertible
+
+
+CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "int": to_int, "float": to_float, "str": to_str, "bool": to_bool}
+
+
+def _json_problem(value: Any, where: str) -> str | None:
+    """Why a `set` value (at path `where` of the option) is not plain JSON, or None."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"set {where!r}: {value!r} is not a finite number"
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            problem = _json_problem(v, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"set {where!r}: object keys must be strings; got {k!r}"
+            problem = _json_problem(v, f"{where}.{k}")
+            if problem:
+                return problem
+        return None
+    return (f"set {where!r}: expected a JSON value (string, number, bool, null, list or "
+            f"mapping); got {type(value).__name__} {value!r}")
+
+
+def _names(value: Any) -> bool:
+    return all(isinstance(k, str) and k and "" not in k.split(".") for k in value)
+
+
+class Mutate(Processor):
+    """Rename, remove, set, copy and convert fields; records come out as objects.
+
+        - mutate:
+            rename: {from: sender}
+            remove: [data]
+            set: {source: chat}
+            copy: {site_id: site}
+            convert: {timestamp: int}
+
+    The five operations run in that order, each in its options' order; give at least
+    one. A dotted name reaches into nested objects (`data.status`); setting one creates
+    the objects on the way. Renaming, removing, copying or converting a field that is
+    missing does nothing. `rename`, `set` and `copy` replace a value already there.
+
+    Every output record is a JSON object (a dict). A site-event record (json-decode's
+    `site-event` schema) becomes the object of its validated fields, by their JSON
+    names: `type`, `id`, `from`, `site_id`, `timestamp`, and `data` for a status;
+    fields that schema does not keep (a message's `data`) are not in it.
+
+    `convert` changes a value's type; what cannot be converted sends the record to the
+    dead-letter file, e.g. `field 'timestamp': cannot convert 'abc' to int`:
+
+    - `int`: an integer stays; a float with an integral value (2.0 -> 2, 1e20 exact);
+      a string of ASCII digits with an optional sign ("-007" -> -7; not "1.0", "1e3",
+      " 1" or "1_0"); true/false -> 1/0. Not: 2.5, other strings, null, arrays, objects.
+    - `float`: a float stays; an integer (rounded to the nearest double; beyond the
+      double range it cannot be); true/false -> 1.0/0.0; a string in JSON number
+      syntax, also with a leading "+" or "." or a trailing "." ("1e3", "-.5"), finite.
+      Not: "nan", "inf", "1e999", other strings, null, arrays, objects.
+    - `str`: a string stays; an integer as its decimal digits; a float as Python's
+      shortest round-trip repr (1.5 -> "1.5", 3.0 -> "3.0", 1e22 -> "1e+22",
+      1e-07 -> "1e-07"); true/false -> "true"/"false". Not: null, arrays, objects.
+    - `bool`: a bool stays; 1/0 and 1.0/0.0 -> true/false; the strings "true", "false",
+      "1", "0" (exactly). Not: other numbers or strings, null, arrays, objects.
+
+    `rename`, `set` or `copy` into a path through a value that is not an object (set
+    `data.status` where `data` is a string) rejects the record too.
+    """
+
+    name = "mutate"
+    options = (
+        Option("rename", dict, None, "{old: new}: move a field to a new name"),
+        Option("remove", list, None, "[field, ...]: delete these fields"),
+        Option("set", dict, None, "{field: value}: set a field to a JSON value"),
+        Option("copy", dict, None, "{from: to}: copy a field's value to another field"),
+        Option("convert", dict, None, "{field: int|float|str|bool}: change a value's type"),
+    )
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> str | None:
+        ops = [o.name for o in cls.options]
+        if not any(options.get(o) for o in ops):
+            return ("stage 'mutate': give at least one of `rename`, `remove`, `set`, "
+                    "`copy` or `convert`")
+        for opt in ("rename", "copy"):
+            pairs = options.get(opt) or {}
+            if not _names(pairs) or not all(isinstance(v, str) and _names([v])
+                                            for v in pairs.values()):
+                return (f"stage 'mutate': `{opt}` maps field names to field names; "
+                        f"got {pairs!r}")
+        if not _names(options.get("remove") or []):
+            return (f"stage 'mutate': `remove` must be a list of field names; "
+                    f"got {options['remove']!r}")
+        values = options.get("set") or {}
+        if not _names(values):
+            return f"stage 'mutate': `set` keys must be field names; got {list(values)!r}"
+        for field, value in values.items():
+            problem = _json_problem(value, field)
+            if problem:
+                return f"stage 'mutate': {problem}"
+        for field, kind in (options.get("convert") or {}).items():
+            if not _names([field]):
+                return f"stage 'mutate': `convert` keys must be field names; got {field!r}"
+            if kind not in TYPES:
+                return (f"stage 'mutate': convert {field!r}: expected one of int, float, "
+                        f"str, bool; got {kind!r}")
+        return None
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.ops: list[Callable[[dict[str, Any]], str | None]] = []
+        for old, new in (self.rename or {}).items():
+            self.ops.append(self._rename(path_of(old), path_of(new)))
+        for field in self.remove or []:
+            self.ops.append(self._remove(path_of(field)))
+        for field, value in (self.set or {}).items():
+            self.ops.append(self._set(path_of(field), value))
+        for src, dst in (self.copy or {}).items():
+            self.ops.append(self._copy(path_of(src), path_of(dst)))
+        for field, kind in (self.convert or {}).items():
+            self.ops.append(self._convert(path_of(field), kind))
+
+    # Each operation changes a record (a dict this stage owns) in place and returns
+    # None, or returns the reason the record is rejected.
+    @staticmethod
+    def _put(record: dict[str, Any], path: tuple[str, ...], value: Any) -> str | None:
+        try:
+            set_in(record, path, value)
+        except NotAnObject as exc:
+            return f"field {'.'.join(path)!r}: cannot set it: {exc}"
+        return None
+
+    def _rename(self, old: tuple[str, ...], new: tuple[str, ...]) -> Any:
+        def op(record: dict[str, Any]) -> str | None:
+            value = delete_in(record, old)
+            return None if value is MISSING else self._put(record, new, value)
+        return op
+
+    @staticmethod
+    def _remove(path: tuple[str, ...]) -> Any:
+        def op(record: dict[str, Any]) -> None:
+            delete_in(record, path)
+        return op
+
+    def _set(self, path: tuple[str, ...], value: Any) -> Any:
+        scalar = not isinstance(value, (dict, list))
+
+        def op(record: dict[str, Any]) -> str | None:
+            return self._put(record, path, value if scalar else copy.deepcopy(value))
+        return op
+
+    def _copy(self, src: tuple[str, ...], dst: tuple[str, ...]) -> Any:
+        def op(record: dict[str, Any]) -> str | None:
+            value = get_in(record, src)
+            if value is MISSING:
+                return None
+            if isinstance(value, (dict, list)):
+                value = copy.deepcopy(value)
+            return self._put(record, dst, value)
+        return op
+
+    @staticmethod
+    def _convert(path: tuple[str, ...], kind: str) -> Any:
+        convert, name = CONVERTERS[kind], ".".join(path)
+
+        def op(record: dict[str, Any]) -> str | None:
+            value = get_in(record, path)
+            if value is MISSING:
+                return None
+            try:
+                new = convert(value)
+            except Unconvertible:
+                return f"field {name!r}: cannot convert {show(value)} to {kind}"
+            if new is not value:
+                set_in(record, path, new)
+            return None
+        return op
+
+    def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        ops, to_builtins = self.ops, msgspec.to_builtins
+        for batch in batches:
+            out = Batch()
+            for original in batch:
+                # a fresh top-level dict (set_in/delete_in copy nested ones they change),
+                # so the input record is never changed
+                if isinstance(original, dict):
+                    record = dict(original)
+                elif isinstance(original, msgspec.Struct):
+                    record = to_builtins(original)
+                else:
+                    self._reject(original, "not a JSON object: got " + (
+                        "raw bytes (put mutate after json-decode)"
+                        if isinstance(original, bytes) else json_type(original, article=True)))
+                    continue
+                for op in ops:
+                    reason = op(record)
+                    if reason is not None:
+                        self._reject(original, reason)
+                        break
+                else:
+                    out.append(record)
+            yield out
+
+    def _reject(self, record: Any, reason: str) -> None:
+        try:
+            raw = record if isinstance(record, bytes) else msgspec.json.encode(record)
+        except (TypeError, ValueError, OverflowError):
+            raw = repr(record)
+        self.ctx.reject(raw, reason, stage=self.name)
