@@ -8,25 +8,32 @@
     python main.py test PATH...                               # run *_test.yaml cases
 
 Exit codes: 0 ok, 1 rejected line under --strict (or a failed `test` case),
-2 usage/config/input error, 130 interrupted.
+2 usage/config/input/path error, a file that cannot be written (a rerun resumes), or a
+checkpoint that could not be written under --strict-checkpoints, 130 interrupted,
+141 standard output closed by its reader (as with `| head`: a shell reports 141 for a
+tool killed by SIGPIPE; nothing is printed, and a checkpoint is written first).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_config, progress
 from pipeline.config import override_option
 from pipeline.describe import graph_mermaid, graph_text, list_stages, show_stage
+from pipeline.errors import EXIT_USAGE, OutputClosed, PathError, reason, writable_problem
 from pipeline.job import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS, DEFAULT_MEMORY_MB,
                           DEFAULT_STATE_DIR, Interrupted, JobOptions, run_job)
 from pipeline.sidecar import run_tests
 from stages import builtin_stages
 
 EPILOG = ("exit codes: 0 ok, 1 rejected line under --strict (or a failed test case, or a "
-          "worker process that died), 2 usage/config/input error, 130 interrupted "
-          "(SIGINT), 143 stopped by SIGTERM")
+          "worker process that died), 2 usage/config/input/path error, a file that cannot "
+          "be written (rerun to resume), or a failed checkpoint under --strict-checkpoints, "
+          "130 interrupted (SIGINT), 141 standard output closed by its reader (e.g. `| "
+          "head`; quiet, checkpointed), 143 stopped by SIGTERM")
 VERBS = ("run", "stages", "validate", "graph", "test")
 
 
@@ -88,6 +95,9 @@ def parser() -> argparse.ArgumentParser:
                     help="neither resume from nor write checkpoints")
     ck.add_argument("--fresh", action="store_true",
                     help="discard the saved state for this config and input first")
+    ck.add_argument("--strict-checkpoints", action="store_true",
+                    help="exit 2 if any checkpoint could not be written (the run still "
+                         "finishes; default: a warning, exit 0)")
     return p
 
 
@@ -96,6 +106,9 @@ def cmd_run(argv: list[str]) -> int:
     cfg = load_config(args.config, build_registry(warn=True))
     if args.file is not None:
         override_option(cfg, 0, "path", args.file, "-f")
+    problem = args.stats_json and writable_problem(args.stats_json)
+    if problem:  # before the run, not after it
+        raise PathError(f"--stats-json {args.stats_json}: {problem}")
     opts = JobOptions(state_dir=args.state_dir, dead_letter=args.dead_letter,
                       strict=args.strict, fresh=args.fresh,
                       checkpoint=False if args.no_checkpoint else None,
@@ -108,6 +121,7 @@ def cmd_run(argv: list[str]) -> int:
         print(report.stats_table(), file=sys.stderr)
     if args.stats_json:
         try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.stats_json)), exist_ok=True)
             with open(args.stats_json, "w", encoding="utf-8") as fh:
                 json.dump({"stages": report.stages, "counters": report.counters,
                            "rejected": report.rejected}, fh, indent=2)
@@ -116,6 +130,13 @@ def cmd_run(argv: list[str]) -> int:
             raise SluiceError(f"cannot write --stats-json {args.stats_json!r}: "
                               f"{exc.strerror}") from None
     print(f"sluice: {report.summary_line()}", file=sys.stderr)
+    failed = report.checkpoint_failures
+    if failed and (args.strict_checkpoints or cfg.checkpoint.get("strict", False)):
+        print(f"sluice: error: {failed:,} checkpoint{'s' if failed > 1 else ''} could not "
+              f"be written (see the warning above); the output is complete, but a killed "
+              f"run would have resumed from further back (--strict-checkpoints)",
+              file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -170,16 +191,38 @@ def main(argv: list[str] | None = None) -> int:
     command = {"run": cmd_run, "stages": cmd_stages, "validate": cmd_validate,
                "graph": cmd_graph, "test": cmd_test}[verb]
     try:
-        return command(argv)
+        code = command(argv)
+        sys.stdout.flush()  # a reader gone away shows here, not as a warning at exit
+        return code
     except Interrupted as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (OutputClosed, BrokenPipeError):
+        return _stdout_gone()
     except SluiceError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sluice: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a failure of the machine, not a bug: one line, no traceback
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"sluice: error: cannot use{where}: {reason(exc)}; once that is fixed, rerun "
+              f"the same command to resume from the last good checkpoint", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _stdout_gone() -> int:
+    """Standard output's reader went away (`| head`): end quietly, like a tool killed by
+    SIGPIPE. Whatever is still buffered for stdout goes to /dev/null, so Python's flush
+    at exit does not print "Exception ignored ... BrokenPipeError"."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a real file (a test's capture): nothing to flush
+    return OutputClosed.exit_code
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ from .keyed import KeyedReducer, ReduceIO
 from .errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
                      InputError, RejectedLine, SluiceError)
 from .registry import Registry, check_stage_class
-from .stage import (Batch, Input, InputChanged, Kind, Option, Output, Processor, Reducer,
-                    Stage, positive)
+from .stage import (ANY, KINDS, SAME, Batch, Input, InputChanged, Kind, Option, Output,
+                    Processor, Reducer, Stage, positive)
 
 __all__ = [
+    "ANY",
     "AppendOnly",
     "Batch",
     "ConfigError",
@@ -20,6 +21,7 @@ __all__ = [
     "Input",
     "InputChanged",
     "InputError",
+    "KINDS",
     "KeyedReducer",
     "Kind",
     "Option",
@@ -30,6 +32,7 @@ __all__ = [
     "Reducer",
     "Registry",
     "RejectedLine",
+    "SAME",
     "SluiceError",
     "Stage",
     "check_stage_class",

@@ -16,6 +16,14 @@ Write order makes a torn checkpoint impossible to mistake for a good one: segmen
 (fsync) -> manifest temp (fsync) -> rename -> fsync directory. A reader verifies the
 manifest's checksum and every segment piece's CRC, and falls back to the previous
 manifest, or to a fresh start, with a notice.
+
+A save that fails (a full disk, an I/O error) removes what it half-wrote and raises
+CheckpointFailed; the store is left as it was, so the previous checkpoint stands and
+the next save writes everything since it.
+
+Manifests and list segments are pickles, and unpickling runs code: state is created
+0700/0600, and a file is only unpickled if it and its directory belong to this user and
+nobody else can write them (`check_trusted`).
 """
 from __future__ import annotations
 
@@ -23,9 +31,12 @@ import hashlib
 import json
 import os
 import pickle
+import stat
 import zlib
 from array import array
 from typing import Any, Callable
+
+from .errors import CheckpointFailed, UntrustedState, reason
 
 MAGIC = b"SLUICE-CHECKPOINT-1\n"
 KEEP = 2  # manifests kept: the newest and one fallback
@@ -72,6 +83,57 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+# -- private state -------------------------------------------------------------------
+def make_private_dirs(path: str) -> None:
+    """Create `path`, and any missing parent, as 0700: state is its owner's alone."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if parent != os.path.abspath(path):
+        make_private_dirs(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
+def open_private(path: str, flags: int) -> int:
+    """os.open() that creates the file 0600."""
+    return os.open(path, flags | os.O_CLOEXEC, 0o600)
+
+
+def trust_problem(st: os.stat_result) -> str | None:
+    """Why a file or directory with this stat could hold someone else's data, or None."""
+    me = os.geteuid()
+    if st.st_uid != me:
+        return f"got owner uid {st.st_uid} (you are uid {me})"
+    if st.st_mode & 0o022:
+        who = {0o020: "group", 0o002: "others"}.get(st.st_mode & 0o022, "group and others")
+        return f"got mode {stat.S_IMODE(st.st_mode):04o} (writable by {who})"
+    return None
+
+
+def untrusted(what: str, path: str, problem: str, verb: str = "load") -> UntrustedState:
+    kind = "a directory" if os.path.isdir(path) else "a file"
+    fix = (f"chmod go-w {path} if you trust it" if problem.startswith("got mode")
+           else f"remove {path} if you do not trust it")
+    return UntrustedState(
+        f"refusing to {verb} {what} {path}: expected {kind} owned by you and not writable "
+        f"by group or others, {problem}; another user could have written it, and loading "
+        f"it could run their code as you. Fix: {fix}, or use another --state-dir")
+
+
+def check_trusted(path: str, what: str) -> None:
+    """Refuse (UntrustedState) to unpickle `path` unless it and its directory are ours
+    and nobody else can write them: a planted pickle would run code as this user."""
+    for p, w in ((os.path.dirname(os.path.abspath(path)), "the directory of " + what),
+                 (path, what)):
+        problem = trust_problem(os.stat(p))
+        if problem:
+            raise untrusted(w, p, problem)
+
+
 class CheckpointStore:
     def __init__(self, directory: str, compact_every: int = 32):
         self.dir = directory
@@ -84,8 +146,8 @@ class CheckpointStore:
 
     # -- saving -------------------------------------------------------------------
     def save(self, body: dict[str, Any]) -> None:
-        """Write `body` (a snapshot tree) as the next checkpoint, atomically."""
-        os.makedirs(self.dir, exist_ok=True)
+        """Write `body` (a snapshot tree) as the next checkpoint, atomically; or raise
+        CheckpointFailed, having removed what this save wrote (see the docstring)."""
         seq = self.seq + 1
         seg_name = f"seg-{seq:08d}"
         pieces: list[Any] = []
@@ -117,31 +179,50 @@ class CheckpointStore:
             return _Ref(key)
 
         tree = _replace(body, "", tail)
-        if pieces:
-            self._write_durably(os.path.join(self.dir, seg_name), pieces)
+        seg = os.path.join(self.dir, seg_name)
+        final = os.path.join(self.dir, f"checkpoint-{seq:08d}")
+        doing = ("create", "checkpoint directory", self.dir)
+        try:
+            make_private_dirs(self.dir)
+            if pieces:
+                doing = ("write", "checkpoint file", seg)
+                self._write_durably(seg, pieces)
+            manifest = pickle.dumps({"seq": seq, "tree": tree, "index": new_index}, 5)
+            doing = ("write", "checkpoint file", final + ".tmp")
+            self._write_durably(final + ".tmp",
+                                [MAGIC, hashlib.sha256(manifest).digest(), manifest])
+            doing = ("rename", "checkpoint file", final + ".tmp")
+            os.replace(final + ".tmp", final)
+            doing = ("sync", "checkpoint directory", self.dir)
+            _fsync_dir(self.dir)
+        except OSError as exc:
+            # Not a checkpoint: remove all of it, the renamed manifest too (its directory
+            # entry may not be durable), so what is on disk is the previous checkpoint.
+            for path in (seg, final + ".tmp", final):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            verb, what, path = doing
+            raise CheckpointFailed(what, path, reason(exc), verb) from None
+        finally:
             for piece in pieces:  # release the views so the arrays may grow again
                 if isinstance(piece, memoryview):
                     piece.release()
             pieces.clear()
-        manifest = pickle.dumps({"seq": seq, "tree": tree, "index": new_index}, 5)
-        self._write_manifest(seq, manifest)
         self.seq, self.index, self.saved_len = seq, new_index, new_len
         self.bytes_written += pos + len(manifest)
-        self._collect_garbage()
+        try:
+            self._collect_garbage()
+        except OSError:
+            pass  # the checkpoint is written; old files go at the next save
 
-    def _write_durably(self, path: str, pieces: list[bytes]) -> None:
-        with open(path, "wb") as fh:
+    def _write_durably(self, path: str, pieces: list[Any]) -> None:
+        with open(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
             for p in pieces:
                 fh.write(p)
             fh.flush()
             os.fsync(fh.fileno())
-
-    def _write_manifest(self, seq: int, body: bytes) -> None:
-        final = os.path.join(self.dir, f"checkpoint-{seq:08d}")
-        tmp = final + ".tmp"
-        self._write_durably(tmp, [MAGIC, hashlib.sha256(body).digest(), body])
-        os.replace(tmp, final)
-        _fsync_dir(self.dir)
 
     def _collect_garbage(self) -> None:
         manifests = self._manifests()
@@ -167,7 +248,9 @@ class CheckpointStore:
         return sorted(names, reverse=True)
 
     def _read_manifest(self, name: str) -> dict[str, Any]:
-        with open(os.path.join(self.dir, name), "rb") as fh:
+        path = os.path.join(self.dir, name)
+        check_trusted(path, "checkpoint")
+        with open(path, "rb") as fh:
             raw = fh.read()
         if not raw.startswith(MAGIC):
             raise CorruptCheckpoint("bad header" if raw else "empty file")
@@ -188,8 +271,10 @@ class CheckpointStore:
                 for seg, off, length, crc, code, _count in pieces:
                     fh = handles.get(seg)
                     if fh is None:
+                        path = os.path.join(self.dir, seg)
                         try:
-                            fh = handles[seg] = open(os.path.join(self.dir, seg), "rb")
+                            check_trusted(path, "checkpoint segment")
+                            fh = handles[seg] = open(path, "rb")
                         except OSError:
                             raise CorruptCheckpoint(f"segment {seg} is missing") from None
                     fh.seek(off)
@@ -245,14 +330,28 @@ def _replace(tree: Any, key: str, fn: Callable[[str, Any], Any],
 
 
 def write_json_atomic(path: str, value: Any) -> None:
-    """Write `value` as JSON to `path` atomically (temp file, fsync, rename, dir fsync)."""
+    """Write `value` as JSON to `path` atomically (temp file, fsync, rename, dir fsync),
+    0600; CheckpointFailed (with the temp file removed) if it cannot."""
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(value, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    directory = os.path.dirname(os.path.abspath(path))
+    doing = ("write", "checkpoint file", tmp)
+    try:
+        with open(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w",
+                  encoding="utf-8") as fh:
+            json.dump(value, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        doing = ("rename", "checkpoint file", tmp)
+        os.replace(tmp, path)
+        doing = ("sync", "checkpoint directory", directory)
+        _fsync_dir(directory)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        verb, what, where = doing
+        raise CheckpointFailed(what, where, reason(exc), verb) from None
 
 
 def read_json(path: str) -> Any:

@@ -22,16 +22,17 @@ import yaml
 
 from .errors import ConfigError
 from .registry import Registry
-from .stage import Kind, Option, Stage
+from .stage import ANY, Kind, Option, Stage
 
 TOP_LEVEL = {
     "pipeline": "the stages, first an input, last an output",
     "workers": "worker processes for the partitioned part of the chain",
-    "checkpoint": "{every_records: N, every_seconds: S, enabled: true}",
+    "checkpoint": "{every_records: N, every_seconds: S, enabled: true, strict: false}",
     "executor": "{type: local | dask, scheduler: tcp://HOST:PORT, partition_mb: 64}",
     "memory_mb": "memory budget of the whole run, all processes together (default 512)",
 }
-CHECKPOINT_KEYS = {"every_records": int, "every_seconds": (int, float), "enabled": bool}
+CHECKPOINT_KEYS = {"every_records": int, "every_seconds": (int, float), "enabled": bool,
+                   "strict": bool}
 EXECUTOR_KEYS = {"type": str, "scheduler": str, "partition_mb": int}
 
 
@@ -196,6 +197,7 @@ def parse_config(text: str, path: str, registry: Registry) -> PipelineConfig:
             cfg.trunk.append(len(cfg.stages))
             cfg.stages.append(_stage(ld, item, registry))
     check_wiring(cfg)
+    check_kinds(cfg)
     return cfg
 
 
@@ -246,7 +248,8 @@ def _section(ld: _Loader, node: yaml.Node, name: str, keys: dict[str, Any],
 
 def _checkpoint(ld: _Loader, node: yaml.Node) -> dict[str, Any]:
     def problem(key: str, value: Any) -> str | None:
-        if not _type_ok(value, CHECKPOINT_KEYS[key]) or (key != "enabled" and value <= 0):
+        if not _type_ok(value, CHECKPOINT_KEYS[key]) or (key not in ("enabled", "strict")
+                                                          and value <= 0):
             return (f"{key!r} must be a positive {_type_name(CHECKPOINT_KEYS[key])}; "
                     f"got {value!r}")
         return None
@@ -338,6 +341,50 @@ def check_wiring(cfg: PipelineConfig) -> None:
             raise ConfigError(f"{where}stage {spec.name!r} is an {spec.cls.kind.value}; only "
                               f"processors and reducers go between the input and the "
                               f"output{after}", cfg.path, spec.line)
+
+
+def _kinds_text(kinds: tuple[str, ...]) -> str:
+    words = list(kinds)
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _producer(spec: StageSpec) -> str:
+    """`'json-decode' (schema: object)`: a stage, with the options that set its output."""
+    shown = [f"{k}: {spec.options[k]}" for k in getattr(spec.cls, "kind_options", ())
+             if k in spec.options]
+    return f"{spec.name!r}" + (f" ({', '.join(shown)})" if shown else "")
+
+
+def edge_kinds(cfg: PipelineConfig) -> dict[int, str]:
+    """The kind of records each stage emits (by index), following options and forks."""
+    out: dict[int, str] = {}
+
+    def walk(idx: list[int], given: str) -> str:
+        for i in idx:
+            spec = cfg.stages[i]
+            given = out[i] = spec.cls.output_kind(spec.options, given)
+        return given
+    at_fork = walk(cfg.trunk, ANY)
+    for idx in cfg.branches.values():
+        walk(idx, at_fork)
+    return out
+
+
+def check_kinds(cfg: PipelineConfig) -> None:
+    """Each stage accepts what the stage before it produces, or the config is refused."""
+    produced = edge_kinds(cfg)
+    pairs = list(zip(cfg.trunk, cfg.trunk[1:]))
+    for idx in cfg.branches.values():
+        pairs += [(cfg.trunk[-1], idx[0])] + list(zip(idx, idx[1:]))
+    for before, i in pairs:
+        spec, prev = cfg.stages[i], cfg.stages[before]
+        kind, accepts = produced[before], spec.cls.accepts
+        if kind == ANY or ANY in accepts or kind in accepts:
+            continue
+        where = f"fork branch {spec.branch!r}: " if spec.branch else ""
+        raise ConfigError(f"{where}stage {spec.name!r} accepts {_kinds_text(accepts)} "
+                          f"records, but {_producer(prev)} produces {kind} records",
+                          cfg.path, spec.line)
 
 
 def override_option(cfg: PipelineConfig, index: int, key: str, value: Any, flag: str) -> None:

@@ -26,6 +26,27 @@ CONNECT_TIMEOUT = 15  # seconds to reach a scheduler before giving up
 STOP_GRACE = 1.5
 
 
+def _probe(address: str) -> None:
+    """Fail fast, on one line, when nothing listens at a tcp:// scheduler address:
+    Dask itself retries until CONNECT_TIMEOUT and then says so at length."""
+    import socket
+
+    scheme, sep, rest = address.rpartition("://")
+    if sep and scheme != "tcp":
+        return  # tls://, ucx://, ...: left to Dask
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise SluiceError(f"--scheduler {address}: expected an address like "
+                          f"tcp://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        why = exc.strerror or str(exc) or exc.__class__.__name__
+        raise SluiceError(f"cannot reach the Dask scheduler at {address}: {why} (expected "
+                          f"a scheduler listening there; start one with `dask scheduler`, or "
+                          f"leave out --scheduler for a local cluster)") from None
+
+
 def _run_on_worker(spec: JobSpec, task: Any, stop_path: str) -> dict[str, Any]:
     return run_task(spec, task, Env(stop=FileFlag(stop_path)))
 
@@ -52,15 +73,19 @@ class DaskExecutor:
         # a stopped run cancels tasks: Dask would log each one on stderr
         logging.getLogger("distributed").setLevel(logging.ERROR)
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")  # the spawned workers
+        if self.scheduler is not None:
+            _probe(self.scheduler)
         if self.scheduler is None:
             self.cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1,
                                         processes=True, host="127.0.0.1",
                                         dashboard_address=None)
         try:
             self.client = Client(self.scheduler or self.cluster, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
-            raise SluiceError(f"cannot reach the Dask scheduler at {self.scheduler} within "
-                              f"{CONNECT_TIMEOUT} s ({exc.__class__.__name__}: {exc})") from None
+        except Exception as exc:  # a timeout, or something that is not a Dask scheduler
+            text = " ".join(str(exc).split())[:300]  # one line, whatever Dask said
+            raise SluiceError(f"cannot connect to the Dask scheduler at {self.scheduler} "
+                              f"({exc.__class__.__name__.lstrip('_')}: {text}); expected a Dask "
+                              f"scheduler answering there within {CONNECT_TIMEOUT} s") from None
         self.workers = max(len(self.client.scheduler_info().get("workers", {})), 1)
 
     def run(self, tasks: list[Any], progress: Callable[[int, int], None] | None = None
@@ -77,7 +102,7 @@ class DaskExecutor:
         while pending:
             if self.stop_flag.is_set() and stop_at is None:
                 stop_at = time.monotonic()
-                open(self.stop_path, "w").close()
+                os.close(os.open(self.stop_path, os.O_WRONLY | os.O_CREAT, 0o600))
                 for i in pending:
                     futures[i].cancel()
             if stop_at is not None and time.monotonic() - stop_at > STOP_GRACE:

@@ -1,11 +1,21 @@
-"""The dead-letter sink: every rejected record, one JSON line each, from any stage."""
+"""The dead-letter sink: every rejected record, one JSON line each, from any stage.
+
+Rejected lines hold raw input, so the file is created 0600. A dead-letter file that
+cannot be written stops the run (WriteFailed: one line, exit 2; the last checkpoint
+records its length, so a rerun resumes without losing or repeating a line); one whose
+path cannot work at all is refused before the run starts (PathError).
+"""
 from __future__ import annotations
 
 import json
 import os
 from typing import Any, BinaryIO
 
-from .errors import RejectedLine
+from .checkpoint import make_private_dirs, open_private
+from .errors import (CheckpointFailed, PathError, RejectedLine, WriteFailed, reason,
+                     writable_problem)
+
+WHAT = "dead-letter file"
 
 
 class DeadLetter:
@@ -24,10 +34,19 @@ class DeadLetter:
         self._fh: BinaryIO | None = None
 
     def start(self, keep_bytes: int = 0) -> None:
-        """Begin a run: drop whatever a previous run wrote past `keep_bytes`."""
-        if self.path is not None and os.path.exists(self.path):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(keep_bytes)
+        """Begin a run: check the path, and drop whatever a previous run wrote past
+        `keep_bytes`."""
+        if self.path is None:
+            return
+        problem = writable_problem(self.path)
+        if problem:
+            raise PathError(f"{WHAT} {self.path}: {problem}; use another --dead-letter")
+        if os.path.exists(self.path):
+            try:
+                with open(self.path, "r+b") as fh:
+                    fh.truncate(keep_bytes)
+            except OSError as exc:
+                raise WriteFailed(WHAT, self.path, reason(exc)) from None
 
     def reject(self, raw: Any, reason: str, *, line: int | None = None,
                offset: int | None = None, stage: str = "", file: str | None = None) -> None:
@@ -64,21 +83,35 @@ class DeadLetter:
             self.entries.append(entry)
             self.count += 1
             return
-        if self._fh is None:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self._fh = open(self.path, "ab")
-        self._fh.write(json.dumps(entry, ensure_ascii=False).encode() + b"\n")
+        try:
+            if self._fh is None:
+                make_private_dirs(os.path.dirname(os.path.abspath(self.path)))
+                self._fh = open(open_private(self.path, os.O_WRONLY | os.O_CREAT |
+                                             os.O_APPEND), "ab")
+            self._fh.write(json.dumps(entry, ensure_ascii=False).encode() + b"\n")
+        except OSError as exc:
+            raise WriteFailed(WHAT, self.path, reason(exc)) from None
         self.count += 1
 
     def tell(self) -> int:
-        """Bytes durably written so far (flushed and fsynced)."""
+        """Bytes durably written so far (flushed and fsynced). WriteFailed if they
+        cannot be written; CheckpointFailed if only the fsync fails."""
         if self._fh is None:
             return os.path.getsize(self.path) if os.path.exists(self.path) else 0
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.flush()
+        except OSError as exc:
+            raise WriteFailed(WHAT, self.path, reason(exc)) from None
+        try:
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise CheckpointFailed(WHAT, self.path, reason(exc), "sync") from None
         return self._fh.tell()
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError as exc:
+                raise WriteFailed(WHAT, self.path, reason(exc)) from None

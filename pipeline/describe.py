@@ -4,9 +4,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .config import PipelineConfig, _type_name
+from .config import PipelineConfig, _type_name, edge_kinds
 from .registry import Registry
-from .stage import Stage
+from .stage import SAME, Stage
 
 
 def first_line(cls: type[Stage]) -> str:
@@ -27,6 +27,13 @@ def show_stage(registry: Registry, name: str) -> str:
     cls = registry.get(name)
     doc = inspect.getdoc(cls) or ""
     lines = [f"{name} ({cls.kind.value}, from {registry.origin(name)})", "", doc, ""]
+    if cls.accepts:
+        lines.append(f"accepts:  {', '.join(cls.accepts)} records")
+    if cls.produces:
+        made = ("the records it is given" if cls.produces == SAME else
+                f"{cls.produces} records")
+        lines.append(f"produces: {getattr(cls, 'produces_doc', None) or made}")
+    lines.append("")
     if cls.options:
         lines.append("options:")
         rows = [(o.name, _type_name(o.type), "required" if o.required else
@@ -45,17 +52,22 @@ def _line(spec: Any) -> str:
 
 
 def graph_text(cfg: PipelineConfig) -> str:
-    """The pipeline, one stage a line, with kinds and options; a fork as a tree."""
+    """The pipeline, one stage a line, each arrow labelled with the kind of records it
+    carries; a fork as a tree."""
+    kinds = edge_kinds(cfg)
     out = []
     for n, i in enumerate(cfg.trunk):
-        out.append(("   " if n == 0 else "-> ") + _line(cfg.stages[i]))
+        arrow = "" if n == 0 else f"-({kinds[cfg.trunk[n - 1]]})-> "
+        out.append(arrow + _line(cfg.stages[i]))
     names = list(cfg.branches)
     for b, name in enumerate(names):
         last = b == len(names) - 1
-        out.append(f"{'`' if last else '|'}-- fork branch {name!r}")
+        out.append(f"{'`' if last else '|'}-({kinds[cfg.trunk[-1]]})-> fork branch {name!r}")
         pad = "    " if last else "|   "
-        for n, i in enumerate(cfg.branches[name]):
-            out.append(pad + ("   " if n == 0 else "-> ") + _line(cfg.stages[i]))
+        idx = cfg.branches[name]
+        for n, i in enumerate(idx):
+            arrow = "" if n == 0 else f"-({kinds[idx[n - 1]]})-> "
+            out.append(pad + arrow + _line(cfg.stages[i]))
     return "\n".join(out) + "\n"
 
 
@@ -65,11 +77,12 @@ def graph_mermaid(cfg: PipelineConfig) -> str:
     for i, spec in enumerate(cfg.stages):
         label = f"{spec.name}<br/>{spec.cls.kind.value}".replace('"', "'")
         out.append(f'    s{i}["{label}"]')
-    out += [f"    s{a} --> s{b}" for a, b in zip(cfg.trunk, cfg.trunk[1:])]
+    kinds = edge_kinds(cfg)
+    out += [f"    s{a} -->|{kinds[a]}| s{b}" for a, b in zip(cfg.trunk, cfg.trunk[1:])]
     for name, idx in cfg.branches.items():
         label = name.replace('"', "'").replace("|", "/")
-        out.append(f"    s{cfg.trunk[-1]} -->|{label}| s{idx[0]}")
-        out += [f"    s{a} --> s{b}" for a, b in zip(idx, idx[1:])]
+        out.append(f"    s{cfg.trunk[-1]} -->|{label}: {kinds[cfg.trunk[-1]]}| s{idx[0]}")
+        out += [f"    s{a} -->|{kinds[a]}| s{b}" for a, b in zip(idx, idx[1:])]
     return "\n".join(out) + "\n"
 
 

@@ -1,13 +1,20 @@
 """Errors a user can cause, each with its documented exit code.
 
-Anything else that escapes is a bug and is allowed to print a traceback.
+Anything else that escapes is a bug and is allowed to print a traceback. Messages say
+what failed, where (the path), what was expected and what was found, on one line.
 """
 from __future__ import annotations
 
+import os
+
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1   # a rejected line under --strict
-EXIT_USAGE = 2       # bad command line, config, or input path
+EXIT_USAGE = 2       # bad command line, config, path, or a file that cannot be written
 EXIT_INTERRUPTED = 130
+EXIT_SIGPIPE = 141   # 128 + SIGPIPE: what a shell reports for a tool killed by SIGPIPE
+
+RESUME = "nothing is lost: once that is fixed, rerun the same command to resume from " \
+         "the last good checkpoint"
 
 
 class SluiceError(Exception):
@@ -28,6 +35,55 @@ class InputError(SluiceError):
     """The input cannot be read (missing file, permission, ...)."""
 
 
+class PathError(SluiceError):
+    """A path the user gave (state directory, dead-letter file, output, --stats-json)
+    cannot be used: `what PATH: problem`."""
+
+
+def reason(exc: BaseException) -> str:
+    """An OS error in words, e.g. 'No space left on device'."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or exc.__class__.__name__
+
+
+class WriteFailed(SluiceError):
+    """A file the run writes (an output, the dead-letter file, a spill file) cannot be
+    written: what was being written would be lost, so the run stops. Its last good
+    checkpoint still describes the input up to a batch boundary, so a rerun resumes."""
+
+    def __init__(self, what: str, path: str, why: str, verb: str = "write"):
+        self.what, self.path, self.why, self.verb = what, path, why, verb
+        super().__init__(f"cannot {verb} {what} {path}: {why}; {RESUME}")
+
+    @property
+    def short(self) -> str:
+        return f"cannot {self.verb} {self.what} {self.path}: {self.why}"
+
+    def __reduce__(self):  # keep the fields across a worker process boundary
+        return (self.__class__, (self.what, self.path, self.why, self.verb))
+
+
+class CheckpointFailed(WriteFailed):
+    """A checkpoint could not be written (or a file it records could not be synced).
+    The Checkpointer catches it: the run carries on with the last good checkpoint. Where
+    it escapes (a reduce task's files), it stops the run like any WriteFailed."""
+
+
+class UntrustedState(SluiceError):
+    """Saved state that another user could have written: it is never unpickled."""
+
+
+class OutputClosed(SluiceError):
+    """The reader of standard output went away (EPIPE): the run ends quietly, with the
+    exit code a shell gives a tool killed by SIGPIPE."""
+
+    exit_code = EXIT_SIGPIPE
+
+    def __init__(self, message: str = "standard output was closed by its reader"):
+        super().__init__(message)
+
+
 class RejectedLine(SluiceError):
     """A rejected line under --strict."""
 
@@ -43,3 +99,22 @@ class RejectedLine(SluiceError):
 
     def __reduce__(self):  # keep line and reason across a worker process boundary
         return (RejectedLine, (self.reason, self.line, self.stage, self.file))
+
+
+def writable_problem(path: str) -> str | None:
+    """Why a file could not be created or appended to at `path`, or None. Checked before
+    a run, so a mistyped path fails at once rather than after the work."""
+    if os.path.isdir(path):
+        return "expected a file, got a directory"
+    if os.path.lexists(path):
+        if os.access(path, os.W_OK):
+            return None
+        return "expected a file you can write, got one you cannot"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"cannot create it: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create it: {parent} is not writable"
+    return None

@@ -100,11 +100,12 @@ class LocalExecutor:
 
     def start(self, spec: JobSpec) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        os.makedirs(self.log_dir, exist_ok=True)
+        os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
         for i in range(self.workers):
             mine, theirs = socket.socketpair()
             log = os.path.join(self.log_dir, f"worker-{i}.log")
-            with open(log, "wb") as err:
+            # 0600 like all state: a worker's last words may quote input lines
+            with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as err:
                 proc = subprocess.Popen(
                     [sys.executable, WORKER, str(theirs.fileno()), str(os.getpid())],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,

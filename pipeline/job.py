@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from .config import PipelineConfig
 from .deadletter import DeadLetter
-from .errors import SluiceError
+from .errors import InputError, SluiceError, reason
 from .keyed import KeyedReducer, captured, result_batches
 from .plan import Plan, layout, open_plan
 from .progress import Progress, chain_hooks
@@ -72,6 +72,7 @@ class RunReport:
     checkpoints: int = 0
     state_bytes: int = 0
     resumed_lines: int | None = None  # lines already counted by the checkpoint resumed
+    checkpoint_failures: int = 0  # checkpoints that could not be written (warned about)
     stages: list[dict[str, Any]] = field(default_factory=list)  # per-stage metrics
     phases: dict[str, float] = field(default_factory=dict)  # wall seconds of each phase
 
@@ -223,7 +224,9 @@ def _run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
                 saved = dead.first_saved() if dead.count else None
                 if saved is not None:
                     dead.refuse_if_strict(saved)
-                checkpointer = Checkpointer(store, stages, dead, header, *_every(cfg, opts))
+                checkpointer = Checkpointer(store, stages, dead, header, *_every(cfg, opts),
+                                            warn=lambda text: notices.append(f"warning: {text}"))
+                ctx.checkpoint = lambda: checkpointer.save(complete=False)  # on EPIPE
                 run(chain_hooks(checkpointer, show))
         else:
             dead.start(0)
@@ -238,6 +241,7 @@ def _run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
                        resumed_lines=resumed, stages=stage_metrics(metrics, dead))
     if checkpointer is not None:
         report.checkpoints = checkpointer.count
+        report.checkpoint_failures = checkpointer.failures
         report.state_bytes = checkpointer.store.size_bytes()
     return report
 
@@ -279,6 +283,7 @@ class Job:
         self.meters: dict[int, dict[str, Any]] = {}  # stage index -> summed metrics
         self.rejected = 0
         self.last_results = 0
+        self.checkpoint_failures = 0
 
     def run(self) -> RunReport:
         cfg, opts = self.cfg, self.opts
@@ -304,8 +309,14 @@ class Job:
                 size = self.source.estimated_bytes() or 0
                 partition = (max(size, 1) if budget.workers == 1 else
                              min(max(size // (8 * budget.workers), MIN_TASK_BYTES), 256 << 20))
-            plan = open_plan(work, cfg, self.source, partition, budget.reduce_bytes,
-                             self.notices)
+            try:
+                plan = open_plan(work, cfg, self.source, partition, budget.reduce_bytes,
+                                 self.notices)
+            except OSError as exc:  # planning reads the input: say which file, on one line
+                state = str(exc.filename or "").startswith(work)
+                raise (SluiceError if state else InputError)(
+                    f"cannot {'use saved state' if state else 'read input'} "
+                    f"{exc.filename!r}: {reason(exc)}") from None
             every_r, every_s = _every(cfg, opts)
             spec = JobSpec(cfg, work, {"version": STATE_VERSION, "config": cfg.identity(),
                                        "input": None},
@@ -358,7 +369,15 @@ class Job:
         metrics = [self.meters[i] for i in sorted(self.meters)]
         return RunReport(self.counters, dead.count, dead.path, list(self.notices),
                          resumed_lines=resumed, stages=stage_metrics(metrics, dead),
-                         phases=phases)
+                         phases=phases, checkpoint_failures=self.checkpoint_failures)
+
+    def _warn_tasks(self, results: list[dict[str, Any]]) -> None:
+        """The checkpoint warnings of tasks run now (in workers, maybe), as one line."""
+        said = [w for r in results for w in r.get("warnings", ())]
+        self.checkpoint_failures += sum(r.get("checkpoint_failures", 0) for r in results)
+        if said:
+            more = f" (and {len(said) - 1} more such warnings)" if len(said) > 1 else ""
+            self.notices.append(f"warning: {said[0]}{more}")
 
     def _meter(self, index: int, m: dict[str, Any]) -> None:
         have = self.meters.setdefault(index, {"stage": self.cfg.stages[index].label,
@@ -390,6 +409,7 @@ class Job:
             raise Stopped(exc.lines + sum(r["lines"] for r in results if r is not None)) from None
         finally:
             bar.close()
+        self._warn_tasks(fresh)
         it = iter(fresh)
         results = [r if r is not None else next(it) for r in results]
         resumed = self._resume_notice(tasks, results, pending)
@@ -452,6 +472,7 @@ class Job:
                                  or 0].label
             result = run_task(self.spec, task, Env(stop=self.request,
                                                    source=lambda: ResultsInput(stream, of)))
+            self._warn_tasks([result])
         self.counters = add_counters(self.counters, result["counters"])
         self._task_meters(task, result, with_source=False)
         _append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), dead, None)
@@ -489,9 +510,11 @@ class Job:
             done = [finished_reduce(t) for t in rtasks]
             pending = [t for t, d in zip(rtasks, done) if d is None]
             try:
-                fresh = iter(self.executor.run(pending))
+                ran = self.executor.run(pending)
             except Stopped:
                 raise Stopped(self.counters.get("lines", 0)) from None
+            self._warn_tasks(ran)
+            fresh = iter(ran)
             for d in done:
                 result = d if d is not None else next(fresh)
                 self.counters = add_counters(self.counters, result["counters"])

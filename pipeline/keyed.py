@@ -31,7 +31,7 @@ import numpy as np
 
 from .signals import Stopped
 from .spill import Sets, SpillReader, SpillWriter
-from .stage import Batch, Reducer
+from .stage import SAME, Batch, Reducer
 
 ORDER_BITS = 40
 RESULT = "__result__"   # the object set holding a last phase's (key, record) pairs
@@ -242,6 +242,7 @@ class Capture(KeyedReducer):
     in file order on disk until the branch's output runs (see plan.py)."""
 
     name = "capture"
+    produces = SAME
     spills = {"records": None}
     phases = 0
 

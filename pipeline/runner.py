@@ -3,6 +3,10 @@
 The chain is plain generators, pulled by the output. `barrier()` sits right after
 the input: when the first downstream stage asks for the next batch, every stage has
 finished the previous one, so that is where the engine may take a checkpoint.
+
+An output whose reader went away (EPIPE on stdout) calls `ctx.output_closed()` and
+discards what it is given; the barrier then writes a checkpoint and stops the run
+(OutputClosed), so the saved state ends at a batch boundary like any other.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from .errors import RESUME, InputError, OutputClosed, reason
 from .stage import Batch, Input, Kind, Output, Stage
 
 
@@ -59,10 +64,24 @@ def settle(meters: list[Meter], total: float) -> None:
 class Context:
     """What a running stage may ask of the engine."""
 
-    def __init__(self, dead_letter: Any):
+    def __init__(self, dead_letter: Any, parent: "Context | None" = None):
         self.dead_letter = dead_letter
         self.meters: list[Meter] = []
         self.branch_meters: dict[str, list[Meter]] = {}  # a fork's branches
+        self.root: Context = parent.root if parent is not None else self
+        self.closed = False    # an output's reader went away: stop at the barrier
+        self.barrier = False   # a checkpoint barrier runs on this chain
+        self.checkpoint: Callable[[], Any] | None = None  # the engine's "save one now"
+        self.source = "the input"  # named in a read error the barrier reports
+
+    def output_closed(self) -> None:
+        """Called by an output whose reader went away (EPIPE): it writes no more and
+        discards what it is still given. Where a checkpoint barrier runs, the run stops
+        there, after the batch in hand, with a checkpoint; elsewhere (an output after
+        the reducers, whose state is all saved) it stops now."""
+        self.root.closed = True
+        if not self.root.barrier:
+            raise OutputClosed()
 
     def reject(self, raw: Any, reason: str, *, line: int | None = None,
                offset: int | None = None, stage: str = "", file: str | None = None) -> None:
@@ -73,15 +92,22 @@ class Context:
 Hook = Callable[[int, bool], None]
 
 
-def barrier(batches: Iterator[Batch], hook: Hook | None) -> Iterator[Batch]:
+def barrier(batches: Iterator[Batch], hook: Hook | None,
+            ctx: Context | None = None) -> Iterator[Batch]:
     """Pass batches through; call hook(records in the finished batch, at_end).
 
     hook() runs *before* the input reads the next batch, never after: the input's
     snapshot must point just past the batches the rest of the chain has finished.
+    If an output's reader went away meanwhile (ctx.closed), it saves a checkpoint
+    (ctx.checkpoint) here instead and stops the run with OutputClosed.
     """
     it = iter(batches)
     done = 0
     while True:
+        if ctx is not None and ctx.root.closed and done:
+            if ctx.root.checkpoint is not None:
+                ctx.root.checkpoint()
+            raise OutputClosed()
         if hook is not None and done:
             hook(done, False)
         try:
@@ -90,6 +116,9 @@ def barrier(batches: Iterator[Batch], hook: Hook | None) -> Iterator[Batch]:
             if hook is not None:
                 hook(0, True)  # everything read and folded in; output not yet run
             return
+        except OSError as exc:  # only the input runs inside next(it): its read failed
+            name = ctx.source if ctx is not None else "the input"
+            raise InputError(f"cannot read {name}: {reason(exc)}; {RESUME}") from None
         done = len(batch) or 1
         yield batch
 
@@ -105,7 +134,10 @@ def _drive(head: Iterator[Batch], stages: list[Stage], ctx: Context,
     start = time.perf_counter()
     gens: list[Any] = [head, metered(head, ctx.meters[0])]
     if on_barrier is not None:
-        gens.append(barrier(gens[-1], on_barrier))
+        ctx.root.barrier = True
+        describe = getattr(stages[0], "describe", None)
+        ctx.source = f"input {describe()}" if describe else ctx.source
+        gens.append(barrier(gens[-1], on_barrier, ctx))
     for stage, meter in zip(stages[1:-1], ctx.meters[1:]):
         gens.append(stage.process(gens[-1]))  # type: ignore[attr-defined]
         gens.append(metered(gens[-1], meter))
@@ -148,7 +180,7 @@ def run_tree(trunk: list[Stage], branches: dict[str, list[Stage]], ctx: Context,
 
     def branch(name: str, stages: list[Stage]) -> Callable[[Iterator[Batch]], None]:
         def consume(inbox: Iterator[Batch]) -> None:
-            sub = Context(ctx.dead_letter)
+            sub = Context(ctx.dead_letter, parent=ctx)
             try:
                 _drive(inbox, [_Named("fork"), *stages], sub, _consumer(stages[-1]), None)
             finally:

@@ -17,6 +17,12 @@ written twice and no second copy of the rows is kept.
 A `SpillReader` over writers listed in input order returns a bucket's rows in that
 order, so row order within a bucket is file order: "first in file order wins" and
 "ties in file order" can be decided from row positions.
+
+Failures: rows that cannot be written would be lost, so a write error stops the run
+(WriteFailed, one line; the last checkpoint still matches the files once cut back);
+an fsync that fails at a checkpoint only fails that checkpoint (CheckpointFailed).
+Files are created 0600, and an object frame (a pickle) is only read from a file that
+is this user's and writable by nobody else (checkpoint.check_trusted).
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .checkpoint import CorruptCheckpoint
+from .checkpoint import CorruptCheckpoint, check_trusted, make_private_dirs, open_private
+from .errors import CheckpointFailed, WriteFailed, reason
 
 INDEX = np.dtype([("set", "u1"), ("bucket", "<u4"), ("offset", "<u8"), ("nbytes", "<u8"),
                   ("nrows", "<u8")])
@@ -64,14 +71,18 @@ class SpillWriter:
         self._keep = dict(mark)
 
     def _open(self) -> None:
-        os.makedirs(self.dir, exist_ok=True)
         keep = self._keep or {"dat": 0, "idx": 0}
-        for attr, name in (("_dat", DATA), ("_idx", IDX)):
-            path = os.path.join(self.dir, name)
-            fh = open(path, "r+b" if os.path.exists(path) else "w+b")
-            fh.truncate(keep["dat" if name == DATA else "idx"])
-            fh.seek(0, os.SEEK_END)
-            setattr(self, attr, fh)
+        path = self.dir
+        try:
+            make_private_dirs(self.dir)
+            for attr, name in (("_dat", DATA), ("_idx", IDX)):
+                path = os.path.join(self.dir, name)
+                fh = open(open_private(path, os.O_RDWR | os.O_CREAT), "r+b")
+                setattr(self, attr, fh)
+                fh.truncate(keep["dat" if name == DATA else "idx"])
+                fh.seek(0, os.SEEK_END)
+        except OSError as exc:
+            raise WriteFailed("spill file", path, reason(exc)) from None
 
     # -- writing ------------------------------------------------------------------
     def add(self, name: str, buckets: np.ndarray, rows: np.ndarray) -> None:
@@ -112,33 +123,49 @@ class SpillWriter:
             return
         entries = np.zeros(len(self.pending), INDEX)
         offset = self._dat.tell()
-        for i, ((sid, bucket), pieces) in enumerate(sorted(self.pending.items())):
-            if isinstance(pieces[0], np.ndarray):
-                data = b"".join(p.tobytes() for p in pieces)
-                nrows = sum(len(p) for p in pieces)
-            else:
-                objects = [o for p in pieces for o in p]
-                data, nrows = pickle.dumps(objects, protocol=5), len(objects)
-            self._dat.write(data)
-            entries[i] = (sid, bucket, offset, len(data), nrows)
-            offset += len(data)
-        self._idx.write(entries.tobytes())
+        fh, name = self._dat, DATA
+        try:
+            for i, ((sid, bucket), pieces) in enumerate(sorted(self.pending.items())):
+                if isinstance(pieces[0], np.ndarray):
+                    data = b"".join(p.tobytes() for p in pieces)
+                    nrows = sum(len(p) for p in pieces)
+                else:
+                    objects = [o for p in pieces for o in p]
+                    data, nrows = pickle.dumps(objects, protocol=5), len(objects)
+                fh.write(data)
+                entries[i] = (sid, bucket, offset, len(data), nrows)
+                offset += len(data)
+            fh, name = self._idx, IDX
+            fh.write(entries.tobytes())
+        except OSError as exc:
+            raise WriteFailed("spill file", os.path.join(self.dir, name), reason(exc)) from None
         self.pending.clear()
         self.pending_bytes = 0
 
     def mark(self, durable: bool = True) -> dict[str, int]:
-        """Flush (and fsync) everything; the lengths a checkpoint records."""
+        """Flush (and fsync) everything; the lengths a checkpoint records. WriteFailed
+        if the rows cannot be written; CheckpointFailed if only the fsync fails."""
         self.flush()
-        for fh in (self._dat, self._idx):
-            fh.flush()
+        for fh, name in ((self._dat, DATA), (self._idx, IDX)):
+            path = os.path.join(self.dir, name)
+            try:
+                fh.flush()
+            except OSError as exc:
+                raise WriteFailed("spill file", path, reason(exc)) from None
             if durable:
-                os.fsync(fh.fileno())
+                try:
+                    os.fsync(fh.fileno())
+                except OSError as exc:
+                    raise CheckpointFailed("spill file", path, reason(exc), "sync") from None
         return {"dat": self._dat.tell(), "idx": self._idx.tell()}
 
     def close(self) -> None:
         for fh in (self._dat, self._idx):
             if fh is not None:
-                fh.close()
+                try:
+                    fh.close()
+                except OSError:
+                    pass  # after mark() nothing is buffered; after a failure it is moot
         self._dat = self._idx = None
 
 
@@ -149,6 +176,7 @@ class SpillReader:
         self.sets = {name: (np.dtype(dt) if dt is not None else None) for name, dt in sets.items()}
         self.set_ids = {name: i for i, name in enumerate(self.sets)}
         self.writers: list[tuple[str, np.ndarray]] = []
+        self.trusted: set[str] = set()
         for d in directories:
             path = os.path.join(d, IDX)
             if not os.path.exists(path):
@@ -174,6 +202,9 @@ class SpillReader:
         """Each frame of one bucket in order: a numpy array, or a list of objects."""
         dtype = self.sets[name]
         for path, hit in self._entries(name, bucket):
+            if dtype is None and path not in self.trusted:  # pickles: see the docstring
+                check_trusted(path, "spill file")
+                self.trusted.add(path)
             with open(path, "rb") as fh:
                 for e in hit:
                     fh.seek(int(e["offset"]))

@@ -80,12 +80,35 @@ def positive(value: Any) -> str | None:
     return None if value > 0 else f"must be > 0; got {value!r}"
 
 
+ANY, SAME = "any", "same"
+KINDS = {
+    "lines": "raw lines of text, as bytes (file-input)",
+    "object": "decoded JSON objects, as dicts",
+    "site-event": "chat-log records (json-decode's site-event schema)",
+    "summary-row": "(site_id, messages, emails, operators, visitors) tuples",
+    "count-row": "(value, count) tuples",
+    ANY: "anything: the stage does not say",
+}
+
+
 class Stage:
-    """Base of every stage. Options arrive as keyword arguments, already validated."""
+    """Base of every stage. Options arrive as keyword arguments, already validated.
+
+    Its *contract* says which kinds of records it accepts and which it produces (see
+    KINDS); the config loader checks every connection before anything runs. `SAME`
+    means it passes on the kind it was given; `ANY` accepts, or produces, anything.
+    """
 
     name: ClassVar[str] = ""
     kind: ClassVar[Kind]
     options: ClassVar[tuple[Option, ...]] = ()
+    accepts: ClassVar[tuple[str, ...]] = (ANY,)
+    produces: ClassVar[str] = ANY
+
+    @classmethod
+    def output_kind(cls, options: dict[str, Any], given: str) -> str:
+        """The kind of records this stage emits with these options, given `given`."""
+        return given if cls.produces == SAME else cls.produces
 
     def __init__(self, **options: Any):
         declared = {o.name: o for o in self.options}
@@ -131,6 +154,7 @@ class InputChanged(Exception):
 
 class Input(Stage):
     kind = Kind.INPUT
+    accepts = ()
 
     def read(self) -> Iterator[Batch]:
         raise NotImplementedError
@@ -218,6 +242,7 @@ class Reducer(Processor):
 
 class Output(Stage):
     kind = Kind.OUTPUT
+    produces = ""
 
     def write(self, batches: Iterator[Batch]) -> None:
         raise NotImplementedError

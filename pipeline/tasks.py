@@ -24,7 +24,7 @@ from typing import Any, Callable
 from .checkpoint import CheckpointStore, write_json_atomic
 from .config import PipelineConfig
 from .deadletter import DeadLetter
-from .errors import RejectedLine
+from .errors import CheckpointFailed, RejectedLine, SluiceError
 from .keyed import Capture, KeyedReducer, reduce_buckets
 from .runner import Context, run_tree
 from .signals import NeverSet, Stopped
@@ -108,7 +108,7 @@ def run_task(spec: JobSpec, task: Any, env: Env | None = None) -> dict[str, Any]
     import fcntl
 
     env = env or Env()
-    os.makedirs(os.path.dirname(task.dir), exist_ok=True)
+    os.makedirs(os.path.dirname(task.dir), mode=0o700, exist_ok=True)  # state is private
     fd = os.open(task.dir + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -159,7 +159,9 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
     source = stages[0]
     resumed_at = source.where() if resumed is not None else None
     every = (spec.every_records, spec.every_seconds) if spec.checkpoint else (1 << 62, float("inf"))
-    checkpointer = Checkpointer(store, stages, dead, header, *every)
+    warnings: list[str] = []  # a failed checkpoint: the parent tells the user, once
+    checkpointer = Checkpointer(store, stages, dead, header, *every, warn=warnings.append,
+                                label=f"{task.describe()}: ")
 
     def hook(records: int, at_end: bool) -> None:
         checkpointer(records, at_end)
@@ -191,9 +193,24 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
               "where": source.where(), "resumed_at": resumed_at, "notices": notices, "rejected": dead.count,
               "meters": [m.as_dict() for m in ctx.meters], "checkpoints": checkpointer.count,
               "branch_meters": {b: [m.as_dict() for m in ms]
-                                for b, ms in ctx.branch_meters.items()}}
-    write_json_atomic(os.path.join(task.dir, RESULT_FILE), result)
+                                for b, ms in ctx.branch_meters.items()},
+              "warnings": warnings if spec.checkpoint else [],
+              "checkpoint_failures": checkpointer.failures if spec.checkpoint else 0}
+    _save_result(task, result, spec.checkpoint)
     return result
+
+
+def _save_result(task: Any, result: dict[str, Any], warn: bool) -> None:
+    """result.json marks a task finished; if it cannot be written, a rerun redoes the
+    task (from its last checkpoint): a warning, not a failure."""
+    try:
+        write_json_atomic(os.path.join(task.dir, RESULT_FILE), result)
+    except CheckpointFailed as exc:
+        if warn:
+            result.setdefault("warnings", []).append(
+                f"{task.describe()}: its finished state was not saved ({exc.short}); "
+                f"a rerun would do it again")
+            result["checkpoint_failures"] = result.get("checkpoint_failures", 0) + 1
 
 
 def finished_map(task: MapTask) -> dict[str, Any] | None:
@@ -215,7 +232,7 @@ def run_reduce(spec: JobSpec, task: ReduceTask, env: Env) -> dict[str, Any]:
                               spec.reduce_bytes, durable=spec.durable, stop=env.stop)
     result = {"counters": counters, "generation": task.generation,
               "seconds": time.perf_counter() - start, "buckets": task.buckets}
-    write_json_atomic(os.path.join(task.dir, RESULT_FILE), result)
+    _save_result(task, result, spec.checkpoint)
     return result
 
 
@@ -246,7 +263,8 @@ def leaf_position(task: MapTask, j: int) -> int:
 def load_state(task: MapTask, position: int, notices: list[str]) -> Any:
     """The final state of the stage at `position` (a mergeable reducer) of a map task."""
     tree = CheckpointStore(task.dir).load(notices.append)
-    if tree is None or not tree.get("complete"):
-        raise RuntimeError(f"the state of {task.describe()} in {task.dir} is missing "
-                           f"after it finished")
+    if tree is None or not tree.get("complete"):  # its last checkpoint failed (disk full?)
+        raise SluiceError(f"the final state of {task.describe()} in {task.dir} is missing "
+                          f"after it finished: it could not be saved; rerun the same "
+                          f"command to redo the task")
     return tree["stages"][position]

@@ -185,6 +185,8 @@ class Aggregate(KeyedReducer):
     """
 
     name = "aggregate"
+    accepts = ("object", "site-event")
+    produces = "object"
     options = (
         Option("by", list, doc="fields to group by, in order (may be empty: one group)"),
         Option("metrics", dict, doc="{name: count | count_distinct(F) | min(F) | max(F) "

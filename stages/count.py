@@ -25,6 +25,8 @@ class Count(KeyedReducer):
     """
 
     name = "count"
+    accepts = ("object", "site-event")
+    produces = "count-row"
     options = (Option("field", str, doc="field to group by, by its JSON name"),
                Option("missing", str, "(missing)", "the value counted for records without it"))
     spills = {"counts": COUNT_ROW, "longs": None}

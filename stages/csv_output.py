@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from typing import Any, Iterator
 
 from pipeline import Batch, Option, Output
 
 from .fields import MISSING, getter
-from .resumable_file import ResumableFile
+from .resumable_file import ResumableFile, Stdout
 
 
 class CsvOutput(Output):
@@ -25,6 +24,7 @@ class CsvOutput(Output):
     """
 
     name = "csv-output"
+    accepts = ("object", "site-event", "summary-row", "count-row")
     options = (Option("path", str, doc='file to write, or "-" for stdout'),
                Option("columns", list, doc="column names, in order (the header row)"))
 
@@ -60,18 +60,18 @@ class CsvOutput(Output):
     def write(self, batches: Iterator[Batch]) -> None:
         header = self._rows(Batch([self.columns]))
         if self.file is None:
-            out = sys.stdout.buffer
+            out = Stdout(self.ctx)  # EPIPE: discards, and the engine stops the run
             out.write(header)
             for batch in batches:
                 out.write(self._rows(batch))
-            out.flush()
+            out.finish()
             return
-        fh = self.file.open(self.written)
+        self.file.open(self.written)
         try:
             if not self.written:
-                fh.write(header)
+                self.file.write(header)
             for batch in batches:
-                fh.write(self._rows(batch))
+                self.file.write(self._rows(batch))
             self.file.commit()
         finally:
             self.file.close()

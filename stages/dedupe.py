@@ -6,7 +6,7 @@ from typing import Any, Iterable
 import msgspec
 import numpy as np
 
-from pipeline import Batch, Option, keys
+from pipeline import SAME, Batch, Option, keys
 from pipeline.keyed import KeyedReducer, ReduceIO
 
 from .fields import MISSING, getter
@@ -43,6 +43,8 @@ class Dedupe(KeyedReducer):
     """
 
     name = "dedupe"
+    accepts = ("object", "site-event")
+    produces = SAME
     options = (Option("field", str, doc="field whose repeats are dropped"),)
     spills = {"keys": KEY_ROW, "records": None, "longs": None}
     reduce_row_bytes = 800

@@ -70,6 +70,7 @@ class FileInput(Input):
     """
 
     name = "file-input"
+    produces = "lines"
     options = (
         Option("path", (str, list), doc="file, `-` (stdin), glob, or a list of them"),
         Option("block_size", int, 4 << 20, "bytes read per batch", check=positive),

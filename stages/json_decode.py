@@ -67,8 +67,16 @@ class JsonDecode(Processor):
     """
 
     name = "json-decode"
+    accepts = ("lines",)
+    produces = "site-event"
+    produces_doc = "site-event records, or object records with `schema: object`"
+    kind_options = ("schema",)  # named when a config error mentions what it produces
     options = (Option("schema", str, "site-event", "record schema: site-event or object",
                       choices=tuple(SCHEMAS)),)
+
+    @classmethod
+    def output_kind(cls, options: dict[str, Any], given: str) -> str:
+        return "object" if options.get("schema", "site-event") == "object" else "site-event"
 
     def __init__(self, **options: Any):
         super().__init__(**options)

@@ -1,14 +1,13 @@
 """jsonl-output: one JSON document per record, to a file or stdout."""
 from __future__ import annotations
 
-import sys
 from typing import Any, Iterator
 
 import msgspec
 
 from pipeline import Batch, Output, Option
 
-from .resumable_file import ResumableFile
+from .resumable_file import ResumableFile, Stdout
 
 
 class JsonlOutput(Output):
@@ -45,15 +44,15 @@ class JsonlOutput(Output):
     def write(self, batches: Iterator[Batch]) -> None:
         encode = self.encoder.encode
         if self.file is None:
-            out = sys.stdout.buffer
+            out = Stdout(self.ctx)  # EPIPE: discards, and the engine stops the run
             for batch in batches:
                 out.write(b"".join(encode(r) + b"\n" for r in batch))
-            out.flush()
+            out.finish()
             return
-        fh = self.file.open(self.written)
+        self.file.open(self.written)
         try:
             for batch in batches:
-                fh.write(b"".join(encode(r) + b"\n" for r in batch))
+                self.file.write(b"".join(encode(r) + b"\n" for r in batch))
             self.file.commit()
         finally:
             self.file.close()

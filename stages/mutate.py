@@ -156,6 +156,8 @@ class Mutate(Processor):
     """
 
     name = "mutate"
+    accepts = ("object", "site-event")
+    produces = "object"
     options = (
         Option("rename", dict, None, "{old: new}: move a field to a new name"),
         Option("remove", list, None, "[field, ...]: delete these fields"),

@@ -1,14 +1,26 @@
-"""An output file written atomically (temp + rename) that survives kills and resumes.
+"""An output file written atomically (temp + rename) that survives kills and resumes,
+and standard output that ends quietly when its reader goes away.
 
 Lines go to `PATH.partial`. `mark()` flushes and fsyncs it and returns its length, which
 the output stage puts in its snapshot; after a kill, `open(mark)` cuts the partial file
 back to that length, so a resumed run never duplicates a line. `commit()` renames it to
 PATH once the run has finished.
+
+A line that cannot be written (full disk, I/O error) stops the run with WriteFailed:
+one line naming the file; the last checkpoint holds the partial file's length, so a
+rerun cuts it back and resumes. Only a failed fsync at a checkpoint is milder
+(CheckpointFailed: that checkpoint is skipped, the run goes on).
 """
 from __future__ import annotations
 
 import os
-from typing import BinaryIO
+import sys
+from typing import Any, BinaryIO
+
+from pipeline.errors import (CheckpointFailed, OutputClosed, PathError, WriteFailed, reason,
+                             writable_problem)
+
+WHAT = "output file"
 
 
 class ResumableFile:
@@ -17,39 +29,120 @@ class ResumableFile:
         self.partial = path + ".partial"
         self.fh: BinaryIO | None = None
 
+    def _failed(self, exc: OSError, path: str | None = None, verb: str = "write") -> WriteFailed:
+        return WriteFailed(WHAT, path or self.partial, reason(exc), verb)
+
     def open(self, length: int) -> BinaryIO:
         """Open for appending after `length` bytes (0: start a new file)."""
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        if length and not os.path.exists(self.partial) and os.path.exists(self.path):
-            os.replace(self.path, self.partial)  # a finished run being resumed
-        if length and os.path.exists(self.partial):
-            self.fh = open(self.partial, "r+b")
-            self.fh.truncate(length)
-            self.fh.seek(length)
-        else:
-            self.fh = open(self.partial, "wb")
+        problem = writable_problem(self.path)
+        if problem:
+            raise PathError(f"{WHAT} {self.path}: {problem}")
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            if length and not os.path.exists(self.partial) and os.path.exists(self.path):
+                os.replace(self.path, self.partial)  # a finished run being resumed
+            if length and os.path.exists(self.partial):
+                self.fh = open(self.partial, "r+b")
+                self.fh.truncate(length)
+                self.fh.seek(length)
+            else:
+                self.fh = open(self.partial, "wb")
+        except OSError as exc:
+            raise self._failed(exc) from None
         return self.fh
+
+    def write(self, data: bytes) -> None:
+        assert self.fh is not None
+        try:
+            self.fh.write(data)
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def mark(self) -> int:
         if self.fh is None:
             return 0
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        try:
+            self.fh.flush()
+        except OSError as exc:
+            raise self._failed(exc) from None
+        try:
+            os.fsync(self.fh.fileno())
+        except OSError as exc:
+            raise CheckpointFailed(WHAT, self.partial, reason(exc), "sync") from None
         return self.fh.tell()
 
     def commit(self) -> None:
         assert self.fh is not None
-        self.mark()
+        try:
+            self.mark()
+        except CheckpointFailed as exc:  # the finished file must be on disk
+            raise WriteFailed(exc.what, exc.path, exc.why, exc.verb) from None
         self.fh.close()
         self.fh = None
-        os.replace(self.partial, self.path)
-        fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            os.replace(self.partial, self.path)
+            fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self._failed(exc, self.path, "commit") from None
 
     def close(self) -> None:
         if self.fh is not None:
-            self.fh.close()
-            self.fh = None
+            fh, self.fh = self.fh, None
+            try:
+                fh.close()
+            except OSError:
+                pass  # only reached when the run is already failing or stopping
+
+
+class Stdout:
+    """Standard output for an output stage. When its reader goes away (EPIPE, as with
+    `| head`), writing stops: the engine is told (`ctx.output_closed()`, which stops the
+    run at the next batch boundary, or at once), and what follows is discarded.
+    `finish()` flushes and raises OutputClosed if the reader went away at any point."""
+
+    def __init__(self, ctx: Any):
+        self.ctx = ctx
+        self.closed = False
+
+    def _gone(self) -> None:
+        self.closed = True
+        if self.ctx is None:
+            raise OutputClosed()
+        self.ctx.output_closed()
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            sys.stdout.buffer.write(data)
+        except BrokenPipeError:
+            self._gone()
+        except OSError as exc:  # e.g. stdout redirected to a file on a full disk
+            raise WriteFailed("output", "<standard output>", reason(exc)) from None
+
+    def finish(self) -> None:
+        if not self.closed:
+            try:
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:
+                self.closed = True
+            except OSError as exc:
+                raise WriteFailed("output", "<standard output>", reason(exc)) from None
+        if self.closed:
+            raise OutputClosed()
+
+
+def write_stdout_text(stream: Any, text: str) -> None:
+    """Write a whole text output to a stream (stdout): EPIPE ends the run quietly
+    (OutputClosed), any other error names the output."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        raise OutputClosed() from None
+    except OSError as exc:
+        raise WriteFailed("output", "<standard output>", reason(exc)) from None

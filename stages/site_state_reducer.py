@@ -80,6 +80,8 @@ class SiteStateReducer(KeyedReducer):
     """
 
     name = "site-state-reducer"
+    accepts = ("site-event",)
+    produces = "summary-row"
     spills = {"ids": ID_ROW, "sites": SITE_ROW, "drops": np.dtype("<u8"),
               "id_longs": None, "site_longs": None}
     phases = 2

@@ -6,6 +6,8 @@ from typing import Any, Iterator
 
 from pipeline import Batch, Output
 
+from .resumable_file import write_stdout_text
+
 
 def format_summary(rows: list[tuple[str, int, int, int, int]]) -> str:
     # sorted() on str is Unicode code-point order, as configs/summary.md asks
@@ -22,6 +24,7 @@ class SortedStdoutOutput(Output):
     """
 
     name = "sorted-stdout-output"
+    accepts = ("summary-row",)
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -31,6 +34,4 @@ class SortedStdoutOutput(Output):
         rows: list[Any] = []
         for batch in batches:
             rows.extend(batch)
-        out = self.stream or sys.stdout
-        out.write(format_summary(rows))
-        out.flush()
+        write_stdout_text(self.stream or sys.stdout, format_summary(rows))

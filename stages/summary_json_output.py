@@ -5,9 +5,11 @@ import json
 import sys
 from typing import Any, Iterator
 
+import msgspec
+
 from pipeline import Batch, Option, Output
 
-from .resumable_file import ResumableFile
+from .resumable_file import ResumableFile, write_stdout_text
 
 FIELDS = ("site_id", "messages", "emails", "operators", "visitors")
 
@@ -20,22 +22,33 @@ class SummaryJsonOutput(Output):
     Output: `{"sites": [{"site_id": "123", "messages": 1, "emails": 0, "operators": 1,
     "visitors": 2}, ...]}`. `path: FILE` writes it atomically to a file instead.
     Takes the (site_id, messages, emails, operators, visitors) records of
-    site-state-reducer.
+    site-state-reducer, which it sorts. Any other records (the objects of aggregate,
+    mutate or json-decode) go into the list as they are, in the order they came.
     """
 
     name = "summary-json-output"
+    accepts = ("summary-row", "object")
     options = (Option("path", str, "-", 'file to write, or "-" for stdout'),)
 
     def write(self, batches: Iterator[Batch]) -> None:
         rows: list[Any] = []
         for batch in batches:
             rows.extend(batch)
-        doc = {"sites": [dict(zip(FIELDS, row)) for row in sorted(rows)]}
+        if all(isinstance(row, (tuple, list)) for row in rows):
+            items = [dict(zip(FIELDS, row)) for row in sorted(rows)]
+        else:
+            items = [row if isinstance(row, dict) else
+                     dict(zip(FIELDS, row)) if isinstance(row, (tuple, list)) else
+                     msgspec.to_builtins(row) for row in rows]
+        doc = {"sites": items}
         text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
         if self.path == "-":
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            write_stdout_text(sys.stdout, text)
             return
         out = ResumableFile(self.path)
-        out.open(0).write(text.encode("utf-8"))
-        out.commit()
+        out.open(0)
+        try:
+            out.write(text.encode("utf-8"))
+            out.commit()
+        finally:
+            out.close()

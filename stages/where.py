@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from pipeline import Batch, Option, Processor
+from pipeline import SAME, Batch, Option, Processor
 
 from .fields import MISSING, getter, normalize
 
@@ -21,6 +21,8 @@ class Where(Processor):
     """
 
     name = "where"
+    accepts = ("object", "site-event")
+    produces = SAME
     options = (
         Option("field", str, doc="field to test, by its JSON name"),
         Option("equals", (str, int, float, bool), None, "keep records whose field equals this"),

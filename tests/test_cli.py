@@ -76,3 +76,24 @@ def test_help_documents_exit_codes():
     p = cli("-h")
     assert p.returncode == 0
     assert "exit codes: 0 ok, 1 rejected line under --strict" in p.stdout
+
+
+def test_help_documents_the_exit_codes_of_machine_faults():
+    """-h names 141 (stdout closed by its reader) and --strict-checkpoints."""
+    p = cli("-h")
+    text = " ".join(p.stdout.split())
+    assert p.returncode == 0
+    assert "141 standard output closed by its reader" in text
+    assert "--strict-checkpoints exit 2 if any checkpoint could not be written" in text
+
+
+def test_stdout_closed_by_head_is_quiet(tmp_path):
+    """`main.py stages | head -1`: the reader goes away; exit 141, nothing on stderr."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "stages"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    assert p.wait(timeout=60) == 141
+    assert p.stderr.read() == b""
+

@@ -202,17 +202,18 @@ def test_graph_and_validate_draw_the_tree(tmp_path):
     cfg = write(tmp_path, FORK)
     text = cli("graph", "-c", str(cfg)).stdout
     assert text == (
-        "   file-input [input] (path='in.jsonl')\n"
-        "-> json-decode [processor]\n"
-        "|-- fork branch 'summary'\n"
-        "|      site-state-reducer [reducer]\n"
-        "|   -> sorted-stdout-output [output]\n"
-        "`-- fork branch 'statuses'\n"
-        "       where [processor] (field='type', equals='status')\n"
-        "    -> jsonl-output [output] (path='statuses.jsonl')\n")
+        "file-input [input] (path='in.jsonl')\n"
+        "-(lines)-> json-decode [processor]\n"
+        "|-(site-event)-> fork branch 'summary'\n"
+        "|   site-state-reducer [reducer]\n"
+        "|   -(summary-row)-> sorted-stdout-output [output]\n"
+        "`-(site-event)-> fork branch 'statuses'\n"
+        "    where [processor] (field='type', equals='status')\n"
+        "    -(site-event)-> jsonl-output [output] (path='statuses.jsonl')\n")
     mermaid = cli("graph", "-c", str(cfg), "--mermaid").stdout.splitlines()
-    assert mermaid[-5:] == ["    s0 --> s1", "    s1 -->|summary| s2", "    s2 --> s3",
-                            "    s1 -->|statuses| s4", "    s4 --> s5"]
+    assert mermaid[-5:] == ["    s0 -->|lines| s1", "    s1 -->|summary: site-event| s2",
+                            "    s2 -->|summary-row| s3", "    s1 -->|statuses: site-event| s4",
+                            "    s4 -->|site-event| s5"]
 
 
 def test_the_shipped_fork_example_passes_its_sidecar():

@@ -1,6 +1,8 @@
 """Plugins: found through entry points, checked first, never breaking the built-ins."""
 from __future__ import annotations
 
+import os
+import site
 import subprocess
 import sys
 import textwrap
@@ -51,12 +53,28 @@ def test_broken_and_clashing_plugins_are_skipped_with_one_line_each(tmp_path):
     assert run.returncode == 0 and run.stdout  # the built-ins still run
 
 
+def venv_seeing_this_environment(venv: Path) -> str:
+    """A new venv whose python also sees the packages of the environment running the
+    tests, system install or venv alike. (`venv --system-site-packages` would not: made
+    from inside a venv, it sees the *base* interpreter's packages, not the venv's.)
+
+    The new venv gets no pip of its own (`--without-pip`, and faster): `python -m pip`
+    in it runs this environment's pip, which installs into the new venv's prefix."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    purelib = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    here = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    adds = "; ".join(f"site.addsitedir({d!r})" for d in here if os.path.isdir(d))
+    # a .pth line starting with `import` runs at startup; addsitedir also runs the .pth
+    # files there (an editable install of sluice, for one)
+    Path(purelib, "this_environment.pth").write_text(f"import site; {adds}\n")
+    return py
+
+
 def test_plugin_package_end_to_end(tmp_path):
     """pip install -e the example plugin in a venv; list it, run it, test it."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True)
-    py = str(venv / "bin" / "python")
+    py = venv_seeing_this_environment(tmp_path / "venv")
     install = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "-e", str(PLUGIN)],
                              capture_output=True, text=True, timeout=300)
     if install.returncode != 0 and "No matching distribution" in install.stderr:

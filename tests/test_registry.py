@@ -12,11 +12,11 @@ def test_public_api_names():
     """pipeline's public names are exactly these (sorted __all__)."""
     assert pipeline.__all__ == sorted(pipeline.__all__)
     assert pipeline.__all__ == [
-        "AppendOnly", "Batch", "ConfigError", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK",
-        "EXIT_USAGE", "Input", "InputChanged", "InputError", "KeyedReducer", "Kind", "Option",
-        "Output", "PipelineConfig", "Processor", "ReduceIO", "Reducer", "Registry",
-        "RejectedLine", "SluiceError", "Stage", "check_stage_class", "keys", "load_config",
-        "parse_config", "positive", "unwrap"]
+        "ANY", "AppendOnly", "Batch", "ConfigError", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED",
+        "EXIT_OK", "EXIT_USAGE", "Input", "InputChanged", "InputError", "KINDS", "KeyedReducer",
+        "Kind", "Option", "Output", "PipelineConfig", "Processor", "ReduceIO", "Reducer",
+        "Registry", "RejectedLine", "SAME", "SluiceError", "Stage", "check_stage_class", "keys",
+        "load_config", "parse_config", "positive", "unwrap"]
 
 
 def test_builtins_are_registered_by_name():

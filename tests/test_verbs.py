@@ -10,10 +10,11 @@ def test_stages_lists_every_stage_with_kind_and_doc():
     p = cli("stages")
     assert p.returncode == 0
     lines = p.stdout.splitlines()
-    assert [x.split()[0] for x in lines] == ["count", "csv-output", "dedupe", "file-input",
-                                            "json-decode", "jsonl-output", "site-state-reducer",
-                                            "sorted-stdout-output", "summary-json-output", "where"]
-    assert lines[3] == ("file-input            input      Read lines from files; each batch is "
+    assert [x.split()[0] for x in lines] == [
+        "aggregate", "count", "csv-output", "dedupe", "file-input", "json-decode",
+        "jsonl-output", "mutate", "site-state-reducer", "sorted-stdout-output",
+        "summary-json-output", "where"]
+    assert lines[4] == ("file-input            input      Read lines from files; each batch is "
                         "one block of whole lines (bytes).  [sluice (built-in)]")
 
 
@@ -53,11 +54,11 @@ def test_validate_ok_and_mistyped_option(tmp_path):
 def test_graph_text_and_mermaid():
     p = cli("graph", "-c", str(CONFIGS / "site_filter.yaml"))
     assert p.stdout == (
-        "   file-input [input] (path='tests/data/sample/input.jsonl')\n"
-        "-> json-decode [processor] (schema='site-event')\n"
-        "-> where [processor] (field='site_id', in=['W', 'V'])\n"
-        "-> site-state-reducer [reducer]\n"
-        "-> sorted-stdout-output [output]\n")
+        "file-input [input] (path='tests/data/sample/input.jsonl')\n"
+        "-(lines)-> json-decode [processor] (schema='site-event')\n"
+        "-(site-event)-> where [processor] (field='site_id', in=['W', 'V'])\n"
+        "-(site-event)-> site-state-reducer [reducer]\n"
+        "-(summary-row)-> sorted-stdout-output [output]\n")
     m = cli("graph", "-c", SUMMARY, "--mermaid")
     assert m.stdout == (
         "flowchart LR\n"
@@ -65,15 +66,16 @@ def test_graph_text_and_mermaid():
         '    s1["json-decode<br/>processor"]\n'
         '    s2["site-state-reducer<br/>reducer"]\n'
         '    s3["sorted-stdout-output<br/>output"]\n'
-        "    s0 --> s1\n    s1 --> s2\n    s2 --> s3\n")
+        "    s0 -->|lines| s1\n    s1 -->|site-event| s2\n    s2 -->|summary-row| s3\n")
 
 
 def test_every_shipped_config_passes_its_sidecar_tests():
     """`main.py test configs/` runs every *_test.yaml; all pass."""
     p = cli("test", str(CONFIGS))
     assert p.returncode == 0, p.stdout
-    assert p.stdout.splitlines()[-1] == "5 passed, 0 failed"
-    for name in ("summary", "summary_json", "site_filter", "count_by_type"):
+    assert p.stdout.splitlines()[-1] == "12 passed, 0 failed"
+    for name in ("summary", "summary_json", "site_filter", "count_by_type", "fork", "mutate",
+                 "aggregate"):
         assert (CONFIGS / f"{name}_test.yaml").exists()
         assert cli("validate", "-c", str(CONFIGS / f"{name}.yaml")).returncode == 0
 

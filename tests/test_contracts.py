@@ -1,0 +1,141 @@
+"""Stage contracts: what each stage accepts and produces is checked before anything runs."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+import main
+from conftest import ROOT, cli
+from pipeline import ANY, ConfigError, Kind, parse_config
+
+REGISTRY = main.build_registry()
+SAMPLE = (ROOT / "tests" / "data" / "sample" / "input.jsonl").read_bytes().split(b"\n")
+SMALL = b"\n".join(SAMPLE[:400] + SAMPLE[-5:])  # some good lines, the broken ones too
+
+VARIANTS = {  # the options each built-in is tried with
+    "file-input": [{"path": "in.jsonl"}],
+    "json-decode": [{"schema": "site-event"}, {"schema": "object"}],
+    "where": [{"field": "type", "equals": "status"}],
+    "mutate": [{"rename": {"from": "sender"}, "convert": {"timestamp": "str"}}],
+    "dedupe": [{"field": "id"}],
+    "site-state-reducer": [{}],
+    "count": [{"field": "type"}],
+    "aggregate": [{"by": ["type"], "metrics": {"n": "count", "who": "count_distinct(from)"}}],
+    "sorted-stdout-output": [{}],
+    "summary-json-output": [{"path": "out.json"}],
+    "jsonl-output": [{"path": "out.jsonl"}],
+    "csv-output": [{"path": "out.csv", "columns": ["type", "site_id", "n"]}],
+}
+MAKES = {  # how to get records of each kind before the stage under test
+    "lines": [],
+    "site-event": [("json-decode", {"schema": "site-event"})],
+    "object": [("json-decode", {"schema": "object"})],
+    "summary-row": [("json-decode", {}), ("site-state-reducer", {})],
+    "count-row": [("json-decode", {}), ("count", {"field": "type"})],
+}
+
+
+def pairs():
+    """Every ordered pair of built-ins that may be neighbours, with options and the kind
+    the first one is given."""
+    out = []
+    for a, b in itertools.product(REGISTRY.names(), repeat=2):
+        ca, cb = REGISTRY.get(a), REGISTRY.get(b)
+        if ca.kind is Kind.OUTPUT or cb.kind is Kind.INPUT:
+            continue  # never neighbours: the wiring rules, not the contracts, say so
+        given = [None] if ca.kind is Kind.INPUT else (
+            list(MAKES) if ANY in ca.accepts else list(ca.accepts))
+        for oa, ob, kind in itertools.product(VARIANTS[a], VARIANTS[b], given):
+            out.append(pytest.param(a, oa, b, ob, kind, id=f"{a}>{b}-{kind or ''}-"
+                                                         f"{oa.get('schema', '')}"))
+    return out
+
+
+def config(a, oa, b, ob, kind):
+    chain = [] if kind is None else [("file-input", {"path": "in.jsonl"})] + MAKES[kind]
+    chain += [(a, oa), (b, ob)]
+    if REGISTRY.get(b).kind is not Kind.OUTPUT:
+        chain.append(("jsonl-output", {"path": "sink.jsonl"}))
+    text = "pipeline:\n" + "".join(f"  - {name}: {json.dumps(opts)}\n" for name, opts in chain)
+    b_line = 2 + len(chain) - 1 - (REGISTRY.get(b).kind is not Kind.OUTPUT)  # one a line
+    return text, b_line
+
+
+@pytest.mark.parametrize("a,oa,b,ob,kind", pairs())
+def test_every_pair_of_neighbours_runs_or_is_refused_at_load(tmp_path, a, oa, b, ob, kind):
+    """Allowed: it runs on a small input, exit 0. Refused: at load, naming both stages."""
+    text, b_line = config(a, oa, b, ob, kind)
+    try:
+        parse_config(text, "p.yaml", REGISTRY)
+    except ConfigError as exc:
+        assert f"stage {b!r} accepts " in str(exc) and f"but {a!r}" in str(exc), str(exc)
+        assert str(exc).startswith(f"p.yaml:{b_line}: "), text
+        return
+    (tmp_path / "in.jsonl").write_bytes(SMALL)
+    (tmp_path / "p.yaml").write_text(text)
+    p = cli("-c", "p.yaml", "--state-dir", "s", "-q", cwd=tmp_path)
+    assert p.returncode == 0, text + p.stderr
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("schema,message", [
+    ("object", "stage 'site-state-reducer' accepts site-event records, but 'json-decode' "
+               "(schema: object) produces object records"),
+    (None, "stage 'site-state-reducer' accepts site-event records, but 'file-input' "
+           "produces lines records"),
+])
+def test_the_two_reproductions_are_refused_before_reading(tmp_path, schema, message):
+    """validate and a run both refuse them with exit 2 and one line; no input is read."""
+    decode = f"  - json-decode: {{schema: {schema}}}\n" if schema else ""
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text("pipeline:\n  - file-input: {path: missing.jsonl}\n" + decode +
+                   "  - site-state-reducer: {}\n  - sorted-stdout-output: {}\n")
+    line = 4 if schema else 3
+    for args in (["validate", "-c", str(cfg)], ["-c", str(cfg), "--state-dir", "s"]):
+        p = cli(*args, cwd=tmp_path)
+        assert p.returncode == 2
+        assert p.stderr == f"sluice: error: {cfg}:{line}: {message}\n"
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_fork_branch_is_checked_against_what_reaches_the_fork(tmp_path):
+    """A branch's first stage must accept what the trunk produces; the error names it."""
+    text = ("pipeline:\n  - file-input: {path: x}\n  - json-decode: {schema: object}\n"
+            "  - fork:\n      a:\n        - jsonl-output: {path: a.jsonl}\n"
+            "      b:\n        - site-state-reducer: {}\n        - sorted-stdout-output\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "f.yaml", REGISTRY)
+    assert str(err.value) == ("f.yaml:8: fork branch 'b': stage 'site-state-reducer' accepts "
+                              "site-event records, but 'json-decode' (schema: object) produces "
+                              "object records")
+
+
+def test_a_plugin_that_declares_nothing_is_any_to_any():
+    """Stages without a contract accept and produce anything, so nothing is refused."""
+    from pipeline import Processor
+
+    class Loose(Processor):
+        """Passes batches on.
+
+            - loose: {}
+        """
+        name = "loose"
+
+        def process(self, batches):
+            yield from batches
+    assert (Loose.accepts, Loose.produces) == (("any",), "any")
+    reg = main.build_registry()
+    reg.register(Loose, "test")
+    cfg = parse_config("pipeline:\n  - file-input: {path: x}\n  - loose\n"
+                       "  - site-state-reducer\n  - sorted-stdout-output\n", "l.yaml", reg)
+    assert [s.name for s in cfg.stages][2] == "site-state-reducer"
+
+
+def test_stages_name_shows_the_contract():
+    """`main.py stages NAME` says what the stage accepts and produces."""
+    p = cli("stages", "site-state-reducer")
+    assert "accepts:  site-event records\nproduces: summary-row records\n" in p.stdout
+    p = cli("stages", "where")
+    assert "accepts:  object, site-event records\nproduces: the records it is given\n" in p.stdout
