@@ -22,7 +22,7 @@ import sys
 
 from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_config, progress
 from pipeline.config import override_option
-from pipeline.describe import graph_mermaid, graph_text, list_stages, show_stage
+from pipeline.describe import chain_text, graph_mermaid, graph_text, list_stages, show_stage
 from pipeline.errors import EXIT_USAGE, OutputClosed, PathError, reason, writable_problem
 from pipeline.job import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS, DEFAULT_MEMORY_MB,
                           DEFAULT_STATE_DIR, Interrupted, JobOptions, run_job)
@@ -57,6 +57,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="main.py", description="Run a Sluice YAML pipeline. Other verbs: "
@@ -80,6 +90,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-mb", type=positive_int, metavar="N",
                    help=f"memory budget of the whole run, all processes together "
                         f"(default: the config's `memory_mb`, else {DEFAULT_MEMORY_MB})")
+    fo = p.add_argument_group("following a growing log")
+    fo.add_argument("--follow", action="store_true",
+                    help="after the end of the input, keep reading lines appended to it, "
+                         "until SIGINT or SIGTERM (same as `follow: true` on file-input)")
+    fo.add_argument("--emit-every", type=positive_float, metavar="SECONDS",
+                    help="with --follow, show the current result every SECONDS while new "
+                         "lines arrive (default: the config's `emit`, else 10)")
     ex = p.add_argument_group("executors")
     ex.add_argument("--executor", choices=("local", "dask"),
                     help="local processes (default) or a Dask cluster")
@@ -106,6 +123,8 @@ def cmd_run(argv: list[str]) -> int:
     cfg = load_config(args.config, build_registry(warn=True))
     if args.file is not None:
         override_option(cfg, 0, "path", args.file, "-f")
+    if args.follow:
+        override_option(cfg, 0, "follow", True, "--follow")
     problem = args.stats_json and writable_problem(args.stats_json)
     if problem:  # before the run, not after it
         raise PathError(f"--stats-json {args.stats_json}: {problem}")
@@ -113,7 +132,7 @@ def cmd_run(argv: list[str]) -> int:
                       strict=args.strict, fresh=args.fresh,
                       checkpoint=False if args.no_checkpoint else None,
                       every_records=args.checkpoint_every, workers=args.workers,
-                      memory_mb=args.memory_mb,
+                      memory_mb=args.memory_mb, emit_every=args.emit_every,
                       progress=progress.wanted(args.quiet), executor=args.executor,
                       scheduler=args.scheduler, partition_mb=args.partition_mb)
     report = run_job(cfg, opts)
@@ -158,8 +177,7 @@ def cmd_validate(argv: list[str]) -> int:
     p.add_argument("-c", "--config", required=True)
     args = p.parse_args(argv)
     cfg = load_config(args.config, build_registry(warn=True))
-    chain = " -> ".join(s.name for s in cfg.stages)
-    print(f"{args.config}: ok ({chain})")
+    print(f"{args.config}: ok ({chain_text(cfg)})")
     return EXIT_OK
 
 

@@ -30,6 +30,7 @@ TOP_LEVEL = {
     "checkpoint": "{every_records: N, every_seconds: S, enabled: true, strict: false}",
     "executor": "{type: local | dask, scheduler: tcp://HOST:PORT, partition_mb: 64}",
     "memory_mb": "memory budget of the whole run, all processes together (default 512)",
+    "emit": "{every_seconds: S}: how often a followed run shows its current result",
 }
 CHECKPOINT_KEYS = {"every_records": int, "every_seconds": (int, float), "enabled": bool,
                    "strict": bool}
@@ -65,6 +66,7 @@ class PipelineConfig:
     memory_mb: int | None = None
     checkpoint: dict[str, Any] = field(default_factory=dict)
     executor: dict[str, Any] = field(default_factory=dict)
+    emit: dict[str, Any] = field(default_factory=dict)
     text: str = ""
     trunk: list[int] = field(default_factory=list)
     branches: dict[str, list[int]] = field(default_factory=dict)
@@ -180,6 +182,10 @@ def parse_config(text: str, path: str, registry: Registry) -> PipelineConfig:
             cfg.checkpoint = _checkpoint(ld, value_node)
         elif key == "executor":
             cfg.executor = _executor(ld, value_node)
+        elif key == "emit":
+            cfg.emit = _section(ld, value_node, "emit", {"every_seconds": (int, float)},
+                                lambda k, v: None if _type_ok(v, (int, float)) and v > 0
+                                else f"{k!r} must be a positive number; got {v!r}")
         else:
             raise ld.fail(f"unknown top-level key {key!r}{_suggest(str(key), TOP_LEVEL)}; "
                           f"expected {', '.join(TOP_LEVEL)}", key_node)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -20,14 +21,14 @@ from typing import Any, Callable, Iterator
 from .config import PipelineConfig
 from .deadletter import DeadLetter
 from .errors import InputError, SluiceError, reason
-from .keyed import KeyedReducer, captured, result_batches
+from .keyed import KeyedReducer, captured, reduce_buckets, result_batches
 from .plan import Plan, layout, open_plan
 from .progress import Progress, chain_hooks
 from .runner import Context, run_stream, run_tree
-from .signals import StopRequest, Stopped, stop_on_signals
+from .signals import NeverSet, StopRequest, Stopped, stop_on_signals
 from .slots import (Checkpointer, Notices, SlotLock, add_counters, collect_counters,
                     open_slot, slot_dir)
-from .stage import Batch, Input, Kind, Stage
+from .stage import Batch, Input, InputChanged, Kind, Stage
 from .tasks import (STATE_VERSION, Env, JobSpec, MapTask, finished_map, finished_reduce,
                     leaf_position, load_state, run_task)
 
@@ -38,6 +39,7 @@ DEFAULT_MEMORY_MB = 512
 MIN_PARTITION_BYTES = 32 << 20  # below this a default run stays in one process
 MAP_WORK_BYTES = 48 << 20       # a map task's batches and temporaries, besides its buffer
 MIN_TASK_BYTES = 256 << 10      # the smallest input range worth a map task
+DEFAULT_EMIT_SECONDS = 10.0     # --follow: how often the current result is shown
 SQUEEZE = "SLUICE_TEST_BUCKET_KB"  # tests only: the memory one bucket may use, in KiB
 
 
@@ -52,6 +54,7 @@ class JobOptions:
     fresh: bool = False
     workers: int | None = None       # None: the config's `workers`, else one per CPU
     memory_mb: int | None = None     # None: the config's `memory_mb`, else 512
+    emit_every: float | None = None  # --follow: seconds between emissions; None: config / 10
     progress: bool = False           # draw a progress bar on stderr
     executor: str | None = None      # "local" or "dask"; None: the config's, else local
     scheduler: str | None = None     # dask scheduler address; None: a LocalCluster
@@ -78,11 +81,14 @@ class RunReport:
 
     def stats_table(self) -> str:
         """The per-stage metrics as an aligned text table (this run only)."""
-        head = f"{'stage':<24} {'records in':>12} {'records out':>12} {'rejected':>9} {'seconds':>8}"
-        rows = [head] + [f"{m['stage']:<24} {m['records_in']:>12,} {m['records_out']:>12,} "
+        w = max([24] + [len(m["stage"]) for m in self.stages])
+        head = (f"{'stage':<{w}} {'records in':>12} {'records out':>12} {'rejected':>9} "
+                f"{'seconds':>8}")
+        rows = [head] + [f"{m['stage']:<{w}} {m['records_in']:>12,} {m['records_out']:>12,} "
                          f"{m['rejected']:>9,} {m['seconds']:>8.2f}" for m in self.stages]
         if self.phases:
-            rows.append("wall seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.phases.items()))
+            rows.append("wall seconds: " + ", ".join(f"{k} {v:.2f}"
+                                                     for k, v in self.phases.items()))
         return "\n".join(rows)
 
     def summary_line(self) -> str:
@@ -186,9 +192,31 @@ def _run(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRepo
         notices.append(f"checkpoints are off: {source.describe()} cannot be read again "
                        f"after a kill")
         enabled = False
-    if not layout(cfg)[0]:  # no reducer on any path
-        return _run_straight(cfg, opts, stages, notices, enabled, request)
+    following = getattr(source, "follower", None) is not None
+    segments, _ = layout(cfg)
+    if following:
+        _check_follow(cfg, opts, segments)
+    if not segments:  # no reducer on any path
+        while True:
+            try:
+                return _run_straight(cfg, opts, stages, notices, enabled, request)
+            except InputChanged as exc:  # while following
+                notices.append(f"{exc} while it was followed; starting over")
+                opts.fresh, stages = True, cfg.build()
     return Job(cfg, opts, stages, notices, enabled, request).run()
+
+
+def _check_follow(cfg: PipelineConfig, opts: JobOptions, segments: list[Any]) -> None:
+    """A followed run is one process, with one reducer on each path."""
+    kind = opts.executor or cfg.executor.get("type", "local")
+    if kind == "dask":
+        raise SluiceError("--follow runs in one process: leave out --executor dask")
+    if (opts.workers or cfg.workers or 1) > 1:
+        raise SluiceError("--follow runs in one process: leave out -w/--workers (and "
+                          "`workers:` in the config), or set it to 1")
+    if any(seg.source is not None for seg in segments):
+        raise SluiceError("--follow takes at most one reducer on each path from the input "
+                          "to an output; this config has a reducer after another")
 
 
 def _run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
@@ -205,11 +233,12 @@ def _run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
     def show(records: int, at_end: bool) -> None:
         src = stages[0]  # open_slot may have rebuilt the stages
         bar.update(src.position(), src.counters().get("lines", 0), force=at_end)  # type: ignore[attr-defined]
-        if request.is_set() and not at_end:
+        if request.is_set() and not at_end and getattr(src, "follower", None) is None:
             if checkpointer is not None:
                 checkpointer.save(complete=False)
             raise Stopped(src.counters().get("lines", 0))
     ctx = Context(dead)
+    ctx.stop = request
 
     def run(on_barrier: Any) -> None:
         trunk = [stages[i] for i in cfg.trunk]
@@ -284,8 +313,25 @@ class Job:
         self.rejected = 0
         self.last_results = 0
         self.checkpoint_failures = 0
+        self.following = getattr(self.source, "follower", None) is not None
+        self.emit_every = (opts.emit_every or cfg.emit.get("every_seconds")
+                           or DEFAULT_EMIT_SECONDS)
+        # records read since the last emission; a followed run shows what it has (saved
+        # state included) at its first tick, even if nothing new arrives
+        self.unemitted = 1 if self.following else 0
+        self.last_emit = time.monotonic()
 
     def run(self) -> RunReport:
+        """Run; a followed input that is truncated or replaced starts the run over."""
+        while True:
+            try:
+                return self._run()
+            except InputChanged as exc:
+                self.notices.append(f"{exc} while it was followed; starting over")
+                self.opts.fresh = True
+                self.counters, self.meters = {}, {}
+
+    def _run(self) -> RunReport:
         cfg, opts = self.cfg, self.opts
         kind = opts.executor or cfg.executor.get("type", "local")
         memory = opts.memory_mb or cfg.memory_mb or DEFAULT_MEMORY_MB
@@ -323,7 +369,11 @@ class Job:
                            strict=opts.strict, checkpoint=self.enabled, every_records=every_r,
                            every_seconds=every_s, buffer_bytes=budget.buffer_bytes,
                            reduce_bytes=budget.reduce_bytes, durable=self.enabled)
-            executor = make_executor(kind, budget.workers, work, self.request, opts, cfg)
+            # one map task keeps no worker busy: then starting workers only costs time
+            workers = budget.workers if len(plan.map_tasks(0)) > 1 else 1
+            # a followed run ends on a stop request with its final result: nothing stops that
+            executor = make_executor(kind, workers, work,
+                                     NeverSet() if self.following else self.request, opts, cfg)
             try:
                 executor.start(spec)
                 self.spec, self.executor, self.plan = spec, executor, plan
@@ -359,7 +409,7 @@ class Job:
                 for j, leaf in enumerate(seg.leaves):
                     streams[(seg.number, j)] = self._finish(seg, j, leaf, budget)
                 lap("reduce")
-            if self.request.is_set():
+            if self.request.is_set() and not self.following:
                 raise Stopped(self.counters.get("lines", 0))
             for tail in plan.tails:
                 self._tail(tail, streams.pop(tail.source), dead)
@@ -399,6 +449,16 @@ class Job:
     def _map_first(self, dead: DeadLetter) -> int | None:
         """Segment 0: its map tasks over the input's ranges, on the executor."""
         tasks = self.plan.map_tasks(0)
+        if self.following:  # its one map task resumes and goes on reading until stopped
+            result = run_task(self.spec, tasks[0], Env(stop=self.request, tick=self._tick))
+            self._warn_tasks([result])
+            self.counters = add_counters(self.counters, result["counters"])
+            self._task_meters(tasks[0], result, with_source=True)
+            self._copy_rejects(tasks, [result], dead)
+            resumed = result["resumed_lines"]
+            if resumed is not None:
+                self.notices.append(f"resumed at {result['resumed_at']}")
+            return resumed
         results = [finished_map(t) for t in tasks]
         pending = [t for t, r in zip(tasks, results) if r is None]
         total = sum(_range_bytes(t) for t in pending)
@@ -507,7 +567,8 @@ class Job:
         results_count = 0
         for phase in range(stage.phases):
             rtasks = self.plan.reduce_tasks(seg.number, j, phase, groups)
-            done = [finished_reduce(t) for t in rtasks]
+            # while following, the rows grow under the same plan: never reuse a result
+            done = [None if self.following else finished_reduce(t) for t in rtasks]
             pending = [t for t, d in zip(rtasks, done) if d is None]
             try:
                 ran = self.executor.run(pending)
@@ -525,19 +586,66 @@ class Job:
         last = [t.dir for t in self.plan.reduce_tasks(seg.number, j, stage.phases - 1, groups)]
         return lambda: result_batches(stage, last, stage.nbuckets)
 
-    def _tail(self, tail: Any, source: Callable[[], Iterator[Batch]], dead: DeadLetter) -> None:
+    def _tail(self, tail: Any, source: Callable[[], Iterator[Batch]], dead: DeadLetter,
+              emitting: bool | None = None) -> None:
         """The stages after a path's last reducer, here, ending in its output."""
         leaf = self.plan.segments[tail.source[0]].leaves[tail.source[1]]
         stages = [self.cfg.stages[i].build() for i in tail.stages]
         ctx = Context(dead)
+        ctx.emitting = self.following if emitting is None else emitting
         name = self.cfg.stages[leaf.stage].label if leaf.stage is not None else "capture"
         run_stream(source(), name, stages, ctx)
+        if emitting:
+            return  # a live emission: counted once, at the end
         self.counters = add_counters(self.counters, collect_counters(stages))
         for i, m in zip(tail.stages, ctx.meters[1:]):
             self._meter(i, m.as_dict())
         if leaf.stage is not None and ctx.meters:
             self._meter(leaf.stage, {"records_in": 0, "seconds": ctx.meters[0].seconds,
                                      "records_out": ctx.meters[0].records_out})
+
+
+    # -- following a growing input ------------------------------------------------------
+    def _tick(self, records: int, stages: list[Stage]) -> None:
+        """At a batch boundary of the followed map task: emit if it is time."""
+        self.unemitted += records
+        if self.unemitted and time.monotonic() - self.last_emit >= self.emit_every:
+            self._emit(stages)
+
+    def _emit(self, stages: list[Stage]) -> None:
+        """Show the current result: every reducer's state so far, reduced afresh (its
+        state is not changed), through the tails to the outputs, which replace what they
+        showed last time."""
+        task, seg = self.plan.map_tasks(0)[0], self.plan.segments[0]
+        for stage in stages:
+            if isinstance(stage, KeyedReducer) and stage.spill is not None:
+                stage.spill.mark(durable=False)  # every row so far readable on disk
+        scratch = os.path.join(self.spec.slot, "emit")
+        shutil.rmtree(scratch, ignore_errors=True)
+        streams: dict[tuple[int, int], Callable[[], Iterator[Batch]]] = {}
+        for j, leaf in enumerate(seg.leaves):
+            if leaf.stage is None:
+                streams[(0, j)] = lambda j=j: captured([task.leaf_dir(j)])
+                continue
+            stage = self.cfg.stages[leaf.stage].build()
+            if not isinstance(stage, KeyedReducer):  # a copy of the live state, finished
+                stage.restore(pickle.loads(pickle.dumps(
+                    stages[leaf_position(task, j)].snapshot())))
+                streams[(0, j)] = stage.finish  # type: ignore[attr-defined]
+                continue
+            stage.nbuckets = self.plan.nbuckets(0, j)
+            inputs = [task.leaf_dir(j)]
+            for phase in range(stage.phases):
+                inputs.append(os.path.join(scratch, f"r{j}-{phase}"))
+                reduce_buckets(stage, phase, range(stage.nbuckets), inputs[:-1], inputs[-1],
+                               self.spec.reduce_bytes)
+            streams[(0, j)] = (lambda stage=stage, last=inputs[-1]:
+                               result_batches(stage, [last], stage.nbuckets))
+        quiet = DeadLetter(None)  # the tail's rejects are kept by the final run only
+        for tail in self.plan.tails:
+            self._tail(tail, streams.pop(tail.source), quiet, emitting=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+        self.unemitted, self.last_emit = 0, time.monotonic()
 
 
 def _append_rejects(path: str, dead: DeadLetter, line_base: int | None) -> None:

@@ -73,6 +73,8 @@ class Context:
         self.barrier = False   # a checkpoint barrier runs on this chain
         self.checkpoint: Callable[[], Any] | None = None  # the engine's "save one now"
         self.source = "the input"  # named in a read error the barrier reports
+        self.stop: Any = parent.stop if parent is not None else None  # a stop request
+        self.emitting = False  # outputs show a live run's current result (--follow)
 
     def output_closed(self) -> None:
         """Called by an output whose reader went away (EPIPE): it writes no more and
@@ -102,13 +104,14 @@ def barrier(batches: Iterator[Batch], hook: Hook | None,
     (ctx.checkpoint) here instead and stops the run with OutputClosed.
     """
     it = iter(batches)
-    done = 0
+    started = False
+    done = 0  # records in the batch just finished (0 for an idle tick while following)
     while True:
-        if ctx is not None and ctx.root.closed and done:
+        if ctx is not None and ctx.root.closed and started:
             if ctx.root.checkpoint is not None:
                 ctx.root.checkpoint()
             raise OutputClosed()
-        if hook is not None and done:
+        if hook is not None and started:
             hook(done, False)
         try:
             batch = next(it)
@@ -119,7 +122,7 @@ def barrier(batches: Iterator[Batch], hook: Hook | None,
         except OSError as exc:  # only the input runs inside next(it): its read failed
             name = ctx.source if ctx is not None else "the input"
             raise InputError(f"cannot read {name}: {reason(exc)}; {RESUME}") from None
-        done = len(batch) or 1
+        started, done = True, len(batch)
         yield batch
 
 

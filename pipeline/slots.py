@@ -84,7 +84,7 @@ class Checkpointer:
     def __call__(self, records: int, at_end: bool) -> None:
         self.pending += records
         if at_end or self.pending >= self.every_records or (
-                time.monotonic() - self.last >= self.every_seconds):
+                self.pending and time.monotonic() - self.last >= self.every_seconds):
             self.save(complete=at_end)
 
     def save(self, complete: bool) -> bool:

@@ -100,6 +100,9 @@ class Env:
     stop: Any = field(default_factory=NeverSet)
     progress: Callable[[int, int], None] | None = None  # (bytes, lines) so far
     source: Callable[[], Input] | None = None  # segment > 0: an earlier reducer's results
+    # while following a growing input: called at every batch boundary with the records
+    # just finished and the task's stages, to emit the current result when it is time
+    tick: Callable[[int, list[Stage]], None] | None = None
 
 
 def run_task(spec: JobSpec, task: Any, env: Env | None = None) -> dict[str, Any]:
@@ -167,12 +170,16 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
         checkpointer(records, at_end)
         if env.progress is not None:
             env.progress(source.position(), source.counters().get("lines", 0))
-        if not at_end and env.stop.is_set():
+        if env.tick is not None and not at_end:
+            env.tick(records, stages)
+        if not at_end and env.stop.is_set() and not following:
             if spec.checkpoint:
                 checkpointer.save(complete=False)
             raise Stopped(source.counters().get("lines", 0))
 
+    following = getattr(source, "follower", None) is not None  # it ends when stopped
     ctx = Context(dead)
+    ctx.stop = env.stop
     try:
         run_tree(shape["trunk"], shape["branches"], ctx, on_barrier=hook)
     except RejectedLine as exc:

@@ -96,6 +96,9 @@ class FileInput(Input):
         self.lines_read = 0
         self.label: str | None = None  # the file named in rejects, when there are several
         self.follower: Follower | None = None  # the reader when following
+        if self.follow and "-" not in self.files:  # stdin is read to its end, as usual
+            self.follower = Follower([os.path.abspath(f) for f in self.files],
+                                     self.block_size, len(self.files) > 1)
 
     @property
     def resumable(self) -> bool:  # type: ignore[override]
@@ -120,7 +123,7 @@ class FileInput(Input):
         if "-" in self.files:
             return ([(0, 0, None)] if frontier is None else []), {"stdin": True}
         files = [self._file_state(i) for i in range(len(self.files))]
-        if self.follow:  # one reader of every file, open-ended: it never needs more ranges
+        if self.follower is not None:  # one open-ended reader of every file: one range
             return ([("follow", 0, None)] if frontier is None else []), {"files": files}
         out: list[tuple[int, int, int | None]] = []
         for i, now in enumerate(files):
@@ -211,10 +214,7 @@ class FileInput(Input):
         """A reader of one range that ranges() described."""
         i, start, end = where
         if i == "follow":
-            part = FileInput(path=[os.path.abspath(f) for f in self.files],
-                             block_size=self.block_size, follow=True)
-            part.follower = Follower(part.files, self.block_size, len(self.files) > 1)
-            return part
+            return FileInput(path=self.path, block_size=self.block_size, follow=True)
         path = self.files[i]
         if path != "-" and not is_url(path):
             path = os.path.abspath(path)  # Dask workers may run elsewhere
@@ -233,6 +233,11 @@ class FileInput(Input):
             size = (url_stat(f) if is_url(f) else self._stat_of(f)).st_size
             total += size * 8 if f.endswith((".gz", ".bz2")) else size
         return total
+
+    def open(self, ctx: Any) -> None:
+        super().open(ctx)
+        if self.follower is not None:  # a following read ends when the run is stopped
+            self.follower.stop = getattr(ctx, "stop", None)
 
     # -- state --------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -255,6 +260,8 @@ class FileInput(Input):
         return {"lines": self.lines_read}
 
     def identity(self) -> dict[str, Any]:
+        if self.follower is not None:  # growing files: their identity is in the state
+            return {"follow": [os.path.abspath(f) for f in self.files]}
         if not self.plain:
             return {"files": [self._file_identity(f) for f in self.files]}
         st = self._stat()
@@ -272,7 +279,11 @@ class FileInput(Input):
         return {"path": path if is_url(path) else os.path.abspath(path), "device": st.st_dev,
                 "inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
-    def resume_problem(self, saved: dict[str, Any], state: dict[str, int]) -> str | None:
+    def resume_problem(self, saved: dict[str, Any], state: dict[str, Any]) -> str | None:
+        if self.follower is not None:
+            if saved != self.identity() or "follow" not in state:
+                return "the input files changed"
+            return self.follower.problem(state["follow"])
         if not self.plain or "files" in saved:
             if "-" in self.files:
                 return "standard input cannot be re-read"

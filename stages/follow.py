@@ -32,6 +32,7 @@ class Follower:
         self.heads: list[Any] = [None] * n  # (device, inode, head length, head sha256)
         self.lines_read = 0
         self.sizes = [-1] * n           # last size seen, to re-check heads only on change
+        self.stop: Any = None           # the run's stop request: reading ends there
 
     # -- state ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -44,6 +45,20 @@ class Follower:
         self.heads = [tuple(h) if h else None for h in state["heads"]]
         self.lines_read = state["lines_read"]
 
+    def problem(self, state: dict[str, Any]) -> str | None:
+        """Why a saved state does not describe the files as they are now, or None."""
+        saved = Follower(self.files, self.block_size, self.label)
+        saved.restore(state)
+        try:
+            for i, path in enumerate(self.files):
+                if os.path.exists(path) or saved.heads[i] is not None:
+                    saved._check(i, os.stat(path))
+        except InputChanged as exc:
+            return str(exc)
+        except OSError:
+            return "an input file is gone"
+        return None
+
     def where(self) -> str:
         return ", ".join(f"{f} line {n:,} (byte {o:,})" if len(self.files) > 1
                          else f"line {n:,} (byte {o:,})"
@@ -51,15 +66,22 @@ class Follower:
 
     # -- reading --------------------------------------------------------------------
     def read(self) -> Iterator[Batch]:
-        while True:
+        """Until the run is stopped: then it ends like a file, after the batch in hand."""
+        while not self._stopping():
             fresh = False
             for i in range(len(self.files)):
                 for batch in self._new_lines(i):
                     fresh = True
                     yield batch
+                    if self._stopping():
+                        return
             if not fresh:
                 yield Batch()  # idle: the engine may checkpoint, emit or stop now
-                time.sleep(POLL_SECONDS)
+                if not self._stopping():
+                    time.sleep(POLL_SECONDS)
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     def _check(self, i: int, st: os.stat_result) -> None:
         """Raise InputChanged if file i is not the file (or the prefix) read so far."""

@@ -20,7 +20,8 @@ class SortedStdoutOutput(Output):
 
         - sorted-stdout-output: {}
 
-    Nothing is printed until the whole input has been consumed.
+    Nothing is printed until the whole input has been consumed. A followed run
+    (`--follow`) prints the whole summary at each emission, then one empty line.
     """
 
     name = "sorted-stdout-output"
@@ -34,4 +35,7 @@ class SortedStdoutOutput(Output):
         rows: list[Any] = []
         for batch in batches:
             rows.extend(batch)
-        write_stdout_text(self.stream or sys.stdout, format_summary(rows))
+        text = format_summary(rows)
+        if getattr(self.ctx, "emitting", False):
+            text += "\n"  # a live run prints a summary per emission: one empty line after each
+        write_stdout_text(self.stream or sys.stdout, text)
