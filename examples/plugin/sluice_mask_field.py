@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from pipeline import Batch, Option, Processor, positive
+from pipeline import SAME, Batch, Option, Processor, positive
 
 
 class MaskField(Processor):
@@ -18,6 +18,8 @@ class MaskField(Processor):
     """
 
     name = "mask-field"
+    accepts = ("object",)  # decoded JSON objects: json-decode with `schema: object`
+    produces = SAME        # it passes on the kind it was given
     options = (
         Option("field", str, doc="field to mask"),
         Option("keep", int, 4, "characters left visible at the end", check=positive),
