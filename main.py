@@ -24,8 +24,9 @@ from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_conf
 from pipeline.config import override_option
 from pipeline.describe import chain_text, graph_mermaid, graph_text, list_stages, show_stage
 from pipeline.errors import EXIT_USAGE, OutputClosed, PathError, reason, writable_problem
-from pipeline.job import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS, DEFAULT_MEMORY_MB,
-                          DEFAULT_STATE_DIR, Interrupted, JobOptions, run_job)
+from pipeline.job import Interrupted, run_job
+from pipeline.options import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS, DEFAULT_MEMORY_MB,
+                              DEFAULT_STATE_DIR, JobOptions)
 from pipeline.sidecar import run_tests
 from stages import builtin_stages
 

@@ -181,30 +181,24 @@ class CheckpointStore:
         tree = _replace(body, "", tail)
         seg = os.path.join(self.dir, seg_name)
         final = os.path.join(self.dir, f"checkpoint-{seq:08d}")
-        doing = ("create", "checkpoint directory", self.dir)
+        # a failure at any step is not a checkpoint: remove all of it, the renamed
+        # manifest too (its directory entry may not be durable), leaving the previous one
+        step = _Steps(seg, final + ".tmp", final)
         try:
-            make_private_dirs(self.dir)
-            if pieces:
-                doing = ("write", "checkpoint file", seg)
-                self._write_durably(seg, pieces)
-            manifest = pickle.dumps({"seq": seq, "tree": tree, "index": new_index}, 5)
-            doing = ("write", "checkpoint file", final + ".tmp")
-            self._write_durably(final + ".tmp",
-                                [MAGIC, hashlib.sha256(manifest).digest(), manifest])
-            doing = ("rename", "checkpoint file", final + ".tmp")
-            os.replace(final + ".tmp", final)
-            doing = ("sync", "checkpoint directory", self.dir)
-            _fsync_dir(self.dir)
-        except OSError as exc:
-            # Not a checkpoint: remove all of it, the renamed manifest too (its directory
-            # entry may not be durable), so what is on disk is the previous checkpoint.
-            for path in (seg, final + ".tmp", final):
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
-            verb, what, path = doing
-            raise CheckpointFailed(what, path, reason(exc), verb) from None
+            with step:
+                step("create", "checkpoint directory", self.dir)
+                make_private_dirs(self.dir)
+                if pieces:
+                    step("write", "checkpoint file", seg)
+                    self._write_durably(seg, pieces)
+                manifest = pickle.dumps({"seq": seq, "tree": tree, "index": new_index}, 5)
+                step("write", "checkpoint file", final + ".tmp")
+                self._write_durably(final + ".tmp",
+                                    [MAGIC, hashlib.sha256(manifest).digest(), manifest])
+                step("rename", "checkpoint file", final + ".tmp")
+                os.replace(final + ".tmp", final)
+                step("sync", "checkpoint directory", self.dir)
+                _fsync_dir(self.dir)
         finally:
             for piece in pieces:  # release the views so the arrays may grow again
                 if isinstance(piece, memoryview):
@@ -334,24 +328,42 @@ def write_json_atomic(path: str, value: Any) -> None:
     0600; CheckpointFailed (with the temp file removed) if it cannot."""
     tmp = path + ".tmp"
     directory = os.path.dirname(os.path.abspath(path))
-    doing = ("write", "checkpoint file", tmp)
-    try:
+    with (step := _Steps(tmp)):
+        step("write", "checkpoint file", tmp)
         with open(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w",
                   encoding="utf-8") as fh:
             json.dump(value, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        doing = ("rename", "checkpoint file", tmp)
+        step("rename", "checkpoint file", tmp)
         os.replace(tmp, path)
-        doing = ("sync", "checkpoint directory", directory)
+        step("sync", "checkpoint directory", directory)
         _fsync_dir(directory)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        verb, what, where = doing
-        raise CheckpointFailed(what, where, reason(exc), verb) from None
+
+
+class _Steps:
+    """The step of a durable write under way, named in CheckpointFailed if an OSError
+    ends it; the files given are removed then (what the failed write left)."""
+
+    def __init__(self, *leftovers: str):
+        self.leftovers = leftovers
+        self.doing = ("write", "checkpoint file", leftovers[0])
+
+    def __call__(self, verb: str, what: str, path: str) -> None:
+        self.doing = (verb, what, path)
+
+    def __enter__(self) -> "_Steps":
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if isinstance(exc, OSError):
+            for path in self.leftovers:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            verb, what, path = self.doing
+            raise CheckpointFailed(what, path, reason(exc), verb) from None
 
 
 def read_json(path: str) -> Any:

@@ -11,6 +11,7 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 1   # a rejected line under --strict
 EXIT_USAGE = 2       # bad command line, config, path, or a file that cannot be written
 EXIT_INTERRUPTED = 130
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # a run stopped by a signal
 EXIT_SIGPIPE = 141   # 128 + SIGPIPE: what a shell reports for a tool killed by SIGPIPE
 
 RESUME = "nothing is lost: once that is fixed, rerun the same command to resume from " \
@@ -118,3 +119,13 @@ def writable_problem(path: str) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"cannot create it: {parent} is not writable"
     return None
+
+
+class Interrupted(SluiceError):
+    """The run stopped on a signal after writing a checkpoint."""
+
+    def __init__(self, signal_name: str, lines: int):
+        self.signal_name = signal_name
+        self.exit_code = EXIT_CODES.get(signal_name, 130)
+        super().__init__(f"stopped by {signal_name} at line {lines:,}; rerun the same "
+                         f"command to resume")

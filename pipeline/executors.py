@@ -221,3 +221,15 @@ class LocalExecutor:
         for conn in self.conns:
             conn.close()
         self.procs, self.conns = [], []
+
+
+def make_executor(kind: str, workers: int, slot: str, stop: Any, scheduler: str | None
+                  ) -> Any:
+    """The executor a run asked for: Dask, N local workers, or this process."""
+    if kind == "dask":
+        from .dask_executor import DaskExecutor  # only where Dask is wanted
+
+        return DaskExecutor(scheduler, slot, stop)
+    if workers == 1:
+        return InlineExecutor(stop)
+    return LocalExecutor(workers, slot, stop)

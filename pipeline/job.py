@@ -1,155 +1,59 @@
 """One run of a configured pipeline: plan it, run its tasks, merge, report.
 
     chain without a reducer     one task in this process, reading the input in order
+                                (straight.py)
     chain with reducers         plan.py's segments: map tasks over input ranges, reduce
                                 tasks per bucket, then the tail here; on any executor
 
 Whatever runs the tasks, this module decides what is still to do after a resume, copies
-the rejected lines into the run's dead-letter file once, and builds the report.
+the rejected lines into the run's dead-letter file once, follows a growing input, and
+builds the report.
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
-import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from .budget import Budget, own_rss
 from .config import PipelineConfig
 from .deadletter import DeadLetter
-from .errors import InputError, SluiceError, reason
-from .keyed import KeyedReducer, captured, reduce_buckets, result_batches
-from .plan import Plan, layout, open_plan
-from .progress import Progress, chain_hooks
-from .runner import Context, run_stream, run_tree
-from .signals import NeverSet, StopRequest, Stopped, stop_on_signals
-from .slots import (Checkpointer, Notices, SlotLock, add_counters, collect_counters,
-                    open_slot, slot_dir)
-from .stage import Batch, Input, InputChanged, Kind, Stage
-from .tasks import (STATE_VERSION, Env, JobSpec, MapTask, finished_map, finished_reduce,
-                    leaf_position, load_state, run_task)
+from .errors import InputError, Interrupted, SluiceError, reason
+from .executors import make_executor
+from .keyed import KeyedReducer, captured, result_batches
+from .live import check_follow, emit
+from .options import (
+    DEFAULT_EMIT_SECONDS,
+    DEFAULT_MEMORY_MB,
+    JobOptions,
+    checkpoint_enabled,
+    every,
+)
+from .plan import layout, open_plan
+from .progress import Progress
+from .report import RunReport, stage_metrics
+from .runner import Context, run_stream
+from .signals import NeverSet, Stopped, StopRequest, stop_on_signals
+from .slots import Notices, SlotLock, add_counters, collect_counters, slot_dir
+from .stage import Batch, Input, InputChanged, Stage
+from .straight import run_straight
+from .tasks import (
+    STATE_VERSION,
+    Env,
+    JobSpec,
+    MapTask,
+    finished_map,
+    finished_reduce,
+    leaf_position,
+    load_state,
+    run_task,
+)
 
-DEFAULT_STATE_DIR = ".pipeline-state"
-DEFAULT_EVERY_RECORDS = 1_000_000
-DEFAULT_EVERY_SECONDS = 30.0
-DEFAULT_MEMORY_MB = 512
 MIN_PARTITION_BYTES = 32 << 20  # below this a default run stays in one process
-MAP_WORK_BYTES = 48 << 20       # a map task's batches and temporaries, besides its buffer
 MIN_TASK_BYTES = 256 << 10      # the smallest input range worth a map task
-DEFAULT_EMIT_SECONDS = 10.0     # --follow: how often the current result is shown
-SQUEEZE = "SLUICE_TEST_BUCKET_KB"  # tests only: the memory one bucket may use, in KiB
 
-
-@dataclass
-class JobOptions:
-    state_dir: str = DEFAULT_STATE_DIR
-    dead_letter: str | None = None   # default: STATE_DIR/dead_letter.jsonl
-    strict: bool = False
-    checkpoint: bool | None = None   # None: the config decides (default on)
-    every_records: int | None = None
-    every_seconds: float | None = None
-    fresh: bool = False
-    workers: int | None = None       # None: the config's `workers`, else one per CPU
-    memory_mb: int | None = None     # None: the config's `memory_mb`, else 512
-    emit_every: float | None = None  # --follow: seconds between emissions; None: config / 10
-    progress: bool = False           # draw a progress bar on stderr
-    executor: str | None = None      # "local" or "dask"; None: the config's, else local
-    scheduler: str | None = None     # dask scheduler address; None: a LocalCluster
-    partition_mb: int | None = None  # dask partition size
-    notify: Callable[[str], None] = lambda text: print(f"sluice: {text}", file=sys.stderr)
-
-    @property
-    def dead_letter_path(self) -> str:
-        return self.dead_letter or os.path.join(self.state_dir, "dead_letter.jsonl")
-
-
-@dataclass
-class RunReport:
-    counters: dict[str, int]
-    rejected: int
-    dead_letter: str
-    notices: list[str] = field(default_factory=list)
-    checkpoints: int = 0
-    state_bytes: int = 0
-    resumed_lines: int | None = None  # lines already counted by the checkpoint resumed
-    checkpoint_failures: int = 0  # checkpoints that could not be written (warned about)
-    stages: list[dict[str, Any]] = field(default_factory=list)  # per-stage metrics
-    phases: dict[str, float] = field(default_factory=dict)  # wall seconds of each phase
-
-    def stats_table(self) -> str:
-        """The per-stage metrics as an aligned text table (this run only)."""
-        w = max([24] + [len(m["stage"]) for m in self.stages])
-        head = (f"{'stage':<{w}} {'records in':>12} {'records out':>12} {'rejected':>9} "
-                f"{'seconds':>8}")
-        rows = [head] + [f"{m['stage']:<{w}} {m['records_in']:>12,} {m['records_out']:>12,} "
-                         f"{m['rejected']:>9,} {m['seconds']:>8.2f}" for m in self.stages]
-        if self.phases:
-            rows.append("wall seconds: " + ", ".join(f"{k} {v:.2f}"
-                                                     for k, v in self.phases.items()))
-        return "\n".join(rows)
-
-    def summary_line(self) -> str:
-        c = self.counters
-        lines = c.get("lines", 0)
-        read = f"{lines:,} lines read"
-        if self.resumed_lines is not None:
-            read += f" ({lines - self.resumed_lines:,} this run)"
-        parts = [read, f"{c.get('records', 0):,} records",
-                 f"{c.get('duplicates', 0):,} duplicates skipped"]
-        tail = f"rejected {self.rejected:,} of {lines:,} lines"
-        if self.rejected:
-            tail += f" (reasons in {self.dead_letter})"
-        return ", ".join(parts) + "; " + tail
-
-
-class Budget:
-    """How `--memory-mb` is shared: every process's interpreter, each worker's map
-    buffers and batches, and the bucket each worker reduces at a time."""
-
-    def __init__(self, memory_mb: int, workers: int, base_bytes: int):
-        total = memory_mb << 20
-        processes = workers + (1 if workers > 1 else 0)  # the workers and this process
-        self.per_worker = (total - processes * base_bytes) // workers
-        self.buffer_bytes = int(min(max(self.per_worker // 16, 1 << 20), 16 << 20))
-        self.reduce_bytes = int(self.per_worker * 0.75)
-        squeeze = os.environ.get(SQUEEZE)  # tests: tiny buckets exercise every spill path
-        if squeeze:
-            self.reduce_bytes = int(squeeze) << 10
-            self.buffer_bytes = min(self.buffer_bytes, max(self.reduce_bytes // 8, 4096))
-        self.workers, self.memory_mb, self.base_bytes = workers, memory_mb, base_bytes
-
-    @staticmethod
-    def fit(memory_mb: int, workers: int, base_bytes: int) -> "Budget":
-        """The budget for at most `workers` workers; fewer if they would not fit."""
-        while True:
-            budget = Budget(memory_mb, workers, base_bytes)
-            if budget.per_worker >= MAP_WORK_BYTES + budget.buffer_bytes:
-                return budget
-            if workers == 1:
-                need = (base_bytes + MAP_WORK_BYTES + (1 << 20)) / (1 << 20) + 1
-                raise SluiceError(f"--memory-mb {memory_mb} is too small: one process "
-                                  f"needs about {need:.0f} MB here")
-            workers -= 1
-
-
-def own_rss() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 48 << 20
-
-
-def checkpoint_enabled(cfg: PipelineConfig, opts: JobOptions) -> bool:
-    return opts.checkpoint if opts.checkpoint is not None else cfg.checkpoint.get("enabled", True)
-
-
-def _every(cfg: PipelineConfig, opts: JobOptions) -> tuple[int, float]:
-    return (opts.every_records or cfg.checkpoint.get("every_records", DEFAULT_EVERY_RECORDS),
-            opts.every_seconds or cfg.checkpoint.get("every_seconds", DEFAULT_EVERY_SECONDS))
 
 
 def default_workers(cfg: PipelineConfig, opts: JobOptions, source: Input) -> int:
@@ -170,18 +74,6 @@ def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
             raise Interrupted(request.signal or "SIGINT", exc.lines) from None
 
 
-class Interrupted(SluiceError):
-    """The run stopped on a signal after writing a checkpoint."""
-
-    def __init__(self, signal_name: str, lines: int):
-        from .signals import EXIT_CODES
-
-        self.signal_name = signal_name
-        self.exit_code = EXIT_CODES.get(signal_name, 130)
-        super().__init__(f"stopped by {signal_name} at line {lines:,}; rerun the same "
-                         f"command to resume")
-
-
 def _run(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunReport:
     stages = cfg.build()
     source = stages[0]
@@ -195,109 +87,15 @@ def _run(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRepo
     following = getattr(source, "follower", None) is not None
     segments, _ = layout(cfg)
     if following:
-        _check_follow(cfg, opts, segments)
+        check_follow(cfg, opts, segments)
     if not segments:  # no reducer on any path
         while True:
             try:
-                return _run_straight(cfg, opts, stages, notices, enabled, request)
+                return run_straight(cfg, opts, stages, notices, enabled, request)
             except InputChanged as exc:  # while following
                 notices.append(f"{exc} while it was followed; starting over")
                 opts.fresh, stages = True, cfg.build()
     return Job(cfg, opts, stages, notices, enabled, request).run()
-
-
-def _check_follow(cfg: PipelineConfig, opts: JobOptions, segments: list[Any]) -> None:
-    """A followed run is one process, with one reducer on each path."""
-    kind = opts.executor or cfg.executor.get("type", "local")
-    if kind == "dask":
-        raise SluiceError("--follow runs in one process: leave out --executor dask")
-    if (opts.workers or cfg.workers or 1) > 1:
-        raise SluiceError("--follow runs in one process: leave out -w/--workers (and "
-                          "`workers:` in the config), or set it to 1")
-    if any(seg.source is not None for seg in segments):
-        raise SluiceError("--follow takes at most one reducer on each path from the input "
-                          "to an output; this config has a reducer after another")
-
-
-def _run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
-                  notices: Notices, enabled: bool, request: StopRequest) -> RunReport:
-    """input -> processors -> output (or a fork's outputs), here, in input order."""
-    source = stages[0]
-    assert isinstance(source, Input)
-    dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)
-    header = {"version": STATE_VERSION, "config": cfg.identity(), "input": source.identity()}
-    checkpointer = None
-    resumed = None
-    bar = Progress(source.total_bytes(), opts.progress)
-
-    def show(records: int, at_end: bool) -> None:
-        src = stages[0]  # open_slot may have rebuilt the stages
-        bar.update(src.position(), src.counters().get("lines", 0), force=at_end)  # type: ignore[attr-defined]
-        if request.is_set() and not at_end and getattr(src, "follower", None) is None:
-            if checkpointer is not None:
-                checkpointer.save(complete=False)
-            raise Stopped(src.counters().get("lines", 0))
-    ctx = Context(dead)
-    ctx.stop = request
-
-    def run(on_barrier: Any) -> None:
-        trunk = [stages[i] for i in cfg.trunk]
-        branches = {name: [stages[i] for i in idx] for name, idx in cfg.branches.items()}
-        run_tree(trunk, branches, ctx, on_barrier=on_barrier)
-    try:
-        if enabled:
-            with SlotLock(slot_dir(opts.state_dir, cfg, source)) as slot:
-                built, store, resumed = open_slot(slot, cfg.build, header, dead, notices,
-                                                  opts.fresh)
-                stages[:] = built
-                saved = dead.first_saved() if dead.count else None
-                if saved is not None:
-                    dead.refuse_if_strict(saved)
-                checkpointer = Checkpointer(store, stages, dead, header, *_every(cfg, opts),
-                                            warn=lambda text: notices.append(f"warning: {text}"))
-                ctx.checkpoint = lambda: checkpointer.save(complete=False)  # on EPIPE
-                run(chain_hooks(checkpointer, show))
-        else:
-            dead.start(0)
-            run(show)
-    finally:
-        bar.close()
-        dead.close()
-    metrics = [m.as_dict() for m in ctx.meters]
-    for name, meters in ctx.branch_meters.items():
-        metrics += [{**m.as_dict(), "stage": f"{name}/{m.name}"} for m in meters]
-    report = RunReport(collect_counters(stages), dead.count, dead.path, list(notices),
-                       resumed_lines=resumed, stages=stage_metrics(metrics, dead))
-    if checkpointer is not None:
-        report.checkpoints = checkpointer.count
-        report.checkpoint_failures = checkpointer.failures
-        report.state_bytes = checkpointer.store.size_bytes()
-    return report
-
-
-def stage_metrics(meters: list[dict[str, Any]], dead: DeadLetter) -> list[dict[str, Any]]:
-    out = []
-    for m in meters:
-        d = dict(m)
-        d["rejected"] = dead.by_stage.get(d["stage"], 0)
-        out.append(d)
-    return out
-
-
-def make_executor(kind: str, workers: int, slot: str, request: StopRequest,
-                  opts: JobOptions, cfg: PipelineConfig) -> Any:
-    if kind == "dask":
-        from .dask_executor import DaskExecutor
-
-        ex = cfg.executor
-        return DaskExecutor(opts.scheduler or ex.get("scheduler"), slot, request)
-    if workers == 1:
-        from .executors import InlineExecutor
-
-        return InlineExecutor(request)
-    from .executors import LocalExecutor
-
-    return LocalExecutor(workers, slot, request)
 
 
 class Job:
@@ -363,7 +161,7 @@ class Job:
                 raise (SluiceError if state else InputError)(
                     f"cannot {'use saved state' if state else 'read input'} "
                     f"{exc.filename!r}: {reason(exc)}") from None
-            every_r, every_s = _every(cfg, opts)
+            every_r, every_s = every(cfg, opts)
             spec = JobSpec(cfg, work, {"version": STATE_VERSION, "config": cfg.identity(),
                                        "input": None},
                            strict=opts.strict, checkpoint=self.enabled, every_records=every_r,
@@ -373,7 +171,8 @@ class Job:
             workers = budget.workers if len(plan.map_tasks(0)) > 1 else 1
             # a followed run ends on a stop request with its final result: nothing stops that
             executor = make_executor(kind, workers, work,
-                                     NeverSet() if self.following else self.request, opts, cfg)
+                                     NeverSet() if self.following else self.request,
+                                     opts.scheduler or cfg.executor.get("scheduler"))
             try:
                 executor.start(spec)
                 self.spec, self.executor, self.plan = spec, executor, plan
@@ -610,42 +409,8 @@ class Job:
         """At a batch boundary of the followed map task: emit if it is time."""
         self.unemitted += records
         if self.unemitted and time.monotonic() - self.last_emit >= self.emit_every:
-            self._emit(stages)
-
-    def _emit(self, stages: list[Stage]) -> None:
-        """Show the current result: every reducer's state so far, reduced afresh (its
-        state is not changed), through the tails to the outputs, which replace what they
-        showed last time."""
-        task, seg = self.plan.map_tasks(0)[0], self.plan.segments[0]
-        for stage in stages:
-            if isinstance(stage, KeyedReducer) and stage.spill is not None:
-                stage.spill.mark(durable=False)  # every row so far readable on disk
-        scratch = os.path.join(self.spec.slot, "emit")
-        shutil.rmtree(scratch, ignore_errors=True)
-        streams: dict[tuple[int, int], Callable[[], Iterator[Batch]]] = {}
-        for j, leaf in enumerate(seg.leaves):
-            if leaf.stage is None:
-                streams[(0, j)] = lambda j=j: captured([task.leaf_dir(j)])
-                continue
-            stage = self.cfg.stages[leaf.stage].build()
-            if not isinstance(stage, KeyedReducer):  # a copy of the live state, finished
-                stage.restore(pickle.loads(pickle.dumps(
-                    stages[leaf_position(task, j)].snapshot())))
-                streams[(0, j)] = stage.finish  # type: ignore[attr-defined]
-                continue
-            stage.nbuckets = self.plan.nbuckets(0, j)
-            inputs = [task.leaf_dir(j)]
-            for phase in range(stage.phases):
-                inputs.append(os.path.join(scratch, f"r{j}-{phase}"))
-                reduce_buckets(stage, phase, range(stage.nbuckets), inputs[:-1], inputs[-1],
-                               self.spec.reduce_bytes)
-            streams[(0, j)] = (lambda stage=stage, last=inputs[-1]:
-                               result_batches(stage, [last], stage.nbuckets))
-        quiet = DeadLetter(None)  # the tail's rejects are kept by the final run only
-        for tail in self.plan.tails:
-            self._tail(tail, streams.pop(tail.source), quiet, emitting=True)
-        shutil.rmtree(scratch, ignore_errors=True)
-        self.unemitted, self.last_emit = 0, time.monotonic()
+            emit(self, stages)
+            self.unemitted, self.last_emit = 0, time.monotonic()
 
 
 def _append_rejects(path: str, dead: DeadLetter, line_base: int | None) -> None:

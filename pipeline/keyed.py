@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Iterable, Iterator
 
 import numpy as np
 
+from . import keys
 from .signals import Stopped
 from .spill import Sets, SpillReader, SpillWriter
 from .stage import SAME, Batch, Reducer
@@ -69,6 +70,14 @@ class ReduceIO:
 
     def count(self, name: str, n: int) -> None:
         self.counters[name] = self.counters.get(name, 0) + int(n)
+
+    def strings(self, name: str, bucket: int) -> keys.StringTable:
+        """The long strings `keep_longs()` put in set `name` for this bucket, checked:
+        one digest never stands for two strings."""
+        table = keys.StringTable()
+        for frame in self.frames(name, bucket):
+            table.add(((w0, w1), text) for w0, w1, text in frame)
+        return table
 
 
 class KeyedReducer(Reducer):
@@ -113,6 +122,19 @@ class KeyedReducer(Reducer):
             self._scratch = tempfile.mkdtemp(prefix=f"sluice-{self.name}-")
             self.configure(os.path.join(self._scratch, "map"), self.nbuckets)
         return self.spill  # type: ignore[return-value]
+
+    def keep_longs(self, name: str, words: np.ndarray, tags: np.ndarray,
+                   longs: dict[tuple[int, int], str], buckets: np.ndarray) -> None:
+        """Spill the strings behind this batch's LONG keys (a LONG key is a digest) to
+        set `name`, each to the bucket its row went to; `io.strings()` reads them back."""
+        if not longs:
+            return
+        by_bucket: dict[int, list[tuple[int, int, str]]] = {}
+        for i in np.flatnonzero(tags == keys.LONG).tolist():
+            key = (int(words[i, 0]), int(words[i, 1]))
+            by_bucket.setdefault(int(buckets[i]), []).append((*key, longs[key]))
+        for b, items in by_bucket.items():
+            self._writer().add_objects(name, b, items)
 
     def orders(self, n: int) -> np.ndarray:
         """Order keys for the next n rows, in arrival (= file) order."""

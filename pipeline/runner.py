@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from .errors import RESUME, InputError, OutputClosed, reason
-from .stage import Batch, Input, Kind, Output, Stage
+from .stage import Batch, Input, Output, Stage
 
 
 class Meter:

@@ -33,7 +33,8 @@ import yaml
 
 from .config import load_config, override_option
 from .errors import ConfigError, SluiceError
-from .job import JobOptions, run_job
+from .job import run_job
+from .options import JobOptions
 from .registry import Registry
 
 

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+from .errors import EXIT_CODES
 
 
 class Stopped(Exception):

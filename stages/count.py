@@ -50,19 +50,14 @@ class Count(KeyedReducer):
         rows["w0"], rows["w1"], rows["tag"] = words[:, 0], words[:, 1], tags
         rows["n"] = list(counts.values())
         buckets = keys.bucket_of(keys.mix(words[:, 0], words[:, 1], tags), self.nbuckets)
-        spill = self._writer()
-        spill.add("counts", buckets, rows)
-        for i in np.flatnonzero(tags == keys.LONG).tolist():
-            key = (int(words[i, 0]), int(words[i, 1]))
-            spill.add_objects("longs", int(buckets[i]), [(*key, longs[key])])
+        self._writer().add("counts", buckets, rows)
+        self.keep_longs("longs", words, tags, longs, buckets)
 
     def reduce(self, phase: int, bucket: int, io: ReduceIO) -> Iterable[tuple[Any, Any]]:
         rows = io.read("counts", bucket)
         if not len(rows):
             return []
-        strings = keys.StringTable()
-        for frame in io.frames("longs", bucket):
-            strings.add(((w0, w1), s) for w0, w1, s in frame)
+        strings = io.strings("longs", bucket)
         w0, w1, tag = rows["w0"], rows["w1"], rows["tag"]
         gid, ngroups, firsts = keys.groups(keys.mix(w0, w1, tag), w0, w1, tag)
         totals = np.zeros(ngroups, np.uint64)

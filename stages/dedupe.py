@@ -72,18 +72,14 @@ class Dedupe(KeyedReducer):
         spill.add("keys", buckets, rows)
         for b in np.unique(buckets).tolist():  # the same order within a bucket as `add`
             spill.add_objects("records", b, [batch[i] for i in np.flatnonzero(buckets == b)])
-        for i in np.flatnonzero((tags == keys.LONG) & np.array(present)).tolist():
-            key = (int(words[i, 0]), int(words[i, 1]))
-            spill.add_objects("longs", int(buckets[i]), [(*key, longs[key])])
+        self.keep_longs("longs", words, tags, longs, buckets)
 
     def reduce(self, phase: int, bucket: int, io: ReduceIO) -> Iterable[tuple[Any, Any]]:
         rows = io.read("keys", bucket)
         if not len(rows):
             return []
         records = io.read("records", bucket)
-        strings = keys.StringTable()
-        for frame in io.frames("longs", bucket):
-            strings.add(((w0, w1), s) for w0, w1, s in frame)
+        io.strings("longs", bucket)  # refuses two values with one digest
         w0, w1, tag = rows["w0"], rows["w1"], rows["tag"]
         keep = tag == NO_KEY
         keyed = np.flatnonzero(~keep)

@@ -46,6 +46,8 @@ def _step(value: Any, name: str, cache: dict[type, str | None]) -> Any:
             tag = cls.__struct_config__.tag_field
             if tag == name:
                 attr = "__tag__"
+        elif hasattr(value, name) and not isinstance(value, (str, bytes, list, tuple)):
+            attr = name
         cache[cls] = attr
     if attr is None:
         return _MISSING
@@ -64,27 +66,9 @@ def getter(field: str) -> Callable[[Any], Any]:
         cache: dict[type, str | None] = {}
 
         def get(record: Any) -> Any:
-            if isinstance(record, dict):
+            if isinstance(record, dict):  # the common case, without a call
                 return record.get(field, _MISSING)
-            cls = type(record)
-            attr = cache.get(cls, "")
-            if attr == "":
-                attr = None
-                if isinstance(record, msgspec.Struct):
-                    for f in msgspec.structs.fields(cls):
-                        if f.encode_name == field:
-                            attr = f.name
-                    tag = cls.__struct_config__.tag_field
-                    if tag == field:
-                        attr = "__tag__"
-                elif hasattr(record, field):
-                    attr = field
-                cache[cls] = attr
-            if attr is None:
-                return _MISSING
-            if attr == "__tag__":
-                return cls.__struct_config__.tag
-            return getattr(record, attr)
+            return _step(record, field, cache)
 
         return get
 

@@ -42,16 +42,6 @@ ID_ROW_BYTES = 96  # memory per id row while duplicates are found
 KIND, SITE_TAG, FROM_TAG = 0, 2, 4
 
 
-def _route_longs(longs: dict[tuple[int, int], str], words: np.ndarray, tags: np.ndarray,
-                 buckets: np.ndarray) -> dict[int, list[tuple[int, int, str]]]:
-    """The long strings of a batch, grouped by the bucket their rows went to."""
-    out: dict[int, list[tuple[int, int, str]]] = {}
-    for i in np.flatnonzero(tags == keys.LONG).tolist():
-        key = (int(words[i, 0]), int(words[i, 1]))
-        out.setdefault(int(buckets[i]), []).append((*key, longs[key]))
-    return out
-
-
 def _encode_sites(sites: list[Any]) -> tuple[np.ndarray, np.ndarray, dict]:
     """Keys of site ids (an int is its decimal string); few distinct ones per batch."""
     distinct = list(dict.fromkeys(sites))
@@ -59,13 +49,6 @@ def _encode_sites(sites: list[Any]) -> tuple[np.ndarray, np.ndarray, dict]:
     words, tags, longs = keys.encode([s if type(s) is str else str(s) for s in distinct])
     pick = np.fromiter(map(index.__getitem__, sites), np.int64, len(sites))
     return words[pick], tags[pick], longs
-
-
-def _strings(io: ReduceIO, name: str, bucket: int) -> keys.StringTable:
-    table = keys.StringTable()
-    for frame in io.frames(name, bucket):
-        table.add(((w0, w1), s) for w0, w1, s in frame)
-    return table
 
 
 class SiteStateReducer(KeyedReducer):
@@ -125,14 +108,9 @@ class SiteStateReducer(KeyedReducer):
         rows["code"] = np.array(kinds, np.uint8) | (stag << SITE_TAG) | (ftag << FROM_TAG)
         spill.add("ids", ib, ids)
         spill.add("sites", sb, rows)
-        if ilong:
-            for b, items in _route_longs(ilong, iw, itag, ib).items():
-                spill.add_objects("id_longs", b, items)
-        if slong or flong:
-            for w, t, table in ((sw, stag, slong), (fw, ftag, flong)):
-                if table:
-                    for b, items in _route_longs(table, w, t, sb).items():
-                        spill.add_objects("site_longs", b, items)
+        self.keep_longs("id_longs", iw, itag, ilong, ib)
+        self.keep_longs("site_longs", sw, stag, slong, sb)
+        self.keep_longs("site_longs", fw, ftag, flong, sb)
         self.rows += n
 
     # -- reduce side ------------------------------------------------------------------
@@ -144,7 +122,7 @@ class SiteStateReducer(KeyedReducer):
 
     def _drop_duplicates(self, bucket: int, io: ReduceIO) -> None:
         """First id in file order wins: send the order keys of the rest to their site."""
-        _strings(io, "id_longs", bucket)  # refuses two ids with one digest
+        io.strings("id_longs", bucket)  # refuses two ids with one digest
         rows = io.nbytes("ids", bucket) // ID_ROW.itemsize
         if rows * ID_ROW_BYTES <= io.memory_bytes:
             _drop_later(io.read("ids", bucket), io)
@@ -166,7 +144,7 @@ class SiteStateReducer(KeyedReducer):
 
     def _summarize(self, bucket: int, io: ReduceIO) -> list[tuple[str, tuple]]:
         drops = np.sort(io.read("drops", bucket))
-        strings = _strings(io, "site_longs", bucket)
+        strings = io.strings("site_longs", bucket)
         rows = io.nbytes("sites", bucket) // SITE_ROW.itemsize
         if rows * self.reduce_row_bytes <= io.memory_bytes:
             return _summarize_rows(_kept(io.read("sites", bucket), drops), strings)

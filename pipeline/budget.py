@@ -1,0 +1,47 @@
+"""The memory budget (`--memory-mb`): how it is shared between processes and jobs."""
+from __future__ import annotations
+
+import os
+
+from .errors import SluiceError
+
+MAP_WORK_BYTES = 48 << 20       # a map task's batches and temporaries, besides its buffer
+SQUEEZE = "SLUICE_TEST_BUCKET_KB"  # tests only: the memory one bucket may use, in KiB
+
+
+class Budget:
+    """How `--memory-mb` is shared: every process's interpreter, each worker's map
+    buffers and batches, and the bucket each worker reduces at a time."""
+
+    def __init__(self, memory_mb: int, workers: int, base_bytes: int):
+        total = memory_mb << 20
+        processes = workers + (1 if workers > 1 else 0)  # the workers and this process
+        self.per_worker = (total - processes * base_bytes) // workers
+        self.buffer_bytes = int(min(max(self.per_worker // 16, 1 << 20), 16 << 20))
+        self.reduce_bytes = int(self.per_worker * 0.75)
+        squeeze = os.environ.get(SQUEEZE)  # tests: tiny buckets exercise every spill path
+        if squeeze:
+            self.reduce_bytes = int(squeeze) << 10
+            self.buffer_bytes = min(self.buffer_bytes, max(self.reduce_bytes // 8, 4096))
+        self.workers, self.memory_mb, self.base_bytes = workers, memory_mb, base_bytes
+
+    @staticmethod
+    def fit(memory_mb: int, workers: int, base_bytes: int) -> "Budget":
+        """The budget for at most `workers` workers; fewer if they would not fit."""
+        while True:
+            budget = Budget(memory_mb, workers, base_bytes)
+            if budget.per_worker >= MAP_WORK_BYTES + budget.buffer_bytes:
+                return budget
+            if workers == 1:
+                need = (base_bytes + MAP_WORK_BYTES + (1 << 20)) / (1 << 20) + 1
+                raise SluiceError(f"--memory-mb {memory_mb} is too small: one process "
+                                  f"needs about {need:.0f} MB here")
+            workers -= 1
+
+
+def own_rss() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 48 << 20

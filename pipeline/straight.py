@@ -1,0 +1,79 @@
+"""A run without a reducer: one process reads the input in order, through the
+processors (and a fork's branches) to the outputs, checkpointing as it goes."""
+from __future__ import annotations
+
+from typing import Any
+
+from .config import PipelineConfig
+from .deadletter import DeadLetter
+from .options import JobOptions, every
+from .progress import Progress, chain_hooks
+from .report import RunReport, stage_metrics
+from .runner import Context, run_tree
+from .signals import Stopped, StopRequest
+from .slots import (
+    Checkpointer,
+    Notices,
+    SlotLock,
+    collect_counters,
+    open_slot,
+    slot_dir,
+)
+from .stage import Input, Stage
+from .tasks import STATE_VERSION
+
+
+def run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
+                 notices: Notices, enabled: bool, request: StopRequest) -> RunReport:
+    """input -> processors -> output (or a fork's outputs), here, in input order."""
+    source = stages[0]
+    assert isinstance(source, Input)
+    dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)
+    header = {"version": STATE_VERSION, "config": cfg.identity(), "input": source.identity()}
+    checkpointer = None
+    resumed = None
+    bar = Progress(source.total_bytes(), opts.progress)
+
+    def show(records: int, at_end: bool) -> None:
+        src = stages[0]  # open_slot may have rebuilt the stages
+        bar.update(src.position(), src.counters().get("lines", 0), force=at_end)  # type: ignore[attr-defined]
+        if request.is_set() and not at_end and getattr(src, "follower", None) is None:
+            if checkpointer is not None:
+                checkpointer.save(complete=False)
+            raise Stopped(src.counters().get("lines", 0))
+    ctx = Context(dead)
+    ctx.stop = request
+
+    def run(on_barrier: Any) -> None:
+        trunk = [stages[i] for i in cfg.trunk]
+        branches = {name: [stages[i] for i in idx] for name, idx in cfg.branches.items()}
+        run_tree(trunk, branches, ctx, on_barrier=on_barrier)
+    try:
+        if enabled:
+            with SlotLock(slot_dir(opts.state_dir, cfg, source)) as slot:
+                built, store, resumed = open_slot(slot, cfg.build, header, dead, notices,
+                                                  opts.fresh)
+                stages[:] = built
+                saved = dead.first_saved() if dead.count else None
+                if saved is not None:
+                    dead.refuse_if_strict(saved)
+                checkpointer = Checkpointer(store, stages, dead, header, *every(cfg, opts),
+                                            warn=lambda text: notices.append(f"warning: {text}"))
+                ctx.checkpoint = lambda: checkpointer.save(complete=False)  # on EPIPE
+                run(chain_hooks(checkpointer, show))
+        else:
+            dead.start(0)
+            run(show)
+    finally:
+        bar.close()
+        dead.close()
+    metrics = [m.as_dict() for m in ctx.meters]
+    for name, meters in ctx.branch_meters.items():
+        metrics += [{**m.as_dict(), "stage": f"{name}/{m.name}"} for m in meters]
+    report = RunReport(collect_counters(stages), dead.count, dead.path, list(notices),
+                       resumed_lines=resumed, stages=stage_metrics(metrics, dead))
+    if checkpointer is not None:
+        report.checkpoints = checkpointer.count
+        report.checkpoint_failures = checkpointer.failures
+        report.state_bytes = checkpointer.store.size_bytes()
+    return report
