@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import ROOT, SUMMARY, cli, generate
-from reference import summarize
+from reference import parse, summarize
 
 MAIN = str(ROOT / "main.py")
 
@@ -210,3 +210,32 @@ def test_stdin_with_follow_reads_to_its_end(tmp_path):
     p = cli("-c", SUMMARY, "-f", "-", "--state-dir", str(tmp_path), "--follow", stdin=sample)
     assert p.returncode == 0
     assert p.stdout == (ROOT / "tests" / "data" / "sample" / "expected.txt").read_text()
+
+
+def test_a_file_output_after_a_reducer_is_replaced_at_each_emission(lines, tmp_path):
+    """csv-output after a reducer rewrites its whole file, atomically, each time."""
+    cfg = tmp_path / "types.yaml"
+    cfg.write_text("pipeline:\n  - file-input: {path: x}\n  - json-decode\n"
+                   "  - count: {field: type}\n  - csv-output: {path: types.csv, columns: [t, n]}\n"
+                   "emit: {every_seconds: 0.3}\n")
+    log, csv = tmp_path / "live.jsonl", tmp_path / "types.csv"
+    log.write_bytes(b"\n".join(lines[:400]) + b"\n")
+
+    def counted(n):
+        counts = {}
+        for line in lines[:n]:
+            rec = parse(line)
+            if rec is not None:
+                counts[rec["type"]] = counts.get(rec["type"], 0) + 1
+        return "t,n\n" + "".join(f"{k},{v}\n" for k, v in sorted(counts.items()))
+    proc = subprocess.Popen([sys.executable, MAIN, "-c", str(cfg), "-f", str(log),
+                             "--state-dir", str(tmp_path / "s"), "--follow"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert wait_for(lambda: csv.exists() and csv.read_text() == counted(400))
+    append(log, b"\n".join(lines[400:1200]) + b"\n")
+    assert wait_for(lambda: csv.read_text() == counted(1200))
+    assert not (tmp_path / "types.csv.partial").exists()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert csv.read_text() == counted(1200)
