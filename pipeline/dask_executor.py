@@ -135,7 +135,8 @@ class DaskExecutor:
             raise Stopped(done_lines)
         return results
 
-    def _raise_first(self, futures: list[Any], tasks: list[Any], i: int, exc: BaseException) -> None:
+    def _raise_first(self, futures: list[Any], tasks: list[Any], i: int,
+                     exc: BaseException) -> None:
         """Let the tasks before the failed one finish: one of them may fail earlier."""
         from distributed import wait
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .config import PipelineConfig, _type_name, edge_kinds
+from .config import PipelineConfig, _type_name
+from .contracts import edge_kinds
 from .registry import Registry
 from .stage import SAME, Stage
 

@@ -11,7 +11,6 @@ builds the report.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -33,7 +32,7 @@ from .options import (
 )
 from .plan import layout, open_plan
 from .progress import Progress
-from .report import RunReport, stage_metrics
+from .report import RunReport, append_rejects, copy_rejects, resume_notice, stage_metrics
 from .runner import Context, run_stream
 from .signals import NeverSet, Stopped, StopRequest, stop_on_signals
 from .slots import Notices, SlotLock, add_counters, collect_counters, slot_dir
@@ -253,7 +252,7 @@ class Job:
             self._warn_tasks([result])
             self.counters = add_counters(self.counters, result["counters"])
             self._task_meters(tasks[0], result, with_source=True)
-            self._copy_rejects(tasks, [result], dead)
+            copy_rejects(tasks, [result], dead)
             resumed = result["resumed_lines"]
             if resumed is not None:
                 self.notices.append(f"resumed at {result['resumed_at']}")
@@ -271,51 +270,17 @@ class Job:
         self._warn_tasks(fresh)
         it = iter(fresh)
         results = [r if r is not None else next(it) for r in results]
-        resumed = self._resume_notice(tasks, results, pending)
+        text, resumed = resume_notice(tasks, results, pending)
+        if text:
+            self.notices.append(text)
         for task, r in zip(tasks, results):
             self.counters = add_counters(self.counters, r["counters"])
             for n in r.get("notices", []):
                 if t_is_reportable(n):
                     self.notices.append(n)
             self._task_meters(task, r, with_source=True)
-        self._copy_rejects(tasks, results, dead)
+        copy_rejects(tasks, results, dead)
         return resumed
-
-    def _resume_notice(self, tasks: list[MapTask], results: list[dict[str, Any]],
-                       pending: list[MapTask]) -> int | None:
-        """Say what a resumed run skips; the lines read before this run, or None."""
-        ran = {t.index for t in pending}
-        done = [r for t, r in zip(tasks, results) if t.index not in ran]
-        midway = [r for t, r in zip(tasks, results)
-                  if t.index in ran and r["resumed_lines"] is not None]
-        if not done and not midway:
-            return None
-        if len(tasks) == 1:
-            r = results[0]
-            at = r["where"] if done else r["resumed_at"]
-            self.notices.append(f"resumed at {at}" + (
-                " (already complete: nothing new to read)" if done else ""))
-        elif not pending:
-            self.notices.append(f"resumed: all {len(tasks)} map tasks had finished "
-                                f"(nothing new to read)")
-        else:
-            parts = []
-            if midway:
-                parts.append(f"{len(midway)} of {len(tasks)} map tasks at "
-                             + ", ".join(r["resumed_at"] for r in midway))
-            if done:
-                parts.append(f"{len(done)} of {len(tasks)} had finished")
-            self.notices.append("resumed " + "; ".join(parts))
-        return sum(r["lines"] for r in done) + sum(r["resumed_lines"] for r in midway)
-
-    def _copy_rejects(self, tasks: list[MapTask], results: list[dict[str, Any]],
-                      dead: DeadLetter) -> None:
-        """Each map task's rejected lines, in task order, with absolute line numbers."""
-        base: dict[Any, int] = {}
-        for task, r in zip(tasks, results):
-            f = task.where[0] if isinstance(task.where, (list, tuple)) else 0
-            _append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), dead, base.get(f, 0))
-            base[f] = base.get(f, 0) + r["lines"]
 
     def _map_later(self, seg: Any, source: Callable[[], Iterator[Batch]],
                    dead: DeadLetter) -> None:
@@ -334,7 +299,7 @@ class Job:
             self._warn_tasks([result])
         self.counters = add_counters(self.counters, result["counters"])
         self._task_meters(task, result, with_source=False)
-        _append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), dead, None)
+        append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), dead, None)
 
     def _finish(self, seg: Any, j: int, leaf: Any, budget: Budget
                 ) -> Callable[[], Iterator[Batch]]:
@@ -411,19 +376,6 @@ class Job:
         if self.unemitted and time.monotonic() - self.last_emit >= self.emit_every:
             emit(self, stages)
             self.unemitted, self.last_emit = 0, time.monotonic()
-
-
-def _append_rejects(path: str, dead: DeadLetter, line_base: int | None) -> None:
-    """Copy a task's rejected lines into the run's dead-letter file."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb") as fh:
-        for raw in fh:
-            entry = json.loads(raw)
-            if line_base is not None and entry.get("line") is not None:
-                entry["line"] += line_base
-            dead.refuse_if_strict(entry)  # a resumed --strict run meets it here
-            dead.append_entry(entry)
 
 
 def t_is_reportable(notice: str) -> bool:

@@ -1,10 +1,13 @@
-"""What a run reports: counts, rejects, per-stage metrics, phase times."""
+"""What a run reports: counts, rejects, per-stage metrics, phase times, what it resumed."""
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from .deadletter import DeadLetter
+from .tasks import MapTask
 
 
 @dataclass
@@ -53,3 +56,54 @@ def stage_metrics(meters: list[dict[str, Any]], dead: DeadLetter) -> list[dict[s
         d["rejected"] = dead.by_stage.get(d["stage"], 0)
         out.append(d)
     return out
+
+
+def resume_notice(tasks: list[MapTask], results: list[dict[str, Any]],
+                  pending: list[MapTask]) -> tuple[str | None, int | None]:
+    """What a resumed run skips, in words (None: it resumed nothing), and the lines
+    read before this run (None if none)."""
+    ran = {t.index for t in pending}
+    done = [r for t, r in zip(tasks, results) if t.index not in ran]
+    midway = [r for t, r in zip(tasks, results)
+              if t.index in ran and r["resumed_lines"] is not None]
+    if not done and not midway:
+        return None, None
+    if len(tasks) == 1:
+        r = results[0]
+        at = r["where"] if done else r["resumed_at"]
+        text = f"resumed at {at}" + (" (already complete: nothing new to read)"
+                                     if done else "")
+    elif not pending:
+        text = f"resumed: all {len(tasks)} map tasks had finished (nothing new to read)"
+    else:
+        parts = []
+        if midway:
+            parts.append(f"{len(midway)} of {len(tasks)} map tasks at "
+                         + ", ".join(r["resumed_at"] for r in midway))
+        if done:
+            parts.append(f"{len(done)} of {len(tasks)} had finished")
+        text = "resumed " + "; ".join(parts)
+    return text, sum(r["lines"] for r in done) + sum(r["resumed_lines"] for r in midway)
+
+
+def copy_rejects(tasks: list[MapTask], results: list[dict[str, Any]], dead: DeadLetter
+                 ) -> None:
+    """Each map task's rejected lines, in task order, with absolute line numbers."""
+    base: dict[Any, int] = {}
+    for task, r in zip(tasks, results):
+        f = task.where[0] if isinstance(task.where, (list, tuple)) else 0
+        append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), dead, base.get(f, 0))
+        base[f] = base.get(f, 0) + r["lines"]
+
+
+def append_rejects(path: str, dead: DeadLetter, line_base: int | None) -> None:
+    """Copy a task's rejected lines into the run's dead-letter file."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as fh:
+        for raw in fh:
+            entry = json.loads(raw)
+            if line_base is not None and entry.get("line") is not None:
+                entry["line"] += line_base
+            dead.refuse_if_strict(entry)  # a resumed --strict run meets it here
+            dead.append_entry(entry)

@@ -197,7 +197,8 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
                                        collect_counters([s for s in leaves
                                                          if isinstance(s, KeyedReducer)])),
               "lines": source.counters().get("lines", 0), "resumed_lines": resumed,
-              "where": source.where(), "resumed_at": resumed_at, "notices": notices, "rejected": dead.count,
+              "where": source.where(), "resumed_at": resumed_at, "notices": notices,
+              "rejected": dead.count,
               "meters": [m.as_dict() for m in ctx.meters], "checkpoints": checkpointer.count,
               "branch_meters": {b: [m.as_dict() for m in ms]
                                 for b, ms in ctx.branch_meters.items()},

@@ -258,7 +258,7 @@ def test_timestamps_that_are_not_round_decimals(run):
 
 def test_lexsort_fallback_gives_the_same_answer(run, monkeypatch):
     """The (group, time) composite key and its lexsort fallback agree."""
-    import stages.site_state_reducer as ssr
+    import stages.site_timeline as ssr
     lines = [rec(U.format(1), "status", "1", "o", 10, "online"),
              rec(U.format(2), "status", "1", "o", 10, "offline"),
              rec(U.format(3), "status", "1", "p", 5, "online"),
