@@ -2,33 +2,12 @@
 from . import keys
 from .checkpoint import AppendOnly, unwrap
 from .config import PipelineConfig, load_config, parse_config
-from .errors import (
-                     EXIT_BAD_INPUT,
-                     EXIT_INTERRUPTED,
-                     EXIT_OK,
-                     EXIT_USAGE,
-                     ConfigError,
-                     InputError,
-                     RejectedLine,
-                     SluiceError,
-)
+from .errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
+                     InputError, RejectedLine, SluiceError)
 from .keyed import KeyedReducer, ReduceIO
 from .registry import Registry, check_stage_class
-from .stage import (
-                     ANY,
-                     KINDS,
-                     SAME,
-                     Batch,
-                     Input,
-                     InputChanged,
-                     Kind,
-                     Option,
-                     Output,
-                     Processor,
-                     Reducer,
-                     Stage,
-                     positive,
-)
+from .stage import (ANY, KINDS, SAME, Batch, Input, InputChanged, Kind, Option, Output,
+                    Processor, Reducer, Stage, positive)
 
 __all__ = [
     "ANY",

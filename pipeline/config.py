@@ -81,11 +81,6 @@ class PipelineConfig:
     def build(self) -> list[Stage]:
         return [s.build() for s in self.stages]
 
-    def chains(self) -> list[tuple[str, list[int]]]:
-        """Every path from the input to an output: (branch name or "", stage indices)."""
-        if not self.branches:
-            return [("", list(self.trunk))]
-        return [(name, self.trunk + idx) for name, idx in self.branches.items()]
 
 
 def _suggest(word: str, choices: Any) -> str:

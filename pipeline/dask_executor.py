@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from .errors import SluiceError
 from .signals import FileFlag, Stopped
-from .tasks import Env, JobSpec, run_task
+from .tasks import Env, JobSpec, run_task, task_bytes
 
 CONNECT_TIMEOUT = 15  # seconds to reach a scheduler before giving up
 STOP_GRACE = 1.5
@@ -126,9 +126,7 @@ class DaskExecutor:
                     continue
                 results[i] = f.result()
                 done_lines += results[i].get("lines", 0)
-                w = getattr(tasks[i], "where", None)
-                if isinstance(w, (list, tuple)) and len(w) == 3 and w[2] is not None:
-                    done_bytes += int(w[2]) - int(w[1])
+                done_bytes += task_bytes(tasks[i])
                 if progress is not None:
                     progress(done_bytes, done_lines)
         if self.stop_flag.is_set() or any(r is None for r in results):
@@ -147,9 +145,6 @@ class DaskExecutor:
             if f.status == "error" and not isinstance(f.exception(), Stopped):
                 raise f.exception()
         raise exc
-
-    def stop(self) -> None:
-        pass
 
     def close(self) -> None:
         if self.client is not None:

@@ -12,14 +12,8 @@ import os
 from typing import Any, BinaryIO
 
 from .checkpoint import make_private_dirs, open_private
-from .errors import (
-    CheckpointFailed,
-    PathError,
-    RejectedLine,
-    WriteFailed,
-    reason,
-    writable_problem,
-)
+from .errors import (CheckpointFailed, PathError, RejectedLine, WriteFailed, reason,
+                     writable_problem)
 
 WHAT = "dead-letter file"
 

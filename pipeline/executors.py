@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from .errors import SluiceError
 from .signals import Stopped
-from .tasks import Env, JobSpec, run_task
+from .tasks import Env, JobSpec, run_task, task_bytes
 
 Progress = Callable[[int, int], None]  # (bytes, lines) read so far, over all tasks
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
@@ -33,14 +33,6 @@ STOP_GRACE = 1.5  # seconds a worker gets to checkpoint and stop before it is ki
 
 class WorkerDied(SluiceError):
     exit_code = 1
-
-
-def _size(task: Any) -> int:
-    where = getattr(task, "where", None)
-    try:
-        return int(where[2] - where[1]) if where and where[2] is not None else 0
-    except (TypeError, IndexError):
-        return 0
 
 
 class InlineExecutor:
@@ -73,13 +65,10 @@ class InlineExecutor:
                 result = run_task(self.spec, task, run_env)
             except Stopped as exc:
                 raise Stopped(base[1] + exc.lines) from None
-            base[0] += _size(task)
+            base[0] += task_bytes(task)
             base[1] += result.get("lines", 0)
             results.append(result)
         return results
-
-    def stop(self) -> None:
-        pass
 
     def close(self) -> None:
         pass
@@ -180,7 +169,7 @@ class LocalExecutor:
                 idle.append(w)
                 if msg[0] == "ok":
                     results[n] = msg[1]
-                    done_bytes += _size(task)
+                    done_bytes += task_bytes(task)
                     done_lines += msg[1].get("lines", 0)
                 else:
                     errors[n] = msg[1]
@@ -201,9 +190,6 @@ class LocalExecutor:
                 os.kill(self.procs[w].pid, sig)
             except ProcessLookupError:
                 pass
-
-    def stop(self) -> None:
-        pass  # run() notices the stop flag within 0.1 s and tells the workers
 
     def close(self) -> None:
         for conn in self.conns:

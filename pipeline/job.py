@@ -23,13 +23,8 @@ from .errors import InputError, Interrupted, SluiceError, reason
 from .executors import make_executor
 from .keyed import KeyedReducer, captured, result_batches
 from .live import check_follow, emit
-from .options import (
-    DEFAULT_EMIT_SECONDS,
-    DEFAULT_MEMORY_MB,
-    JobOptions,
-    checkpoint_enabled,
-    every,
-)
+from .options import (DEFAULT_EMIT_SECONDS, DEFAULT_MEMORY_MB, JobOptions,
+                      checkpoint_enabled, every)
 from .plan import layout, open_plan
 from .progress import Progress
 from .report import RunReport, append_rejects, copy_rejects, resume_notice, stage_metrics
@@ -38,21 +33,11 @@ from .signals import NeverSet, Stopped, StopRequest, stop_on_signals
 from .slots import Notices, SlotLock, add_counters, collect_counters, slot_dir
 from .stage import Batch, Input, InputChanged, Stage
 from .straight import run_straight
-from .tasks import (
-    STATE_VERSION,
-    Env,
-    JobSpec,
-    MapTask,
-    finished_map,
-    finished_reduce,
-    leaf_position,
-    load_state,
-    run_task,
-)
+from .tasks import (STATE_VERSION, Env, JobSpec, MapTask, finished_map, finished_reduce,
+                    leaf_position, load_state, run_task, task_bytes)
 
 MIN_PARTITION_BYTES = 32 << 20  # below this a default run stays in one process
 MIN_TASK_BYTES = 256 << 10      # the smallest input range worth a map task
-
 
 
 def default_workers(cfg: PipelineConfig, opts: JobOptions, source: Input) -> int:
@@ -102,12 +87,11 @@ class Job:
 
     def __init__(self, cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
                  notices: Notices, enabled: bool, request: StopRequest):
-        self.cfg, self.opts, self.stages, self.notices = cfg, opts, stages, notices
+        self.cfg, self.opts, self.notices = cfg, opts, notices
         self.enabled, self.request = enabled, request
         self.source = stages[0]
         self.counters: dict[str, int] = {}
         self.meters: dict[int, dict[str, Any]] = {}  # stage index -> summed metrics
-        self.rejected = 0
         self.last_results = 0
         self.checkpoint_failures = 0
         self.following = getattr(self.source, "follower", None) is not None
@@ -259,7 +243,7 @@ class Job:
             return resumed
         results = [finished_map(t) for t in tasks]
         pending = [t for t, r in zip(tasks, results) if r is None]
-        total = sum(_range_bytes(t) for t in pending)
+        total = sum(task_bytes(t) for t in pending)
         bar = Progress(total or None, self.opts.progress)
         try:
             fresh = self.executor.run(pending, progress=lambda b, n: bar.update(b, n))
@@ -276,7 +260,7 @@ class Job:
         for task, r in zip(tasks, results):
             self.counters = add_counters(self.counters, r["counters"])
             for n in r.get("notices", []):
-                if t_is_reportable(n):
+                if _worth_repeating(n):
                     self.notices.append(n)
             self._task_meters(task, r, with_source=True)
         copy_rejects(tasks, results, dead)
@@ -378,16 +362,9 @@ class Job:
             self.unemitted, self.last_emit = 0, time.monotonic()
 
 
-def t_is_reportable(notice: str) -> bool:
+def _worth_repeating(notice: str) -> bool:
     """Task notices worth repeating: damaged checkpoints, not routine resumes."""
     return "unusable" in notice or "starting over" in notice
-
-
-def _range_bytes(task: MapTask) -> int:
-    w = task.where
-    if isinstance(w, (list, tuple)) and len(w) == 3 and w[2] is not None:
-        return int(w[2]) - int(w[1])
-    return 0
 
 
 def _tree_bytes(path: str) -> int:

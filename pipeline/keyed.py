@@ -31,6 +31,7 @@ import numpy as np
 
 from . import keys
 from .signals import Stopped
+from .slots import add_counters
 from .spill import Sets, SpillReader, SpillWriter
 from .stage import SAME, Batch, Reducer
 
@@ -102,6 +103,7 @@ class KeyedReducer(Reducer):
         self.spill: SpillWriter | None = None
         self._scratch: str | None = None
         self._mark: dict[str, int] | None = None
+        self.reduced: dict[str, int] = {}  # counts reduce() made (io.count), when run here
 
     # -- the engine's side ----------------------------------------------------------
     def configure(self, directory: str, nbuckets: int, task: int = 0,
@@ -168,11 +170,8 @@ class KeyedReducer(Reducer):
             dirs = [writer.dir]
             for phase in range(self.phases):
                 out = os.path.join(scratch, f"p{phase}")
-                counters = reduce_buckets(self, phase, range(self.nbuckets), dirs, out,
-                                          memory_bytes=256 << 20)
-                for k, v in counters.items():
-                    if not k.startswith("_"):
-                        self.add_counter(k, v)
+                add_counters(self.reduced, reduce_buckets(
+                    self, phase, range(self.nbuckets), dirs, out, memory_bytes=256 << 20))
                 dirs.append(out)
             yield from result_batches(self, dirs[-1:], self.nbuckets)
         finally:
@@ -182,13 +181,8 @@ class KeyedReducer(Reducer):
                 shutil.rmtree(self._scratch, ignore_errors=True)
                 self._scratch, self.spill = None, None
 
-    def add_counter(self, name: str, n: int) -> None:
-        """Fold a reduce-side count (from `io.count`) into this stage's counters."""
-        self.reduced = getattr(self, "reduced", {})
-        self.reduced[name] = self.reduced.get(name, 0) + n
-
     def counters(self) -> dict[str, int]:
-        return dict(getattr(self, "reduced", {}))
+        return dict(self.reduced)
 
 
 def split_frames(directory: str, frames: Iterable[np.ndarray], dtype: Any, k: int,

@@ -200,11 +200,6 @@ def run_chain(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None)
     run_tree(stages, {}, ctx, on_barrier)
 
 
-def run_partial(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
-    """Run input -> processors -> reducer.update(), leaving the reducer unfinished."""
-    run_tree(stages, {}, ctx, on_barrier)
-
-
 class _Named:
     """Stands for something that is not a stage (a fork, a reducer's results) in meters."""
 

@@ -4,8 +4,8 @@ The main process turns its first SIGINT or SIGTERM into a *stop request*: every 
 finishes the batch in hand, writes a checkpoint and stops, so a rerun resumes from
 there. A second signal means "now": the process exits at once (the last periodic
 checkpoint keeps that safe). Worker processes never act on signals themselves: they
-ignore SIGINT (a terminal's Ctrl-C reaches the whole group) and are told to stop
-through a shared flag.
+ignore SIGINT (a terminal's Ctrl-C reaches the whole group) and are told to stop by
+their executor (SIGUSR1 for local workers, a stop file for Dask tasks).
 
     with stop_on_signals() as request:     # in the main process
         ...                                # request.signal is None, or "SIGTERM"
@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from .errors import EXIT_CODES
 
@@ -38,18 +38,10 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: str | None = None
-        self.shared: Any = None        # a multiprocessing Event that workers watch
-        self.on_stop: list[Callable[[], None]] = []
-        self.hard_exit: Callable[[], None] = lambda: None
 
     def set(self, name: str) -> None:
-        if self.signal is not None:
-            return
-        self.signal = name
-        if self.shared is not None:
-            self.shared.set()
-        for fn in list(self.on_stop):
-            fn()
+        if self.signal is None:
+            self.signal = name
 
     def is_set(self) -> bool:
         return self.signal is not None
@@ -87,7 +79,6 @@ def stop_on_signals(request: StopRequest | None = None) -> Iterator[StopRequest]
 
     def handler(signum: int, _frame: Any) -> None:
         if request.signal is not None:  # the second signal: now
-            request.hard_exit()
             os._exit(EXIT_CODES.get(names[signum], 1))
         request.set(names[signum])
 

@@ -22,14 +22,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from .checkpoint import (
-    CheckpointStore,
-    CorruptCheckpoint,
-    make_private_dirs,
-    open_private,
-    trust_problem,
-    untrusted,
-)
+from .checkpoint import (CheckpointStore, CorruptCheckpoint, make_private_dirs,
+                         open_private, trust_problem, untrusted)
 from .config import PipelineConfig
 from .deadletter import DeadLetter
 from .errors import CheckpointFailed, PathError, SluiceError, reason

@@ -32,12 +32,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .checkpoint import (
-    CorruptCheckpoint,
-    check_trusted,
-    make_private_dirs,
-    open_private,
-)
+from .checkpoint import (CorruptCheckpoint, check_trusted, make_private_dirs, open_private)
 from .errors import CheckpointFailed, WriteFailed, reason
 
 INDEX = np.dtype([("set", "u1"), ("bucket", "<u4"), ("offset", "<u8"), ("nbytes", "<u8"),

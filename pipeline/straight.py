@@ -11,14 +11,7 @@ from .progress import Progress, chain_hooks
 from .report import RunReport, stage_metrics
 from .runner import Context, run_tree
 from .signals import Stopped, StopRequest
-from .slots import (
-    Checkpointer,
-    Notices,
-    SlotLock,
-    collect_counters,
-    open_slot,
-    slot_dir,
-)
+from .slots import (Checkpointer, Notices, SlotLock, collect_counters, open_slot, slot_dir)
 from .stage import Input, Stage
 from .tasks import STATE_VERSION
 

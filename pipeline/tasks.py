@@ -15,20 +15,19 @@ and rejected lines stay on disk in the task's directory.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .checkpoint import CheckpointStore, write_json_atomic
+from .checkpoint import CheckpointStore, read_json, write_json_atomic
 from .config import PipelineConfig
 from .deadletter import DeadLetter
 from .errors import CheckpointFailed, RejectedLine, SluiceError
 from .keyed import Capture, KeyedReducer, reduce_buckets
 from .runner import Context, run_tree
 from .signals import NeverSet, Stopped
-from .slots import Checkpointer, add_counters, collect_counters, open_slot
+from .slots import Checkpointer, collect_counters, open_slot
 from .stage import Input, Kind, Stage
 
 STATE_VERSION = 2
@@ -76,6 +75,15 @@ class MapTask:
 
     def leaf_dir(self, j: int) -> str:
         return self.dir if not self.branches else os.path.join(self.dir, f"leaf{j}")
+
+
+def task_bytes(task: Any) -> int:
+    """How many input bytes a task reads, for progress: 0 if it is not known (an open
+    end, stdin, a compressed file) or it is a reduce task."""
+    w = getattr(task, "where", None)
+    if isinstance(w, (list, tuple)) and len(w) == 3 and isinstance(w[2], int):
+        return int(w[2]) - int(w[1])
+    return 0
 
 
 @dataclass
@@ -192,10 +200,9 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
         for stage in stages:
             if isinstance(stage, KeyedReducer) and stage.spill is not None:
                 stage.spill.close()
-    leaves = [s for s in stages if s.kind is Kind.REDUCER]
-    result = {"counters": add_counters(collect_counters([s for s in stages if s not in leaves]),
-                                       collect_counters([s for s in leaves
-                                                         if isinstance(s, KeyedReducer)])),
+    # a mergeable reducer's counts are taken once, after its states are merged
+    counted = [s for s in stages if s.kind is not Kind.REDUCER or isinstance(s, KeyedReducer)]
+    result = {"counters": collect_counters(counted),
               "lines": source.counters().get("lines", 0), "resumed_lines": resumed,
               "where": source.where(), "resumed_at": resumed_at, "notices": notices,
               "rejected": dead.count,
@@ -223,12 +230,7 @@ def _save_result(task: Any, result: dict[str, Any], warn: bool) -> None:
 
 def finished_map(task: MapTask) -> dict[str, Any] | None:
     """The result a finished map task left, or None if it has not finished."""
-    path = os.path.join(task.dir, RESULT_FILE)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
+    return read_json(os.path.join(task.dir, RESULT_FILE))
 
 
 def run_reduce(spec: JobSpec, task: ReduceTask, env: Env) -> dict[str, Any]:
@@ -245,13 +247,10 @@ def run_reduce(spec: JobSpec, task: ReduceTask, env: Env) -> dict[str, Any]:
 
 
 def finished_reduce(task: ReduceTask) -> dict[str, Any] | None:
-    path = os.path.join(task.dir, RESULT_FILE)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            result = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    if result.get("generation") != task.generation or result.get("buckets") != task.buckets:
+    """The result of a reduce task finished for this plan's generation, or None."""
+    result = read_json(os.path.join(task.dir, RESULT_FILE))
+    if result is None or (result.get("generation"), result.get("buckets")) != (
+            task.generation, task.buckets):
         return None
     return result
 

@@ -243,33 +243,31 @@ class BigBucket:
                   drops: np.ndarray, depth: int = 0) -> list[tuple[str, tuple]]:
         memory = self.io.memory_bytes
         k = int(min(2 * -(-nrows * self.row_bytes // memory), 4096))
-        split = self._scratch(f"split{depth}", {"sites": SITE_ROW}, k)
         seen: dict[int, set[int]] = {}  # sub-bucket -> up to 2 of its site hashes
-        for frame in frames():
-            frame = _kept(frame, drops)
+
+        def route(frame: np.ndarray) -> np.ndarray:
             h = keys.mix(frame["s0"], frame["s1"], (frame["code"] >> SITE_TAG) & 3,
                          seed=11 + depth)
-            sub = keys.bucket_of(h, k)
-            split.add("sites", sub, frame)
-            for b, hh in zip(sub.tolist(), h.tolist()):
+            sites = np.unique(h)  # few per frame: the sites of a skewed bucket
+            for b, site in zip(keys.bucket_of(sites, k).tolist(), sites.tolist()):
                 got = seen.setdefault(b, set())
                 if len(got) < 2:
-                    got.add(hh)
-        split.mark(durable=False)
-        split.close()
-        reader = SpillReader([split.dir], {"sites": SITE_ROW})
+                    got.add(site)
+            return keys.bucket_of(h, k)
+        where = os.path.join(self.io.scratch, f"{self.name}-split{depth}")
+        reader = split_frames(where, (_kept(f, drops) for f in frames()), SITE_ROW, k, route)
         out: list[tuple[str, tuple]] = []
         none = np.zeros(0, np.uint64)
         for b in sorted(seen):
-            n = reader.nrows("sites", b)
-            sub_frames = (lambda b=b: reader.frames("sites", b))
+            n = reader.nrows("rows", b)
+            sub_frames = (lambda b=b: reader.frames("rows", b))
             if n * self.row_bytes <= memory:
-                out += _summarize_rows(reader.read("sites", b), self.strings)
+                out += _summarize_rows(reader.read("rows", b), self.strings)
             elif len(seen[b]) > 1 and depth < 3:
                 out += self.summarize(sub_frames, n, none, depth + 1)
             else:
                 out += self.stream(sub_frames)
-        shutil.rmtree(split.dir, ignore_errors=True)
+        shutil.rmtree(where, ignore_errors=True)
         out.sort(key=lambda pair: pair[0])
         return out
 
