@@ -7,7 +7,7 @@ from .errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Conf
 from .keyed import KeyedReducer, ReduceIO
 from .registry import Registry, check_stage_class
 from .stage import (ANY, KINDS, SAME, Batch, Input, InputChanged, Kind, Option, Output,
-                    Processor, Reducer, Stage, positive)
+                    Processor, Reducer, Stage, a_path, positive, positive_at_most)
 
 __all__ = [
     "ANY",
@@ -35,10 +35,12 @@ __all__ = [
     "SAME",
     "SluiceError",
     "Stage",
-    "check_stage_class",
+    "a_path",
+        "check_stage_class",
     "keys",
     "load_config",
     "parse_config",
     "positive",
+    "positive_at_most",
     "unwrap",
 ]

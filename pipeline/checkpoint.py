@@ -36,7 +36,7 @@ import zlib
 from array import array
 from typing import Any, Callable
 
-from .errors import CheckpointFailed, UntrustedState, reason
+from .errors import CheckpointFailed, DamagedState, UntrustedState, reason
 
 MAGIC = b"SLUICE-CHECKPOINT-1\n"
 KEEP = 2  # manifests kept: the newest and one fallback
@@ -323,22 +323,51 @@ def _replace(tree: Any, key: str, fn: Callable[[str, Any], Any],
     return tree
 
 
-def write_json_atomic(path: str, value: Any) -> None:
-    """Write `value` as JSON to `path` atomically (temp file, fsync, rename, dir fsync),
-    0600; CheckpointFailed (with the temp file removed) if it cannot."""
+def _checksum(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_checked_json(path: str, value: Any, durable: bool = True) -> None:
+    """Write `value` as JSON with its sha256 to `path` atomically (temp file, fsync,
+    rename, dir fsync), 0600; CheckpointFailed (with the temp file removed) if it
+    cannot. `read_checked_json` refuses it if a byte of it changes."""
     tmp = path + ".tmp"
     directory = os.path.dirname(os.path.abspath(path))
     with (step := _Steps(tmp)):
         step("write", "checkpoint file", tmp)
         with open(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w",
                   encoding="utf-8") as fh:
-            json.dump(value, fh)
+            json.dump({"sha256": _checksum(value), "data": value}, fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         step("rename", "checkpoint file", tmp)
         os.replace(tmp, path)
-        step("sync", "checkpoint directory", directory)
-        _fsync_dir(directory)
+        if durable:
+            step("sync", "checkpoint directory", directory)
+            _fsync_dir(directory)
+
+
+def read_checked_json(path: str) -> Any:
+    """The value `write_checked_json` wrote to `path`; None if there is no such file;
+    DamagedState if it is not what was written."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DamagedState(path, f"cannot read it: {reason(exc)}") from None
+    try:
+        doc = json.loads(raw)
+        value = doc["data"]
+        good = doc["sha256"] == _checksum(value)
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise DamagedState(path, "it is not the JSON Sluice wrote") from None
+    if not good:
+        raise DamagedState(path, "it fails its checksum")
+    return value
 
 
 class _Steps:
@@ -364,12 +393,3 @@ class _Steps:
                     pass
             verb, what, path = self.doing
             raise CheckpointFailed(what, path, reason(exc), verb) from None
-
-
-def read_json(path: str) -> Any:
-    """The JSON value in `path`, or None if it is missing or unreadable."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None

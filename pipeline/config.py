@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ from .contracts import check_kinds
 from .errors import ConfigError
 from .registry import Registry
 from .stage import Kind, Option, Stage
+from .yamlsafe import YamlDoc
 
 TOP_LEVEL = {
     "pipeline": "the stages, first an input, last an output",
@@ -119,61 +122,69 @@ def check_option(stage: str, opt: Option, value: Any) -> str | None:
     return None
 
 
-class _Loader:
-    def __init__(self, path: str, text: str):
-        self.path = path
-        self.text = text
-        self._constructor = yaml.SafeLoader("")
+Bound = tuple[float, float]
+LIMITS: dict[str, Bound] = {  # value ranges of the top-level numbers; see max_workers()
+    "memory_mb": (1, 1 << 24),            # up to 16 TiB
+    "every_records": (1, 1 << 62),
+    "every_seconds": (1e-3, 1e9),
+    "partition_mb": (1, 1 << 20),
+}
+WORKERS_PER_CPU = 4
 
-    def fail(self, message: str, node: yaml.Node | None) -> ConfigError:
-        return ConfigError(message, self.path, node.start_mark.line + 1 if node else None)
 
-    def value(self, node: yaml.Node) -> Any:
-        return self._constructor.construct_object(node, deep=True)
+def max_workers() -> int:
+    """The most worker processes a run may ask for: 4 per CPU of this machine."""
+    return WORKERS_PER_CPU * (os.cpu_count() or 1)
 
-    def compose(self) -> yaml.Node:
-        try:
-            root = yaml.compose(self.text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else None
-            raise ConfigError(f"YAML syntax error: {exc.problem or exc.context}",
-                              self.path, line) from None
-        if not isinstance(root, yaml.MappingNode):
-            raise ConfigError("a config must be a mapping with a `pipeline:` list",
-                              self.path, 1)
-        return root
+
+def number_problem(name: str, value: Any, kind: type | tuple[type, ...],
+                   bounds: Bound) -> str | None:
+    """Why `value` is not a number of `kind` within `bounds`, or None."""
+    lo, hi = bounds
+    if not _type_ok(value, kind) or (isinstance(value, float) and not math.isfinite(value)):
+        return f"`{name}` must be {_type_name(kind)} from {lo:,g} to {hi:,g}; got {value!r}"
+    if not lo <= value <= hi:
+        return f"`{name}` must be from {lo:,g} to {hi:,g}; got {value!r}"
+    return None
+
+
+def workers_problem(value: Any, where: str = "`workers`") -> str | None:
+    """Why a worker count cannot be used here, or None."""
+    most = max_workers()
+    if not _type_ok(value, int) or not 1 <= value <= most:
+        return (f"{where} must be a whole number from 1 to {most} ({WORKERS_PER_CPU} per "
+                f"CPU, {os.cpu_count() or 1} here); got {value!r}")
+    return None
 
 
 def load_config(path: str, registry: Registry) -> PipelineConfig:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config: {exc.strerror}", path) from None
-    except UnicodeDecodeError:
-        raise ConfigError("config is not UTF-8 text", path) from None
-    return parse_config(text, path, registry)
+    return _parse(YamlDoc.read(path), registry)
 
 
 def parse_config(text: str, path: str, registry: Registry) -> PipelineConfig:
-    ld = _Loader(path, text)
-    root = ld.compose()
-    cfg = PipelineConfig(path=path, stages=[], text=text)
+    return _parse(YamlDoc(text, path), registry)
+
+
+def _parse(ld: YamlDoc, registry: Registry) -> PipelineConfig:
+    root = ld.root()
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError("a config must be a mapping with a `pipeline:` list", ld.path, 1)
+    cfg = PipelineConfig(path=ld.path, stages=[], text=ld.text)
     pipeline_node = None
     for key_node, value_node in root.value:
-        key = ld.value(key_node)
+        key = ld.key(key_node, "a top-level key")
         if key == "pipeline":
             pipeline_node = value_node
         elif key == "workers":
-            workers = ld.value(value_node)
-            if not _type_ok(workers, int) or workers < 1:
-                raise ld.fail(f"`workers` must be an integer >= 1; got {workers!r}", value_node)
-            cfg.workers = workers
+            problem = workers_problem(ld.value(value_node))
+            if problem:
+                raise ld.fail(problem, value_node)
+            cfg.workers = ld.value(value_node)
         elif key == "memory_mb":
             memory = ld.value(value_node)
-            if not _type_ok(memory, int) or memory < 1:
-                raise ld.fail(f"`memory_mb` must be an integer >= 1; got {memory!r}", value_node)
+            problem = number_problem("memory_mb", memory, int, LIMITS["memory_mb"])
+            if problem:
+                raise ld.fail(problem, value_node)
             cfg.memory_mb = memory
         elif key == "checkpoint":
             cfg.checkpoint = _checkpoint(ld, value_node)
@@ -181,8 +192,8 @@ def parse_config(text: str, path: str, registry: Registry) -> PipelineConfig:
             cfg.executor = _executor(ld, value_node)
         elif key == "emit":
             cfg.emit = _section(ld, value_node, "emit", {"every_seconds": (int, float)},
-                                lambda k, v: None if _type_ok(v, (int, float)) and v > 0
-                                else f"{k!r} must be a positive number; got {v!r}")
+                                lambda k, v: number_problem(k, v, (int, float),
+                                                            LIMITS["every_seconds"]))
         else:
             raise ld.fail(f"unknown top-level key {key!r}{_suggest(str(key), TOP_LEVEL)}; "
                           f"expected {', '.join(TOP_LEVEL)}", key_node)
@@ -192,7 +203,8 @@ def parse_config(text: str, path: str, registry: Registry) -> PipelineConfig:
         raise ld.fail("`pipeline` must be a non-empty list of stages", pipeline_node)
     for n, item in enumerate(pipeline_node.value):
         if isinstance(item, yaml.MappingNode) and len(item.value) == 1 and \
-                ld.value(item.value[0][0]) == "fork":
+                isinstance(item.value[0][0], yaml.ScalarNode) and \
+                item.value[0][0].value == "fork":
             if n != len(pipeline_node.value) - 1:
                 raise ld.fail("`fork` must be the last element of `pipeline`", item)
             _fork(ld, cfg, item.value[0][0], item.value[0][1], registry)
@@ -204,19 +216,17 @@ def parse_config(text: str, path: str, registry: Registry) -> PipelineConfig:
     return cfg
 
 
-def _fork(ld: _Loader, cfg: PipelineConfig, key: yaml.Node, node: yaml.Node,
+def _fork(ld: YamlDoc, cfg: PipelineConfig, key: yaml.Node, node: yaml.Node,
           registry: Registry) -> None:
     """`- fork: {branch: [stages], ...}`: every branch gets every batch."""
     cfg.fork_line = key.start_mark.line + 1
     if not isinstance(node, yaml.MappingNode) or not node.value:
         raise ld.fail("`fork` must map branch names to lists of stages", node)
     for name_node, stages_node in node.value:
-        name = ld.value(name_node)
-        if not isinstance(name, str) or not name or "/" in name:
-            raise ld.fail(f"fork: a branch name must be a non-empty string without '/'; "
+        name = ld.key(name_node, "a fork branch name")
+        if "/" in name or not name.isprintable():
+            raise ld.fail(f"fork: a branch name must be printable text without '/'; "
                           f"got {name!r}", name_node)
-        if name in cfg.branches:
-            raise ld.fail(f"fork: branch {name!r} is named twice", name_node)
         if not isinstance(stages_node, yaml.SequenceNode) or not stages_node.value:
             raise ld.fail(f"fork branch {name!r} must be a non-empty list of stages",
                           stages_node)
@@ -232,16 +242,17 @@ def _fork(ld: _Loader, cfg: PipelineConfig, key: yaml.Node, node: yaml.Node,
             cfg.stages.append(spec)
 
 
-def _section(ld: _Loader, node: yaml.Node, name: str, keys: dict[str, Any],
+def _section(ld: YamlDoc, node: yaml.Node, name: str, keys: dict[str, Any],
              problem: Any) -> dict[str, Any]:
     """A top-level mapping of known keys; problem(key, value) names a bad value."""
     if not isinstance(node, yaml.MappingNode):
         raise ld.fail(f"`{name}` must be a mapping", node)
     out = {}
     for k_node, v_node in node.value:
-        key, value = ld.value(k_node), ld.value(v_node)
+        key = ld.key(k_node, f"a key of `{name}`")
         if key not in keys:
-            raise ld.fail(f"{name}: unknown key {key!r}{_suggest(str(key), keys)}", k_node)
+            raise ld.fail(f"{name}: unknown key {key!r}{_suggest(key, keys)}", k_node)
+        value = ld.value(v_node)
         bad = problem(key, value)
         if bad:
             raise ld.fail(f"{name}: {bad}", v_node)
@@ -249,38 +260,37 @@ def _section(ld: _Loader, node: yaml.Node, name: str, keys: dict[str, Any],
     return out
 
 
-def _checkpoint(ld: _Loader, node: yaml.Node) -> dict[str, Any]:
+def _checkpoint(ld: YamlDoc, node: yaml.Node) -> dict[str, Any]:
     def problem(key: str, value: Any) -> str | None:
-        if not _type_ok(value, CHECKPOINT_KEYS[key]) or (key not in ("enabled", "strict")
-                                                          and value <= 0):
-            return (f"{key!r} must be a positive {_type_name(CHECKPOINT_KEYS[key])}; "
-                    f"got {value!r}")
-        return None
+        if key in ("enabled", "strict"):
+            return None if isinstance(value, bool) else \
+                f"{key!r} must be true or false; got {value!r}"
+        return number_problem(key, value, CHECKPOINT_KEYS[key], LIMITS[key])
     return _section(ld, node, "checkpoint", CHECKPOINT_KEYS, problem)
 
 
-def _executor(ld: _Loader, node: yaml.Node) -> dict[str, Any]:
+def _executor(ld: YamlDoc, node: yaml.Node) -> dict[str, Any]:
     def problem(key: str, value: Any) -> str | None:
+        if key == "partition_mb":
+            return number_problem(key, value, int, LIMITS[key])
         if not _type_ok(value, EXECUTOR_KEYS[key]):
             return f"{key!r} must be {_type_name(EXECUTOR_KEYS[key])}; got {value!r}"
         if key == "type" and value not in ("local", "dask"):
             return f"type must be 'local' or 'dask'; got {value!r}"
-        if key == "partition_mb" and value <= 0:
-            return f"partition_mb must be > 0; got {value!r}"
+        if "\0" in value:
+            return f"{key!r} must not hold a NUL character; got {value!r}"
         return None
     return _section(ld, node, "executor", EXECUTOR_KEYS, problem)
 
 
-def _stage(ld: _Loader, item: yaml.Node, registry: Registry) -> StageSpec:
+def _stage(ld: YamlDoc, item: yaml.Node, registry: Registry) -> StageSpec:
     if isinstance(item, yaml.ScalarNode):
         name_node, opts_node = item, None
     elif isinstance(item, yaml.MappingNode) and len(item.value) == 1:
         name_node, opts_node = item.value[0]
     else:
         raise ld.fail("each stage must be `- NAME: {options}` or `- NAME`", item)
-    name = ld.value(name_node)
-    if not isinstance(name, str):
-        raise ld.fail(f"stage name must be a string; got {name!r}", name_node)
+    name = ld.key(name_node, "a stage name")
     try:
         cls = registry.get(name)
     except ConfigError as exc:
@@ -293,10 +303,10 @@ def _stage(ld: _Loader, item: yaml.Node, registry: Registry) -> StageSpec:
         if not isinstance(opts_node, yaml.MappingNode):
             raise ld.fail(f"stage {name!r}: options must be a mapping", opts_node)
         for k_node, v_node in opts_node.value:
-            key = ld.value(k_node)
+            key = ld.key(k_node, f"an option name of stage {name!r}")
             if key not in declared:
                 raise ld.fail(f"stage {name!r}: unknown option {key!r}"
-                              f"{_suggest(str(key), declared)}", k_node)
+                              f"{_suggest(key, declared)}", k_node)
             value = ld.value(v_node)
             problem = check_option(name, declared[key], value)
             if problem:
@@ -309,7 +319,8 @@ def _stage(ld: _Loader, item: yaml.Node, registry: Registry) -> StageSpec:
                           f"({opt.doc})", name_node)
     problem = cls.check_options(spec.options)
     if problem:
-        raise ld.fail(problem, name_node)
+        raise ld.fail(problem if problem.startswith(f"stage {name!r}") else
+                      f"stage {name!r}: {problem}", name_node)
     return spec
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from typing import Any, BinaryIO
 
 from .checkpoint import make_private_dirs, open_private
-from .errors import (CheckpointFailed, PathError, RejectedLine, WriteFailed, reason,
-                     writable_problem)
+from .errors import (CheckpointFailed, DamagedState, PathError, RejectedLine, WriteFailed,
+                     reason, writable_problem)
 
 WHAT = "dead-letter file"
 
@@ -32,21 +33,29 @@ class DeadLetter:
         self.count = 0
         self.by_stage: dict[str, int] = {}
         self._fh: BinaryIO | None = None
+        self._crc = 0  # CRC-32 of everything in the file
 
-    def start(self, keep_bytes: int = 0) -> None:
+    def start(self, keep_bytes: int = 0, crc: int | None = None) -> None:
         """Begin a run: check the path, and drop whatever a previous run wrote past
-        `keep_bytes`."""
+        `keep_bytes`. With `crc` (a checkpoint's), the part kept must match it, or the
+        file is damaged (DamagedState)."""
         if self.path is None:
             return
         problem = writable_problem(self.path)
         if problem:
             raise PathError(f"{WHAT} {self.path}: {problem}; use another --dead-letter")
+        kept = b""
         if os.path.exists(self.path):
             try:
                 with open(self.path, "r+b") as fh:
                     fh.truncate(keep_bytes)
+                    kept = fh.read()
             except OSError as exc:
                 raise WriteFailed(WHAT, self.path, reason(exc)) from None
+        self._crc = zlib.crc32(kept)
+        if crc is not None and (len(kept) != keep_bytes or self._crc != crc):
+            raise DamagedState(self.path, f"its first {keep_bytes:,} bytes are not what the "
+                                          f"checkpoint recorded")
 
     def reject(self, raw: Any, reason: str, *, line: int | None = None,
                offset: int | None = None, stage: str = "", file: str | None = None) -> None:
@@ -88,7 +97,9 @@ class DeadLetter:
                 make_private_dirs(os.path.dirname(os.path.abspath(self.path)))
                 self._fh = open(open_private(self.path, os.O_WRONLY | os.O_CREAT |
                                              os.O_APPEND), "ab")
-            self._fh.write(json.dumps(entry, ensure_ascii=False).encode() + b"\n")
+            data = json.dumps(entry, ensure_ascii=False).encode("utf-8", "backslashreplace")
+            self._fh.write(data + b"\n")
+            self._crc = zlib.crc32(b"\n", zlib.crc32(data, self._crc))
         except OSError as exc:
             raise WriteFailed(WHAT, self.path, reason(exc)) from None
         self.count += 1
@@ -107,6 +118,10 @@ class DeadLetter:
         except OSError as exc:
             raise CheckpointFailed(WHAT, self.path, reason(exc), "sync") from None
         return self._fh.tell()
+
+    def seal(self) -> dict[str, int]:
+        """Its length and CRC, durably: what a checkpoint or a task's result records."""
+        return {"bytes": self.tell(), "crc": self._crc}
 
     def close(self) -> None:
         if self._fh is not None:

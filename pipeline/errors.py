@@ -71,6 +71,18 @@ class CheckpointFailed(WriteFailed):
     it escapes (a reduce task's files), it stops the run like any WriteFailed."""
 
 
+class DamagedState(SluiceError):
+    """Saved state that fails its checksum, or is missing a part: never used. The engine
+    starts the task (or the whole run) over and says so."""
+
+    def __init__(self, path: str, why: str):
+        self.path, self.why = path, why
+        super().__init__(f"saved state {path} is damaged ({why})")
+
+    def __reduce__(self):  # keep the fields across a worker process boundary
+        return (self.__class__, (self.path, self.why))
+
+
 class UntrustedState(SluiceError):
     """Saved state that another user could have written: it is never unpickled."""
 
@@ -124,8 +136,11 @@ def writable_problem(path: str) -> str | None:
 class Interrupted(SluiceError):
     """The run stopped on a signal after writing a checkpoint."""
 
-    def __init__(self, signal_name: str, lines: int):
+    def __init__(self, signal_name: str, lines: int | None):
         self.signal_name = signal_name
         self.exit_code = EXIT_CODES.get(signal_name, 130)
-        super().__init__(f"stopped by {signal_name} at line {lines:,}; rerun the same "
-                         f"command to resume")
+        if lines is None:  # before its tasks started
+            super().__init__(f"stopped by {signal_name} before any input was read")
+        else:
+            super().__init__(f"stopped by {signal_name} at line {lines:,}; rerun the same "
+                             f"command to resume")

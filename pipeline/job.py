@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from .budget import Budget, own_rss
 from .config import PipelineConfig
 from .deadletter import DeadLetter
-from .errors import InputError, Interrupted, SluiceError, reason
+from .errors import DamagedState, InputError, Interrupted, SluiceError, reason
 from .executors import make_executor
 from .keyed import KeyedReducer, captured, result_batches
 from .live import check_follow, emit
@@ -30,7 +30,7 @@ from .progress import Progress
 from .report import RunReport, append_rejects, copy_rejects, resume_notice, stage_metrics
 from .runner import Context, run_stream
 from .signals import NeverSet, Stopped, StopRequest, stop_on_signals
-from .slots import Notices, SlotLock, add_counters, collect_counters, slot_dir
+from .slots import Notices, SlotLock, add_counters, clear_slot, collect_counters, slot_dir
 from .stage import Batch, Input, InputChanged, Stage
 from .straight import run_straight
 from .tasks import (STATE_VERSION, Env, JobSpec, MapTask, finished_map, finished_reduce,
@@ -55,7 +55,8 @@ def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
         try:
             return _run(cfg, opts, request)
         except Stopped as exc:
-            raise Interrupted(request.signal or "SIGINT", exc.lines) from None
+            raise Interrupted(request.signal or "SIGINT",
+                              exc.lines if request.armed else None) from None
 
 
 def _run(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunReport:
@@ -101,16 +102,25 @@ class Job:
         # state included) at its first tick, even if nothing new arrives
         self.unemitted = 1 if self.following else 0
         self.last_emit = time.monotonic()
+        self.discard = False  # start over: saved state was damaged, or the input changed
 
     def run(self) -> RunReport:
-        """Run; a followed input that is truncated or replaced starts the run over."""
+        """Run; a followed input that is truncated or replaced starts the run over, and
+        so does saved state found damaged (once: damage in a fresh run is an error)."""
+        damaged = False
         while True:
             try:
                 return self._run()
             except InputChanged as exc:
                 self.notices.append(f"{exc} while it was followed; starting over")
-                self.opts.fresh = True
-                self.counters, self.meters = {}, {}
+            except DamagedState as exc:
+                if damaged:
+                    raise
+                damaged = True
+                self.notices.append(f"{exc}; starting the run over")
+            self.discard = True  # what was saved is not used again
+            self.counters, self.meters = {}, {}
+            self.checkpoint_failures = 0
 
     def _run(self) -> RunReport:
         cfg, opts = self.cfg, self.opts
@@ -124,9 +134,10 @@ class Job:
         slot = os.path.abspath(slot_dir(opts.state_dir, cfg, self.source))
         with SlotLock(slot):
             work = slot if self.enabled else slot + ".scratch"
-            if opts.fresh and os.path.isdir(slot):
-                shutil.rmtree(slot)
-                self.notices.append("--fresh: discarded the saved state")
+            if (opts.fresh or self.discard) and os.path.isdir(slot):
+                clear_slot(slot)
+                if not self.discard:
+                    self.notices.append("--fresh: discarded the saved state")
             if not self.enabled:
                 shutil.rmtree(work, ignore_errors=True)
             if kind == "dask":
@@ -180,6 +191,7 @@ class Job:
             now = time.monotonic()
             phases[name] = phases.get(name, 0.0) + now - clock
             clock = now
+        self.request.arm()
         try:
             resumed = self._map_first(dead)
             lap("map")
@@ -241,7 +253,7 @@ class Job:
             if resumed is not None:
                 self.notices.append(f"resumed at {result['resumed_at']}")
             return resumed
-        results = [finished_map(t) for t in tasks]
+        results = [finished_map(t, self.notices) for t in tasks]
         pending = [t for t, r in zip(tasks, results) if r is None]
         total = sum(task_bytes(t) for t in pending)
         bar = Progress(total or None, self.opts.progress)
@@ -273,7 +285,7 @@ class Job:
 
         reuse = self.plan.start_segment(seg.number, self.plan.generation, self.last_results)
         task = self.plan.map_tasks(seg.number)[0]
-        result = finished_map(task) if reuse else None
+        result = finished_map(task, self.notices) if reuse else None
         if result is None:
             stream = source()
             of = self.cfg.stages[self.plan.segments[seg.source[0]].leaves[seg.source[1]].stage
@@ -283,7 +295,8 @@ class Job:
             self._warn_tasks([result])
         self.counters = add_counters(self.counters, result["counters"])
         self._task_meters(task, result, with_source=False)
-        append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), dead, None)
+        append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), result["dead_letter"],
+                       dead, None)
 
     def _finish(self, seg: Any, j: int, leaf: Any, budget: Budget
                 ) -> Callable[[], Iterator[Batch]]:
@@ -316,7 +329,8 @@ class Job:
         for phase in range(stage.phases):
             rtasks = self.plan.reduce_tasks(seg.number, j, phase, groups)
             # while following, the rows grow under the same plan: never reuse a result
-            done = [None if self.following else finished_reduce(t) for t in rtasks]
+            done = [None if self.following else finished_reduce(t, self.notices)
+                    for t in rtasks]
             pending = [t for t, d in zip(rtasks, done) if d is None]
             try:
                 ran = self.executor.run(pending)

@@ -27,12 +27,14 @@ the config changed, the run starts over.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checkpoint import read_json, write_json_atomic
+from .checkpoint import read_checked_json, write_checked_json
 from .config import PipelineConfig
+from .errors import DamagedState
 from .keyed import KeyedReducer
 from .stage import Input, Kind
 from .tasks import STATE_VERSION, Leaf, MapTask, ReduceTask
@@ -126,7 +128,7 @@ class Plan:
         self.segments, self.tails = layout(cfg)
 
     def save(self) -> None:
-        write_json_atomic(os.path.join(self.slot, PLAN), self.data)
+        write_checked_json(os.path.join(self.slot, PLAN), self.data)
 
     @property
     def generation(self) -> int:
@@ -142,12 +144,13 @@ class Plan:
         seg = self.segments[k]
         leaves = [Leaf(lf.name, lf.stage, lf.keyed, self.nbuckets(k, j))
                   for j, lf in enumerate(seg.leaves)]
+        nonce = self.data["nonce"]
         if seg.source is None:
             return [MapTask(k, i, where, os.path.join(self.seg_dir(k), f"m{i:05d}"),
-                            seg.stages, seg.branches, leaves)
+                            seg.stages, seg.branches, leaves, nonce)
                     for i, where in enumerate(self.data["ranges"])]
         return [MapTask(k, 0, None, os.path.join(self.seg_dir(k), "m00000"), seg.stages,
-                        seg.branches, leaves)]
+                        seg.branches, leaves, nonce)]
 
     def reduce_tasks(self, k: int, leaf: int, phase: int, groups: int) -> list[ReduceTask]:
         lf = self.segments[k].leaves[leaf]
@@ -161,7 +164,7 @@ class Plan:
             buckets = list(range(g * n // groups, (g + 1) * n // groups))
             out.append(ReduceTask(k, lf.stage, phase, buckets, inputs,  # type: ignore[arg-type]
                                   os.path.join(self.seg_dir(k), f"r{leaf}-{phase}-{g:04d}"),
-                                  n, self.generation))
+                                  n, self.generation, self.data["nonce"]))
         return out
 
     def start_segment(self, k: int, generation: int, rows: int) -> bool:
@@ -189,22 +192,47 @@ def _sizes(cfg: PipelineConfig, seg: Segment, rows: int, reduce_bytes: int) -> l
     return out
 
 
+def _ranges(source: Input, ranges: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The plan's form of ranges (JSON lists), and the identity of each (see
+    Input.range_identity)."""
+    ranges = [list(w) if isinstance(w, tuple) else w for w in ranges]
+    return ranges, [source.range_identity(w) for w in ranges]
+
+
+def _saved(slot: str, notices: list[str]) -> dict[str, Any] | None:
+    """The saved plan, or None: a damaged or missing one is said, and starts over."""
+    path = os.path.join(slot, PLAN)
+    try:
+        saved = read_checked_json(path)
+    except DamagedState as exc:
+        notices.append(f"{exc}; starting over")
+        return None
+    if saved is None and os.path.isdir(slot) and os.listdir(slot):
+        notices.append(f"saved state {slot} has no {PLAN}; starting over")
+    return saved
+
+
 def open_plan(slot: str, cfg: PipelineConfig, source: Input, target_bytes: int,
               reduce_bytes: int, notices: list[str]) -> Plan:
     """The saved plan if it still fits config and input (extended if the input grew),
     else a new one; the slot is cleared whenever the plan is new."""
-    saved = read_json(os.path.join(slot, PLAN))
+    saved = _saved(slot, notices)
     if saved is not None:
         problem = None
         if saved.get("version") != STATE_VERSION or saved.get("config") != cfg.identity():
             problem = "the config changed"
         else:
             problem = source.frontier_problem(saved["frontier"])
+        for where, identity in zip(saved["ranges"], saved["range_ids"]):
+            if problem is None and source.range_identity(where) != identity:
+                problem = f"the input changed (the bytes of its range {where} differ)"
         if problem is None:
             plan = Plan(slot, cfg, saved)
             more, frontier = source.ranges(target_bytes, saved["frontier"])
             if more:
-                saved["ranges"] += [list(w) if isinstance(w, tuple) else w for w in more]
+                more, ids = _ranges(source, more)
+                saved["ranges"] += more
+                saved["range_ids"] += ids
                 saved["generation"] += 1
                 for k in list(saved["segments"]):
                     if k != "0":
@@ -217,11 +245,12 @@ def open_plan(slot: str, cfg: PipelineConfig, source: Input, target_bytes: int,
         shutil.rmtree(slot)
     os.makedirs(slot, mode=0o700)
     ranges, frontier = source.ranges(target_bytes)
+    ranges, ids = _ranges(source, ranges)
     est = source.estimated_bytes()
     rows = (est // LINE_BYTES_GUESS) if est is not None else 8_000_000
     segs, _ = layout(cfg)
     data = {"version": STATE_VERSION, "config": cfg.identity(), "frontier": frontier,
-            "ranges": [list(w) if isinstance(w, tuple) else w for w in ranges],
+            "nonce": secrets.token_hex(16), "ranges": ranges, "range_ids": ids,
             "generation": 0, "reduce_bytes": reduce_bytes,
             "segments": {"0": {"after": 0, "nbuckets": _sizes(cfg, segs[0], rows,
                                                                reduce_bytes)}}}

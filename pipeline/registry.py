@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from importlib import metadata
 from typing import Iterable
 
@@ -39,8 +40,13 @@ def check_stage_class(obj: object) -> str | None:
     return None
 
 
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
+
+
 def import_path(spec: str) -> object:
     """`package.module:Class` -> the object."""
+    if not _IMPORT_PATH.match(spec):
+        raise ValueError("expected an import path like package.module:Class")
     module_name, _, attr = spec.partition(":")
     module = importlib.import_module(module_name)
     obj: object = module
@@ -92,8 +98,12 @@ class Registry:
         if ":" in name:
             try:
                 cls = import_path(name)
-            except (ImportError, AttributeError, ValueError) as exc:
-                raise ConfigError(f"cannot import stage {name!r}: {exc}") from None
+            except Exception as exc:  # a plugin module's own error is the user's to fix
+                why = str(exc) or exc.__class__.__name__
+                if not isinstance(exc, (ImportError, AttributeError, ValueError)):
+                    why = f"{exc.__class__.__name__}: {why}"
+                raise ConfigError(f"cannot import stage {name!r}: {' '.join(why.split())}"
+                                  ) from None
             problem = check_stage_class(cls)
             if problem:
                 raise ConfigError(f"stage {name!r}: {problem}")

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from .deadletter import DeadLetter
+from .errors import DamagedState
 from .tasks import MapTask
 
 
@@ -92,18 +94,27 @@ def copy_rejects(tasks: list[MapTask], results: list[dict[str, Any]], dead: Dead
     base: dict[Any, int] = {}
     for task, r in zip(tasks, results):
         f = task.where[0] if isinstance(task.where, (list, tuple)) else 0
-        append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), dead, base.get(f, 0))
+        append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), r["dead_letter"], dead,
+                       base.get(f, 0))
         base[f] = base.get(f, 0) + r["lines"]
 
 
-def append_rejects(path: str, dead: DeadLetter, line_base: int | None) -> None:
-    """Copy a task's rejected lines into the run's dead-letter file."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb") as fh:
-        for raw in fh:
-            entry = json.loads(raw)
-            if line_base is not None and entry.get("line") is not None:
-                entry["line"] += line_base
-            dead.refuse_if_strict(entry)  # a resumed --strict run meets it here
-            dead.append_entry(entry)
+def append_rejects(path: str, seal: dict[str, int], dead: DeadLetter,
+                   line_base: int | None) -> None:
+    """Copy a task's rejected lines into the run's dead-letter file, once they are
+    checked against what the task's result recorded (`seal`: length and CRC)."""
+    data = b""
+    if seal["bytes"]:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise DamagedState(path, "missing") from None
+    if len(data) != seal["bytes"] or zlib.crc32(data) != seal["crc"]:
+        raise DamagedState(path, "it is not what its task recorded")
+    for raw in data.splitlines():
+        entry = json.loads(raw)
+        if line_base is not None and entry.get("line") is not None:
+            entry["line"] += line_base
+        dead.refuse_if_strict(entry)  # a resumed --strict run meets it here
+        dead.append_entry(entry)

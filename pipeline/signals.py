@@ -34,10 +34,18 @@ class Stopped(Exception):
 
 
 class StopRequest:
-    """Set once by the first signal; read by tasks through `is_set()`."""
+    """Set once by the first signal; read by tasks through `is_set()`.
+
+    Until the run `arm()`s it (when its tasks start, which check it at every batch
+    boundary), a signal stops the run at once: nothing before that point polls it.
+    """
 
     def __init__(self) -> None:
         self.signal: str | None = None
+        self.armed = False
+
+    def arm(self) -> None:
+        self.armed = True
 
     def set(self, name: str) -> None:
         if self.signal is None:
@@ -81,6 +89,8 @@ def stop_on_signals(request: StopRequest | None = None) -> Iterator[StopRequest]
         if request.signal is not None:  # the second signal: now
             os._exit(EXIT_CODES.get(names[signum], 1))
         request.set(names[signum])
+        if not request.armed:  # planning or starting: nothing to finish, nothing to save
+            raise Stopped(0)
 
     old = {s: signal.signal(s, handler) for s in names}
     try:

@@ -18,6 +18,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import sys
 import time
 from typing import Any, Callable
@@ -26,7 +27,7 @@ from .checkpoint import (CheckpointStore, CorruptCheckpoint, make_private_dirs,
                          open_private, trust_problem, untrusted)
 from .config import PipelineConfig
 from .deadletter import DeadLetter
-from .errors import CheckpointFailed, PathError, SluiceError, reason
+from .errors import CheckpointFailed, DamagedState, PathError, SluiceError, reason
 from .stage import Input, Stage
 
 
@@ -94,7 +95,7 @@ class Checkpointer:
             body = dict(self.header)
             body["complete"] = complete
             body["dead_letter"] = {"path": os.path.abspath(self.dead.path),
-                                   "bytes": self.dead.tell(), "count": self.dead.count}
+                                   "count": self.dead.count, **self.dead.seal()}
             body["stages"] = [s.snapshot() for s in self.stages]
             self.store.save(body)
         except (CheckpointFailed, OSError) as exc:
@@ -134,7 +135,7 @@ def _resume(store: CheckpointStore, header: dict[str, Any], stages: list[Stage],
     elif tree["dead_letter"]["path"] != os.path.abspath(dead.path):
         problem = "the dead-letter file changed"
     elif "task" in header:  # a planned task: the plan has already checked the input
-        same = all(tree.get(k) == header[k] for k in ("task", "segment", "where"))
+        same = all(tree.get(k) == header[k] for k in ("task", "segment", "where", "plan"))
         problem = None if same else "the plan changed"
     else:
         problem = source.resume_problem(tree["input"], tree["stages"][0])
@@ -144,10 +145,10 @@ def _resume(store: CheckpointStore, header: dict[str, Any], stages: list[Stage],
     try:
         for stage, state in zip(stages, tree["stages"]):
             stage.restore(state)
-    except CorruptCheckpoint as exc:
+        dead.start(keep_bytes=tree["dead_letter"]["bytes"], crc=tree["dead_letter"]["crc"])
+    except (CorruptCheckpoint, DamagedState) as exc:
         notices.append(f"the checkpoint in {store.dir} is unusable ({exc}); starting over")
         return False
-    dead.start(keep_bytes=tree["dead_letter"]["bytes"])
     dead.count = tree["dead_letter"]["count"]
     notices.append(f"resumed at {source.where()}"
                    + (" (already complete: nothing new to read)" if tree["complete"]
@@ -232,6 +233,9 @@ def check_slot(state_dir: str, slot: str) -> None:
     problem = trust_problem(os.stat(state_dir))
     if problem:
         raise untrusted("state directory", state_dir, problem, verb="use")
+    for path in (slot, slot + ".lock"):
+        if os.path.islink(path):
+            raise _linked(path)
     if not os.path.isdir(slot):
         return
     for root, dirs, files in os.walk(slot):
@@ -241,10 +245,19 @@ def check_slot(state_dir: str, slot: str) -> None:
                 st = os.lstat(path)
             except OSError:
                 continue  # gone meanwhile: nothing to load
+            if stat.S_ISLNK(st.st_mode):
+                raise _linked(path)
             problem = trust_problem(st)
-            if problem and not os.path.islink(path):
+            if problem:
                 raise untrusted("saved state", path, problem, verb="use")
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+
+
+def _linked(path: str) -> PathError:
+    """Sluice makes its own files and directories in a slot; a symbolic link there was
+    put by someone else, and following it could read or delete what it points to."""
+    return PathError(f"refusing to use saved state {path}: expected a file or directory "
+                     f"Sluice made, got a symbolic link; remove it (or use another "
+                     f"--state-dir)")
 
 
 class SlotLock:
@@ -266,8 +279,10 @@ class SlotLock:
         path = self.slot + ".lock"
         state_dir = os.path.dirname(path) or "."
         open_state_dir(state_dir)
+        if os.path.islink(path):
+            raise _linked(path)
         try:
-            self.fd = open_private(path, os.O_RDWR | os.O_CREAT)
+            self.fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW)
         except OSError as exc:
             raise PathError(f"lock file {path}: cannot open it: {reason(exc)}; use another "
                             f"--state-dir") from None

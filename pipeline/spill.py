@@ -5,7 +5,10 @@ buckets by a hash of its key and hands them to a `SpillWriter`, which buffers a 
 and then appends one *frame* per (set, bucket) to its data file:
 
     DIR/spill.dat   frames, back to back: raw numpy rows, or a pickled list of objects
-    DIR/spill.idx   one 29-byte entry per frame: set, bucket, offset, bytes, rows
+    DIR/spill.idx   one 33-byte entry per frame: set, bucket, offset, bytes, rows, and
+                    the CRC-32 of the frame's bytes
+    DIR/spill.seal  the lengths of both files at the last mark(), and the CRC-32 of the
+                    index up to there (checksummed JSON)
 
 A *set* is one kind of row (the summary reducer writes "ids" and "sites"); each set
 has a numpy dtype, or None for pickled Python objects. Every map task and every reduce
@@ -13,6 +16,12 @@ task has its own writer, and a writer only appends, so the files are their own
 checkpoint: `mark()` flushes and fsyncs both and returns their lengths, a checkpoint
 records them, and `restore(mark)` cuts the files back after a crash. Nothing is ever
 written twice and no second copy of the rows is kept.
+
+Nothing is read back unverified. A reader takes only what the seal describes, checks the
+index against the seal's CRC and every frame against its own CRC before using it (and
+before unpickling it); a restored writer checks the index it keeps against the
+checkpoint's CRC. Damage is DamagedState (or CorruptCheckpoint on restore), naming the
+file: the engine then starts the task, or the run, over.
 
 A `SpillReader` over writers listed in input order returns a bucket's rows in that
 order, so row order within a bucket is file order: "first in file order wins" and
@@ -28,16 +37,18 @@ from __future__ import annotations
 
 import os
 import pickle
+import zlib
 from typing import Any, Iterator
 
 import numpy as np
 
-from .checkpoint import (CorruptCheckpoint, check_trusted, make_private_dirs, open_private)
-from .errors import CheckpointFailed, WriteFailed, reason
+from .checkpoint import (CorruptCheckpoint, check_trusted, make_private_dirs, open_private,
+                         read_checked_json, write_checked_json)
+from .errors import CheckpointFailed, DamagedState, WriteFailed, reason
 
 INDEX = np.dtype([("set", "u1"), ("bucket", "<u4"), ("offset", "<u8"), ("nbytes", "<u8"),
-                  ("nrows", "<u8")])
-DATA, IDX = "spill.dat", "spill.idx"
+                  ("nrows", "<u8"), ("crc", "<u4")])
+DATA, IDX, SEAL = "spill.dat", "spill.idx", "spill.seal"
 Sets = dict[str, Any]  # set name -> numpy dtype, or None for pickled objects
 
 
@@ -57,24 +68,37 @@ class SpillWriter:
         self._dat: Any = None
         self._idx: Any = None
         self._keep: dict[str, int] | None = None
+        self._icrc = 0  # CRC-32 of the index written so far
 
     # -- files --------------------------------------------------------------------
     def restore(self, mark: dict[str, int]) -> None:
         """Continue after a checkpoint: the files are cut back to `mark` when opened.
-        Raises CorruptCheckpoint if they are shorter than the checkpoint says."""
+        Raises CorruptCheckpoint if they are shorter than the checkpoint says, or the
+        index kept differs from the one the checkpoint recorded."""
         for key, name in (("dat", DATA), ("idx", IDX)):
             path = os.path.join(self.dir, name)
             size = os.path.getsize(path) if os.path.exists(path) else 0
             if size < mark[key]:
                 raise CorruptCheckpoint(f"{path} has {size:,} bytes; the checkpoint "
                                         f"recorded {mark[key]:,}")
+        path = os.path.join(self.dir, IDX)
+        kept = b""
+        if mark["idx"]:
+            with open(path, "rb") as fh:
+                kept = fh.read(mark["idx"])
+        if zlib.crc32(kept) != mark["icrc"]:
+            raise CorruptCheckpoint(f"{path} is damaged: its first {mark['idx']:,} bytes "
+                                    f"fail the checkpoint's CRC")
         self._keep = dict(mark)
+        self._icrc = mark["icrc"]
 
     def _open(self) -> None:
         keep = self._keep or {"dat": 0, "idx": 0}
         path = self.dir
         try:
             make_private_dirs(self.dir)
+            if os.path.exists(os.path.join(self.dir, SEAL)):  # it may describe more than
+                os.unlink(os.path.join(self.dir, SEAL))  # is kept; the next mark seals
             for attr, name in (("_dat", DATA), ("_idx", IDX)):
                 path = os.path.join(self.dir, name)
                 fh = open(open_private(path, os.O_RDWR | os.O_CREAT), "r+b")
@@ -133,18 +157,21 @@ class SpillWriter:
                     objects = [o for p in pieces for o in p]
                     data, nrows = pickle.dumps(objects, protocol=5), len(objects)
                 fh.write(data)
-                entries[i] = (sid, bucket, offset, len(data), nrows)
+                entries[i] = (sid, bucket, offset, len(data), nrows, zlib.crc32(data))
                 offset += len(data)
             fh, name = self._idx, IDX
-            fh.write(entries.tobytes())
+            raw = entries.tobytes()
+            fh.write(raw)
+            self._icrc = zlib.crc32(raw, self._icrc)
         except OSError as exc:
             raise WriteFailed("spill file", os.path.join(self.dir, name), reason(exc)) from None
         self.pending.clear()
         self.pending_bytes = 0
 
     def mark(self, durable: bool = True) -> dict[str, int]:
-        """Flush (and fsync) everything; the lengths a checkpoint records. WriteFailed
-        if the rows cannot be written; CheckpointFailed if only the fsync fails."""
+        """Flush (and fsync) everything and seal it: the lengths and index CRC a
+        checkpoint records, and what a reader may read. WriteFailed if the rows cannot
+        be written; CheckpointFailed if only the fsync (or the seal) fails."""
         self.flush()
         for fh, name in ((self._dat, DATA), (self._idx, IDX)):
             path = os.path.join(self.dir, name)
@@ -157,7 +184,9 @@ class SpillWriter:
                     os.fsync(fh.fileno())
                 except OSError as exc:
                     raise CheckpointFailed("spill file", path, reason(exc), "sync") from None
-        return {"dat": self._dat.tell(), "idx": self._idx.tell()}
+        mark = {"dat": self._dat.tell(), "idx": self._idx.tell(), "icrc": self._icrc}
+        write_checked_json(os.path.join(self.dir, SEAL), mark, durable=durable)
+        return mark
 
     def close(self) -> None:
         for fh in (self._dat, self._idx):
@@ -170,7 +199,8 @@ class SpillWriter:
 
 
 class SpillReader:
-    """Read buckets across several writers' directories, in the order given."""
+    """Read buckets across several writers' directories, in the order given: what each
+    writer's seal (its last mark) covers, verified (see the module docstring)."""
 
     def __init__(self, directories: list[str], sets: Sets):
         self.sets = {name: (np.dtype(dt) if dt is not None else None) for name, dt in sets.items()}
@@ -178,12 +208,36 @@ class SpillReader:
         self.writers: list[tuple[str, np.ndarray]] = []
         self.trusted: set[str] = set()
         for d in directories:
-            path = os.path.join(d, IDX)
+            index = self._index(d)
+            if index is not None:
+                self.writers.append((os.path.join(d, DATA), index))
+
+    def _index(self, d: str) -> np.ndarray | None:
+        """A writer's index, checked against its seal; None if it never wrote."""
+        path, seal_path = os.path.join(d, IDX), os.path.join(d, SEAL)
+        seal = read_checked_json(seal_path)
+        if seal is None:
             if not os.path.exists(path):
-                continue
-            raw = open(path, "rb").read()
-            usable = len(raw) - len(raw) % INDEX.itemsize
-            self.writers.append((os.path.join(d, DATA), np.frombuffer(raw[:usable], INDEX)))
+                return None
+            raise DamagedState(seal_path, "missing: the spill files beside it are not sealed")
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read(seal["idx"])
+            size = os.path.getsize(os.path.join(d, DATA))
+        except FileNotFoundError as exc:
+            raise DamagedState(exc.filename, "missing") from None
+        if len(raw) != seal["idx"] or raw and len(raw) % INDEX.itemsize:
+            raise DamagedState(path, f"{len(raw):,} bytes; its seal says {seal['idx']:,}")
+        if zlib.crc32(raw) != seal["icrc"]:
+            raise DamagedState(path, "its bytes fail the CRC in its seal")
+        if size < seal["dat"]:
+            raise DamagedState(os.path.join(d, DATA),
+                               f"{size:,} bytes; its seal says {seal['dat']:,}")
+        index = np.frombuffer(raw, INDEX)
+        if len(index) and (int((index["offset"] + index["nbytes"]).max()) > seal["dat"]
+                           or int(index["set"].max()) >= len(self.sets)):
+            raise DamagedState(path, "an entry points outside its data file")
+        return index
 
     def _entries(self, name: str, bucket: int) -> Iterator[tuple[str, Any]]:
         sid = self.set_ids[name]
@@ -209,9 +263,16 @@ class SpillReader:
                 for e in hit:
                     fh.seek(int(e["offset"]))
                     data = fh.read(int(e["nbytes"]))
-                    if len(data) != int(e["nbytes"]):
-                        raise OSError(f"spill file {path} is shorter than its index says")
-                    yield np.frombuffer(data, dtype) if dtype is not None else pickle.loads(data)
+                    if len(data) != int(e["nbytes"]) or zlib.crc32(data) != int(e["crc"]):
+                        raise DamagedState(path, f"the frame at byte {int(e['offset']):,} "
+                                                 f"fails its CRC")
+                    if dtype is None:
+                        yield pickle.loads(data)
+                    elif len(data) != int(e["nrows"]) * dtype.itemsize:
+                        raise DamagedState(path, f"the frame at byte {int(e['offset']):,} "
+                                                 f"does not hold {int(e['nrows']):,} rows")
+                    else:
+                        yield np.frombuffer(data, dtype)
 
     def read(self, name: str, bucket: int) -> Any:
         """All rows of one bucket: one array (or one list), writers in order."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 
@@ -43,7 +44,7 @@ class Batch(list):
     can point at any one of them. Other batches leave both as None.
     """
 
-    __slots__ = ("first_line", "first_offset", "source")
+    __slots__ = ("first_line", "first_offset", "source", "_starts")
 
     def __init__(self, records: Iterable[Any] = (), first_line: int | None = None,
                  first_offset: int | None = None, source: str | None = None):
@@ -51,13 +52,16 @@ class Batch(list):
         self.first_line = first_line
         self.first_offset = first_offset
         self.source = source  # the file it came from, when the input reads several
+        self._starts: list[int] | None = None
 
     def locate(self, i: int) -> tuple[int | None, int | None]:
         """(line number, byte offset) of record i of a raw-line batch."""
         if self.first_line is None or self.first_offset is None:
             return None, None
-        # rejects are rare, so offsets are summed on demand rather than stored
-        return self.first_line + i, self.first_offset + sum(len(r) + 1 for r in self[:i])
+        if self._starts is None:  # once per batch, at its first reject: rejects are rare
+            self._starts = list(accumulate(map(len, self), lambda a, n: a + n + 1,
+                                           initial=self.first_offset))
+        return self.first_line + i, self._starts[i]
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,25 @@ class Option:
 
 def positive(value: Any) -> str | None:
     return None if value > 0 else f"must be > 0; got {value!r}"
+
+
+def positive_at_most(hi: int) -> Callable[[Any], str | None]:
+    """An Option check: 0 < value <= hi, e.g. `check=positive_at_most(1 << 30)`."""
+    def check(value: Any) -> str | None:
+        return positive(value) or (None if value <= hi else
+                                   f"must be at most {hi:,}; got {value!r}")
+    return check
+
+
+def a_path(value: Any) -> str | None:
+    """An Option check for a file path, or a list of them: non-empty, and without the
+    NUL character no operating system takes in a path."""
+    for path in value if isinstance(value, list) else [value]:
+        if not isinstance(path, str) or not path:
+            return f"must be a non-empty path; got {path!r}"
+        if "\0" in path:
+            return f"must not hold a NUL character; got {path!r}"
+    return None
 
 
 ANY, SAME = "any", "same"
@@ -192,6 +215,12 @@ class Input(Stage):
     def frontier_problem(self, frontier: Any) -> str | None:
         """Why a plan that covered `frontier` cannot go on with the input as it is now."""
         return None if frontier == self.identity() else "the input changed"
+
+    def range_identity(self, where: Any) -> Any:
+        """What the bytes of piece `where` are now, in a few words (say, hashes of its
+        first and last blocks): a finished task is only reused while it is unchanged.
+        JSON-able; None if the piece cannot be checked cheaply."""
+        return None
 
     def part(self, where: Any) -> "Input":
         """A reader of one piece that ranges() described."""

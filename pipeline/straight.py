@@ -38,6 +38,7 @@ def run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
     ctx.stop = request
 
     def run(on_barrier: Any) -> None:
+        request.arm()
         trunk = [stages[i] for i in cfg.trunk]
         branches = {name: [stages[i] for i in idx] for name, idx in cfg.branches.items()}
         run_tree(trunk, branches, ctx, on_barrier=on_barrier)

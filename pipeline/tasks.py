@@ -20,17 +20,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .checkpoint import CheckpointStore, read_json, write_json_atomic
+from .checkpoint import CheckpointStore, read_checked_json, write_checked_json
 from .config import PipelineConfig
 from .deadletter import DeadLetter
-from .errors import CheckpointFailed, RejectedLine, SluiceError
+from .errors import CheckpointFailed, DamagedState, RejectedLine, SluiceError
 from .keyed import Capture, KeyedReducer, reduce_buckets
 from .runner import Context, run_tree
 from .signals import NeverSet, Stopped
 from .slots import Checkpointer, collect_counters, open_slot
 from .stage import Input, Kind, Stage
 
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: checksummed plan, results, spill frames and dead letters
 RESULT_FILE = "result.json"
 
 
@@ -69,6 +69,7 @@ class MapTask:
     stages: list[int]               # cfg.stages that follow the source
     branches: dict[str, list[int]]  # then each fork branch, up to its leaf
     leaves: list[Leaf]
+    plan: str = ""                  # the plan's nonce: state of another plan is not ours
 
     def describe(self) -> str:
         return f"map task {self.index}"
@@ -96,6 +97,7 @@ class ReduceTask:
     dir: str
     nbuckets: int
     generation: int = 0
+    plan: str = ""
 
     def describe(self) -> str:
         return f"reduce phase {self.phase}, buckets {self.buckets[0]}-{self.buckets[-1]}"
@@ -162,7 +164,7 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
             source = spec.cfg.stages[0].build().part(task.where)  # type: ignore[attr-defined]
         flat, shape["trunk"], shape["branches"] = map_stages(spec, task, source)
         return flat
-    header = {**spec.header, "task": task.index, "segment": task.segment,
+    header = {**spec.header, "task": task.index, "segment": task.segment, "plan": task.plan,
               "where": list(task.where) if isinstance(task.where, tuple) else task.where}
     dead = DeadLetter(os.path.join(task.dir, "dead_letter.jsonl"), strict=spec.strict)
     notices: list[str] = []
@@ -188,6 +190,8 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
     following = getattr(source, "follower", None) is not None  # it ends when stopped
     ctx = Context(dead)
     ctx.stop = env.stop
+    if spec.checkpoint:  # an input that breaks off keeps what was read before it
+        ctx.checkpoint = lambda: checkpointer.save(complete=False)
     try:
         run_tree(shape["trunk"], shape["branches"], ctx, on_barrier=hook)
     except RejectedLine as exc:
@@ -205,7 +209,7 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
     result = {"counters": collect_counters(counted),
               "lines": source.counters().get("lines", 0), "resumed_lines": resumed,
               "where": source.where(), "resumed_at": resumed_at, "notices": notices,
-              "rejected": dead.count,
+              "rejected": dead.count, "plan": task.plan, "dead_letter": dead.seal(),
               "meters": [m.as_dict() for m in ctx.meters], "checkpoints": checkpointer.count,
               "branch_meters": {b: [m.as_dict() for m in ms]
                                 for b, ms in ctx.branch_meters.items()},
@@ -219,7 +223,7 @@ def _save_result(task: Any, result: dict[str, Any], warn: bool) -> None:
     """result.json marks a task finished; if it cannot be written, a rerun redoes the
     task (from its last checkpoint): a warning, not a failure."""
     try:
-        write_json_atomic(os.path.join(task.dir, RESULT_FILE), result)
+        write_checked_json(os.path.join(task.dir, RESULT_FILE), result)
     except CheckpointFailed as exc:
         if warn:
             result.setdefault("warnings", []).append(
@@ -228,9 +232,22 @@ def _save_result(task: Any, result: dict[str, Any], warn: bool) -> None:
             result["checkpoint_failures"] = result.get("checkpoint_failures", 0) + 1
 
 
-def finished_map(task: MapTask) -> dict[str, Any] | None:
+def _result(task: Any, notices: list[str]) -> dict[str, Any] | None:
+    """A task's result.json if it is this plan's and intact; a damaged one is said and
+    the task is done again."""
+    try:
+        result = read_checked_json(os.path.join(task.dir, RESULT_FILE))
+    except DamagedState as exc:
+        notices.append(f"{exc}; doing {task.describe()} again")
+        return None
+    if result is None or result.get("plan") != task.plan:
+        return None
+    return result
+
+
+def finished_map(task: MapTask, notices: list[str]) -> dict[str, Any] | None:
     """The result a finished map task left, or None if it has not finished."""
-    return read_json(os.path.join(task.dir, RESULT_FILE))
+    return _result(task, notices)
 
 
 def run_reduce(spec: JobSpec, task: ReduceTask, env: Env) -> dict[str, Any]:
@@ -240,15 +257,15 @@ def run_reduce(spec: JobSpec, task: ReduceTask, env: Env) -> dict[str, Any]:
     start = time.perf_counter()
     counters = reduce_buckets(stage, task.phase, task.buckets, task.inputs, task.dir,
                               spec.reduce_bytes, durable=spec.durable, stop=env.stop)
-    result = {"counters": counters, "generation": task.generation,
+    result = {"counters": counters, "generation": task.generation, "plan": task.plan,
               "seconds": time.perf_counter() - start, "buckets": task.buckets}
     _save_result(task, result, spec.checkpoint)
     return result
 
 
-def finished_reduce(task: ReduceTask) -> dict[str, Any] | None:
+def finished_reduce(task: ReduceTask, notices: list[str]) -> dict[str, Any] | None:
     """The result of a reduce task finished for this plan's generation, or None."""
-    result = read_json(os.path.join(task.dir, RESULT_FILE))
+    result = _result(task, notices)
     if result is None or (result.get("generation"), result.get("buckets")) != (
             task.generation, task.buckets):
         return None

@@ -5,7 +5,7 @@ import csv
 import io
 from typing import Any, Iterator
 
-from pipeline import Batch, Option, Output
+from pipeline import Batch, Option, Output, a_path
 
 from .fields import MISSING, getter
 from .resumable_file import ResumableFile, Stdout
@@ -25,7 +25,7 @@ class CsvOutput(Output):
 
     name = "csv-output"
     accepts = ("object", "site-event", "summary-row", "count-row")
-    options = (Option("path", str, doc='file to write, or "-" for stdout'),
+    options = (Option("path", str, doc='file to write, or "-" for stdout', check=a_path),
                Option("columns", list, doc="column names, in order (the header row)"))
 
     @classmethod

@@ -11,12 +11,14 @@ import sys
 import zlib
 from typing import Any, Iterator
 
-from pipeline import Batch, Input, InputError, Option, positive
+from pipeline import Batch, Input, InputError, Option, a_path, positive_at_most
 
 from .follow import Follower
 
 BOM = b"\xef\xbb\xbf"
 FINGERPRINT_BYTES = 1024
+COMPRESSED_PIECE = 64 << 10
+RANGE_BLOCK = 64 << 10  # a range's identity: hashes of its first and last this many bytes  # compressed files are read this much at a time
 
 
 def is_url(path: str) -> bool:
@@ -34,6 +36,13 @@ def url_stat(path: str) -> Any:
     tag = str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or "")
     return types.SimpleNamespace(st_size=int(info.get("size") or 0), st_dev=0,
                                  st_ino=zlib.crc32(tag.encode()), st_mtime_ns=0)
+
+
+def _damaged(exc: BaseException, path: str) -> bool:
+    """Whether a read error is damaged compressed data (not an I/O error of the disk)."""
+    if not path.endswith((".gz", ".bz2")):
+        return False
+    return not isinstance(exc, OSError) or exc.errno is None
 
 
 def expand(path: str | list[str]) -> list[str]:
@@ -72,8 +81,10 @@ class FileInput(Input):
     name = "file-input"
     produces = "lines"
     options = (
-        Option("path", (str, list), doc="file, `-` (stdin), glob, or a list of them"),
-        Option("block_size", int, 4 << 20, "bytes read per batch", check=positive),
+        Option("path", (str, list), doc="file, `-` (stdin), glob, or a list of them",
+               check=a_path),
+        Option("block_size", int, 4 << 20, "bytes read per batch",
+               check=positive_at_most(1 << 30)),
         Option("follow", bool, False, "keep reading lines appended to the files until "
                                       "stopped (SIGINT/SIGTERM)"),
     )
@@ -81,7 +92,7 @@ class FileInput(Input):
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> str | None:
         path = options.get("path")
-        if isinstance(path, list) and (not path or not all(isinstance(p, str) for p in path)):
+        if isinstance(path, list) and not path:
             return "stage 'file-input': option 'path' must be a non-empty list of paths"
         return None
 
@@ -157,6 +168,8 @@ class FileInput(Input):
                 return "the input file was replaced"
             if now["size"] < old["size"]:
                 return "the input file was truncated"
+            if now["size"] == old["size"] and now["mtime_ns"] != old["mtime_ns"]:
+                return "the input file was modified (the same size, a newer modification time)"
             with open(self.files[i], "rb") as fh:
                 head = fh.read(old["head_len"])
             if hashlib.sha256(head).hexdigest() != old["head_sha256"]:
@@ -165,15 +178,33 @@ class FileInput(Input):
                 return "the input's last line, read without its newline, has grown"
         return None
 
+    def range_identity(self, where: Any) -> Any:
+        """Hashes of the first and last RANGE_BLOCK bytes of a range of a plain file."""
+        i, start, end = where
+        if not isinstance(i, int) or end is None or not self._splittable(self.files[i]):
+            return None
+        try:
+            with open(self.files[i], "rb") as fh:
+                head = fh.read(min(RANGE_BLOCK, end - start))
+                fh.seek(max(start, end - RANGE_BLOCK))
+                tail = fh.read(min(RANGE_BLOCK, end - start))
+        except OSError:
+            return "unreadable"
+        return hashlib.sha256(head).hexdigest()[:32] + hashlib.sha256(tail).hexdigest()[:32]
+
+    @staticmethod
+    def _splittable(path: str) -> bool:
+        return not path.endswith((".gz", ".bz2")) and not is_url(path) and path != "-"
+
     def _file_state(self, i: int) -> dict[str, Any]:
         path = self.files[i]
         st = url_stat(path) if is_url(path) else self._stat_of(path)
         splittable = not path.endswith((".gz", ".bz2")) and not is_url(path)
         state = {"path": path if is_url(path) else os.path.abspath(path),
                  "device": st.st_dev, "inode": st.st_ino, "size": st.st_size,
-                 "splittable": splittable}
+                 "splittable": splittable, "mtime_ns": st.st_mtime_ns}
         if not splittable:
-            return {**state, "mtime_ns": st.st_mtime_ns}
+            return state
         with open(path, "rb") as fh:
             head = fh.read(FINGERPRINT_BYTES)
             last = b"\n"
@@ -394,6 +425,41 @@ class FileInput(Input):
                 return
             self.index, self.offset, self.line = self.index + 1, 0, 1
 
+    def _damaged_tail(self, exc: BaseException, carry: bytes, at: int,
+                      source: str | None) -> None:
+        """A compressed file whose data breaks off: what follows its last whole line is
+        one rejected "line", and the file ends there."""
+        why = str(exc) or exc.__class__.__name__
+        self.ctx.reject(carry[:1024], f"corrupt or truncated compressed data: {why}; the "
+                        f"rest of the file cannot be read", line=self.line, offset=at,
+                        stage=self.name, file=source)
+        self.lines_read += 1
+        self.line += 1
+        self.offset = at + len(carry)
+
+    def _read_block(self, fh: Any, want: int) -> tuple[bytes, BaseException | None]:
+        """Up to `want` bytes, and the damage that cut them short (compressed files are
+        read in small pieces, so that what precedes the damage is kept)."""
+        if want <= 0:
+            return b"", None
+        path = self.files[self.index]
+        if not path.endswith((".gz", ".bz2")):
+            return fh.read(want), None
+        pieces: list[bytes] = []
+        got = 0
+        while got < want:
+            try:
+                piece = fh.read(min(want - got, COMPRESSED_PIECE))
+            except (EOFError, zlib.error, OSError) as exc:
+                if not _damaged(exc, path):
+                    raise
+                return b"".join(pieces), exc
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces), None
+
     def _read_file(self) -> Iterator[Batch]:
         source = self.files[self.index] if len(self.files) > 1 else self.label
         with self._open() as fh:
@@ -407,9 +473,9 @@ class FileInput(Input):
             while True:
                 want = self.block_size if end is None else min(self.block_size,
                                                                end - carry_at - len(carry))
-                block = fh.read(want) if want > 0 else b""
+                block, broken = self._read_block(fh, want)
                 data = carry + block if carry else block
-                at_eof = not block
+                at_eof = not block and broken is None
                 if carry_at == 0 and data.startswith(BOM):
                     data, carry_at = data[3:], 3
                 if at_eof:
@@ -421,6 +487,9 @@ class FileInput(Input):
                     lines = data.split(b"\n")  # no copy of the block, unlike data[:cut]
                     carry = lines.pop()  # the part after the last newline
                     if not lines:
+                        if broken is not None:
+                            self._damaged_tail(broken, carry, carry_at, source)
+                            return
                         continue  # a line longer than a block: keep reading
                     nxt = len(data) - len(carry)
                 batch = Batch(lines, first_line=self.line, first_offset=carry_at)
@@ -431,5 +500,8 @@ class FileInput(Input):
                 self.line += len(lines)
                 self.lines_read += len(lines)
                 yield batch
+                if broken is not None:  # the lines before the damage, then the damage
+                    self._damaged_tail(broken, carry, carry_at, source)
+                    return
                 if at_eof:
                     return

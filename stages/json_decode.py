@@ -1,9 +1,10 @@
 """json-decode: decode and validate one JSON document per line."""
 from __future__ import annotations
 
+import json
+import math
 import re
-from bisect import bisect_right
-from itertools import accumulate, compress
+from itertools import compress
 from operator import not_
 from typing import Any, Iterator
 
@@ -13,12 +14,11 @@ from pipeline import Batch, Option, Processor
 
 from .site_event import SiteEventType
 
-SMALL = 16  # below this many lines, decode one by one
+CHUNK = 512  # lines decoded by one C-level map; a chunk with a bad line goes line by line
 SCHEMAS: dict[str, Any] = {"site-event": SiteEventType, "object": dict}
 _AT = re.compile(r"^(.*?)(?: - at `\$((?:\.[^`]*)|(?:\[[^`]*))`)?$", re.S)
-_AT_BYTE = re.compile(r"\(byte (\d+)\)$")
-_AT_INDEX = re.compile(r"at `\$\[(\d+)\]")
 _MISSING = re.compile(r"Object missing required field `([^`]*)`(?: - at `\$(.*)`)?")
+_ANY = msgspec.json.Decoder()
 
 
 def reject_reason(exc: Exception) -> str:
@@ -46,6 +46,46 @@ def reject_reason(exc: Exception) -> str:
     return f"field {path.lstrip('.')!r}: {problem}" if path else problem
 
 
+def line_reason(raw: bytes, exc: Exception) -> str:
+    """Why one line is rejected, naming what msgspec could not: a line that is not JSON
+    at all (an nginx line) is "invalid JSON", not "expected object, got float"; a number
+    beyond the double range inside an object names its field (`bytes`, `a.b[2]`)."""
+    reason = reject_reason(exc)
+    if reason.startswith("not a JSON object"):
+        try:
+            _ANY.decode(raw)
+        except msgspec.DecodeError as inner:
+            return reject_reason(inner)
+        except RecursionError:
+            return DEEP
+    elif "[...]" in reason and reason.endswith("not a finite number"):
+        path = _infinite_at(raw)
+        if path:
+            return f"field {path!r}: not a finite number"
+    return reason
+
+
+DEEP = "invalid JSON: nested too deeply to decode"
+
+
+def _infinite_at(raw: bytes) -> str | None:
+    """The path of the first number beyond the double range in a JSON line, or None."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    todo: list[tuple[str, Any]] = [("", value)]
+    while todo:
+        path, v = todo.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return path
+        if isinstance(v, dict):
+            todo += [(f"{path}.{k}" if path else k, x) for k, x in reversed(v.items())]
+        elif isinstance(v, list):
+            todo += [(f"{path}[{i}]", x) for i, x in reversed(list(enumerate(v)))]
+    return None
+
+
 def _is_utf8(data: bytes) -> bool:
     try:
         data.decode("utf-8")
@@ -62,8 +102,11 @@ class JsonDecode(Processor):
 
     `site-event` is the chat-log record of configs/summary.md; `object` accepts any
     JSON object.
-    Blank lines are skipped. A rejected line goes to the run's dead-letter file with
-    its line number, byte offset and a reason naming the field.
+    Every line is decoded as exactly one JSON value, whatever its neighbours: a line
+    holding two objects (`{...},{...}`), half an object, or a fragment of an array is
+    rejected, never joined with the next. Blank lines are skipped. A rejected line goes
+    to the run's dead-letter file with its line number, byte offset and a reason naming
+    the field.
     """
 
     name = "json-decode"
@@ -81,7 +124,6 @@ class JsonDecode(Processor):
     def __init__(self, **options: Any):
         super().__init__(**options)
         self._one = msgspec.json.Decoder(SCHEMAS[self.schema])
-        self._many = msgspec.json.Decoder(list[SCHEMAS[self.schema]])  # type: ignore[index]
         self.records = 0
         self.rejected = 0
 
@@ -97,9 +139,41 @@ class JsonDecode(Processor):
     def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         for batch in batches:
             out = Batch()
-            _Block(self, batch).decode(0, len(batch), out)
+            self._decode(batch, out)
             self.records += len(out)
             yield out
+
+    def _decode(self, batch: Batch, out: list[Any]) -> None:
+        """Blank lines and lines of invalid UTF-8 are found first (cheap C-level scans)
+        and handled one by one; the lines between them are decoded in chunks by a
+        C-level map, each line on its own. A chunk that holds a bad line is decoded
+        again line by line, so only that line is rejected."""
+        n = len(batch)
+        # C-level scans (map/compress): a Python loop over every line costs more
+        special = list(compress(range(n), map(not_, batch)))  # empty lines
+        special += compress(range(n), map(bytes.isspace, batch))
+        wide = list(compress(range(n), map(not_, map(bytes.isascii, batch))))
+        # msgspec does not check UTF-8 in fields it skips; the non-ASCII lines are
+        # checked together, and one by one only if that fails
+        if wide and not _is_utf8(b"\n".join([batch[i] for i in wide])):
+            special += (i for i in wide if not _is_utf8(batch[i]))
+        lo = 0
+        for i in sorted(set(special)):
+            self._span(batch, lo, i, out)
+            self._decode_line(batch, i, out)
+            lo = i + 1
+        self._span(batch, lo, n, out)
+
+    def _span(self, batch: Batch, lo: int, hi: int, out: list[Any]) -> None:
+        """Lines lo..hi, none of them blank or invalid UTF-8."""
+        decode = self._one.decode
+        for a in range(lo, hi, CHUNK):
+            b = min(a + CHUNK, hi)
+            try:
+                out += list(map(decode, batch[a:b]))  # all or nothing: a list first
+            except (msgspec.DecodeError, RecursionError):
+                for i in range(a, b):
+                    self._decode_line(batch, i, out)
 
     def _decode_line(self, batch: Batch, i: int, out: list[Any]) -> None:
         raw = batch[i]
@@ -113,77 +187,12 @@ class JsonDecode(Processor):
         try:
             out.append(self._one.decode(raw))
         except msgspec.DecodeError as exc:
-            self._reject(batch, i, reject_reason(exc))
+            self._reject(batch, i, line_reason(raw, exc))
+        except RecursionError:
+            self._reject(batch, i, DEEP)
 
     def _reject(self, batch: Batch, i: int, reason: str) -> None:
         self.rejected += 1
         line, offset = batch.locate(i)
         extra = {"file": batch.source} if batch.source else {}
         self.ctx.reject(batch[i], reason, line=line, offset=offset, stage=self.name, **extra)
-
-
-class _Block:
-    """One batch of lines being decoded, a run of lines per call into msgspec (in C).
-
-    Blank lines and lines of invalid UTF-8 are found first (cheap C-level scans) and
-    handled one by one; the runs between them are decoded as JSON arrays. Where a run
-    fails, msgspec's error names the element or byte it stopped at: the lines before it
-    are decoded again as a run, that line alone (rejected with its reason), and
-    decoding goes on after it. Without a position, the run is bisected.
-    """
-
-    def __init__(self, stage: JsonDecode, batch: Batch):
-        self.stage, self.batch = stage, batch
-
-    def decode(self, lo: int, hi: int, out: list[Any]) -> None:
-        batch = self.batch
-        n = len(batch)
-        # C-level scans (map/compress): a Python loop over every line costs more
-        special = list(compress(range(n), map(not_, batch)))  # empty lines
-        special += compress(range(n), map(bytes.isspace, batch))
-        wide = list(compress(range(n), map(not_, map(bytes.isascii, batch))))
-        # msgspec does not check UTF-8 in fields it skips; the non-ASCII lines are
-        # checked together, and one by one only if that fails
-        if wide and not _is_utf8(b"\n".join([batch[i] for i in wide])):
-            special += (i for i in wide if not _is_utf8(batch[i]))
-        for i in sorted(set(special)):
-            self._span(lo, i, out)
-            self.stage._decode_line(batch, i, out)
-            lo = i + 1
-        self._span(lo, hi, out)
-
-    def _span(self, lo: int, hi: int, out: list[Any]) -> None:
-        """Lines lo..hi, none of them blank or invalid UTF-8."""
-        while hi - lo > SMALL:
-            stop = self._run(lo, hi, out)
-            if stop is None:
-                return
-            if not lo <= stop < hi:
-                mid = (lo + hi) // 2
-                self._span(lo, mid, out)
-                self._span(mid, hi, out)
-                return
-            self._span(lo, stop, out)
-            self.stage._decode_line(self.batch, stop, out)
-            lo = stop + 1
-        for i in range(lo, hi):
-            self.stage._decode_line(self.batch, i, out)
-
-    def _run(self, lo: int, hi: int, out: list[Any]) -> int | None:
-        """Decode lines lo..hi as one array. None if all were good, else the line
-        msgspec stopped at (-1 if its error names no position)."""
-        lines = self.batch if lo == 0 and hi == len(self.batch) else self.batch[lo:hi]
-        body = b",".join(lines)
-        try:
-            out.extend(self.stage._many.decode(b"[" + body + b"]"))
-            return None
-        except msgspec.DecodeError as exc:
-            text = str(exc)
-            m = _AT_INDEX.search(text)
-            if m is not None:
-                return lo + int(m.group(1))
-            m = _AT_BYTE.search(text)
-            if m is None:
-                return -1
-            starts = list(accumulate((len(x) + 1 for x in lines), initial=1))
-            return lo + bisect_right(starts, int(m.group(1))) - 1

@@ -5,7 +5,7 @@ from typing import Any, Iterator
 
 import msgspec
 
-from pipeline import Batch, Output, Option
+from pipeline import Batch, Option, Output, a_path
 
 from .resumable_file import ResumableFile, Stdout
 
@@ -24,7 +24,7 @@ class JsonlOutput(Output):
     """
 
     name = "jsonl-output"
-    options = (Option("path", str, doc='file to write, or "-" for stdout'),)
+    options = (Option("path", str, doc='file to write, or "-" for stdout', check=a_path),)
 
     def __init__(self, **options: Any):
         super().__init__(**options)

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import msgspec
 
-from pipeline import Batch, Option, Output
+from pipeline import Batch, Option, Output, a_path
 
 from .resumable_file import ResumableFile, write_stdout_text
 
@@ -28,7 +28,7 @@ class SummaryJsonOutput(Output):
 
     name = "summary-json-output"
     accepts = ("summary-row", "object")
-    options = (Option("path", str, "-", 'file to write, or "-" for stdout'),)
+    options = (Option("path", str, "-", 'file to write, or "-" for stdout', check=a_path),)
 
     def write(self, batches: Iterator[Batch]) -> None:
         rows: list[Any] = []

@@ -34,6 +34,10 @@ class Where(Processor):
     def check_options(cls, options: dict[str, Any]) -> str | None:
         if ("equals" in options) == ("in" in options):
             return "stage 'where': give exactly one of `equals` or `in`"
+        for value in options.get("in") or []:
+            if not isinstance(value, (str, int, float, bool)):
+                return (f"stage 'where': `in` must list strings, numbers or booleans; got "
+                        f"{type(value).__name__} {value!r}")
         return None
 
     def __init__(self, **options: Any):

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from conftest import ROOT, cli, generate
+from pipeline.checkpoint import read_checked_json
 from reference import summarize
 
 SUMMARY = str(ROOT / "configs" / "summary.yaml")
@@ -31,7 +32,7 @@ def test_tiny_buckets_give_the_exact_summary(tmp_path, seed, sites, extra, worke
             env=squeezed(kb))
     assert p.returncode == 0, p.stderr
     assert p.stdout == summarize(log.read_bytes())
-    plan = json.loads(next((tmp_path / "s").glob("*/plan.json")).read_text())
+    plan = read_checked_json(next((tmp_path / "s").glob("*/plan.json")))
     assert plan["segments"]["0"]["nbuckets"][0] > 10
 
 

@@ -1,6 +1,8 @@
 """Config errors are refused before anything runs, naming file:line."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import main
@@ -8,6 +10,7 @@ from conftest import SUMMARY
 from pipeline import ConfigError, load_config
 from pipeline.config import parse_config
 
+CPUS = os.cpu_count() or 1
 GOOD = """\
 pipeline:
   - file-input:
@@ -66,7 +69,8 @@ def test_shipped_summary_config_loads():
     ("workers: 2\n", "configs/x.yaml:1: missing `pipeline:` (a list of stages)"),
     ("pipeline: []\n", "configs/x.yaml:1: `pipeline` must be a non-empty list of stages"),
     ("- a\n", "configs/x.yaml:1: a config must be a mapping with a `pipeline:` list"),
-    (GOOD + "workers: 0\n", "configs/x.yaml:8: `workers` must be an integer >= 1; got 0"),
+    (GOOD + "workers: 0\n", f"configs/x.yaml:8: `workers` must be a whole number from 1 to "
+                            f"{4 * CPUS} (4 per CPU, {CPUS} here); got 0"),
     (GOOD + "checkpoint: {every_record: 5}\n",
      "configs/x.yaml:8: checkpoint: unknown key 'every_record' (did you mean 'every_records'?)"),
     (GOOD.replace("  - sorted-stdout-output: {}\n", ""),

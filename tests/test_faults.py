@@ -24,7 +24,7 @@ import pytest
 
 import main
 from conftest import ROOT
-from pipeline.checkpoint import AppendOnly, CheckpointStore
+from pipeline.checkpoint import AppendOnly, CheckpointStore, read_checked_json
 from pipeline.errors import CheckpointFailed, UntrustedState
 from pipeline.spill import SpillReader, SpillWriter
 
@@ -301,7 +301,7 @@ def test_worker_checkpoint_warning_reaches_the_user_once(tmp_path):
     p = sluice("-c", cfg, "--state-dir", state, "-w", "2",
                env={"SLUICE_TEST_FAULT": "manifest", "PYTHONPATH": f"{hook}:{ROOT}"})
     slot = slot_of(state)
-    tasks = len(json.loads((slot / "plan.json").read_text())["ranges"])
+    tasks = len(read_checked_json(slot / "plan.json")["ranges"])
     assert tasks >= 2
     assert p.returncode == 0 and p.stdout == ref.stdout
     assert warnings(p.stderr.decode()) == [

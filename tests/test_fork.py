@@ -188,7 +188,8 @@ def test_stress_kill_with_a_fork():
     ("pipeline:\n  - file-input: {path: x}\n  - fork: []\n",
      "x.yaml:3: `fork` must map branch names to lists of stages"),
     (FORK.replace("      statuses:", "      summary:"),
-     "x.yaml:8: fork: branch 'summary' is named twice"),
+     "x.yaml:8: key 'summary' is given twice in one mapping (first at line 5); YAML would "
+     "silently keep only the last"),
 ])
 def test_fork_config_errors_name_the_branch_and_line(text, message):
     """Each fork mistake is one line with file:line and the branch it is in."""

@@ -15,8 +15,8 @@ def test_public_api_names():
         "ANY", "AppendOnly", "Batch", "ConfigError", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED",
         "EXIT_OK", "EXIT_USAGE", "Input", "InputChanged", "InputError", "KINDS", "KeyedReducer",
         "Kind", "Option", "Output", "PipelineConfig", "Processor", "ReduceIO", "Reducer",
-        "Registry", "RejectedLine", "SAME", "SluiceError", "Stage", "check_stage_class", "keys",
-        "load_config", "parse_config", "positive", "unwrap"]
+        "Registry", "RejectedLine", "SAME", "SluiceError", "Stage", "a_path", "check_stage_class",
+        "keys", "load_config", "parse_config", "positive", "positive_at_most", "unwrap"]
 
 
 def test_builtins_are_registered_by_name():
