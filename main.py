@@ -19,9 +19,10 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_config, progress
-from pipeline.config import override_option
+from pipeline.config import max_workers, override_option
 from pipeline.describe import chain_text, graph_mermaid, graph_text, list_stages, show_stage
 from pipeline.errors import EXIT_USAGE, OutputClosed, PathError, reason, writable_problem
 from pipeline.job import Interrupted, run_job
@@ -48,6 +49,13 @@ def build_registry(warn: bool = False) -> Registry:
     return registry
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake as one line (exit 2) instead of the usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SluiceError(f"{self.prog}: {message} (see `python {self.prog} -h`)")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -55,6 +63,14 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def worker_count(text: str) -> int:
+    value = positive_int(text)
+    if value > max_workers():
+        raise argparse.ArgumentTypeError(f"must be at most {max_workers()} (4 per CPU, "
+                                         f"{os.cpu_count() or 1} here), got {value}")
     return value
 
 
@@ -69,12 +85,12 @@ def positive_float(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="main.py", description="Run a Sluice YAML pipeline. Other verbs: "
         "stages, validate, graph, test (see `main.py VERB -h`).", epilog=EPILOG)
     p.add_argument("-c", "--config", required=True, help="pipeline YAML file")
     p.add_argument("-f", "--file", help="input path (overrides the input stage's `path`)")
-    p.add_argument("-w", "--workers", type=positive_int, metavar="N",
+    p.add_argument("-w", "--workers", type=worker_count, metavar="N",
                    help="worker processes (default: the config's `workers`, else one per "
                         "CPU for inputs over 32 MiB each)")
     p.add_argument("--dead-letter", metavar="PATH",
@@ -161,7 +177,7 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def cmd_stages(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="main.py stages", epilog=EPILOG,
+    p = Parser(prog="main.py stages", epilog=EPILOG,
                                 description="List every stage, or show one in detail.")
     p.add_argument("name", nargs="?", help="a stage to describe")
     args = p.parse_args(argv)
@@ -172,29 +188,38 @@ def cmd_stages(argv: list[str]) -> int:
 
 
 def cmd_validate(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="main.py validate", epilog=EPILOG,
-                                description="Check a config (options, types, wiring) "
-                                            "without running it.")
-    p.add_argument("-c", "--config", required=True)
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, build_registry(warn=True))
-    print(f"{args.config}: ok ({chain_text(cfg)})")
+    p = Parser(prog="main.py validate", epilog=EPILOG,
+               description="Check a config (options, types, wiring) without running it.")
+    config = _config_argument(p, argv)
+    cfg = load_config(config, build_registry(warn=True))
+    print(f"{config}: ok ({chain_text(cfg)})")
     return EXIT_OK
 
 
-def cmd_graph(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="main.py graph", epilog=EPILOG,
-                                description="Print the chain of a config.")
-    p.add_argument("-c", "--config", required=True)
-    p.add_argument("--mermaid", action="store_true", help="as a Mermaid flowchart")
+def _config_argument(p: Parser, argv: list[str], **more: Any) -> Any:
+    """`-c CONFIG` or a positional CONFIG, as `main.py test PATH` takes it: the config
+    path (and the parsed arguments, when more options were added to `p`)."""
+    p.add_argument("config", nargs="?", metavar="CONFIG", help="pipeline YAML file")
+    p.add_argument("-c", "--config", dest="config_opt", metavar="CONFIG",
+                   help="pipeline YAML file (the same as CONFIG)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, build_registry(warn=True))
+    if (args.config is None) == (args.config_opt is None):
+        p.error("give the config once: CONFIG or -c CONFIG")
+    config = args.config or args.config_opt
+    return (config, args) if more.get("with_args") else config
+
+
+def cmd_graph(argv: list[str]) -> int:
+    p = Parser(prog="main.py graph", epilog=EPILOG, description="Print the chain of a config.")
+    p.add_argument("--mermaid", action="store_true", help="as a Mermaid flowchart")
+    config, args = _config_argument(p, argv, with_args=True)
+    cfg = load_config(config, build_registry(warn=True))
     print(graph_mermaid(cfg) if args.mermaid else graph_text(cfg), end="")
     return EXIT_OK
 
 
 def cmd_test(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="main.py test", epilog=EPILOG,
+    p = Parser(prog="main.py test", epilog=EPILOG,
                                 description="Run pipeline unit tests: *_test.yaml files "
                                             "(or directories holding them).")
     p.add_argument("paths", nargs="+", metavar="PATH")

@@ -35,7 +35,7 @@ TOP_LEVEL = {
     "executor": "{type: local | dask, scheduler: tcp://HOST:PORT, partition_mb: 64}",
     "memory_mb": "memory budget of the whole run, all processes together (default 512)",
     "emit": "{every_seconds: S}: how often a followed run shows its current result",
-}
+}  # and keys starting with `x-`, ignored: a place for YAML anchors used below
 CHECKPOINT_KEYS = {"every_records": int, "every_seconds": (int, float), "enabled": bool,
                    "strict": bool}
 EXECUTOR_KEYS = {"type": str, "scheduler": str, "partition_mb": int}
@@ -126,7 +126,7 @@ Bound = tuple[float, float]
 LIMITS: dict[str, Bound] = {  # value ranges of the top-level numbers; see max_workers()
     "memory_mb": (1, 1 << 24),            # up to 16 TiB
     "every_records": (1, 1 << 62),
-    "every_seconds": (1e-3, 1e9),
+    "every_seconds": (1e-3, 1_000_000_000),
     "partition_mb": (1, 1 << 20),
 }
 WORKERS_PER_CPU = 4
@@ -140,11 +140,11 @@ def max_workers() -> int:
 def number_problem(name: str, value: Any, kind: type | tuple[type, ...],
                    bounds: Bound) -> str | None:
     """Why `value` is not a number of `kind` within `bounds`, or None."""
-    lo, hi = bounds
-    if not _type_ok(value, kind) or (isinstance(value, float) and not math.isfinite(value)):
-        return f"`{name}` must be {_type_name(kind)} from {lo:,g} to {hi:,g}; got {value!r}"
-    if not lo <= value <= hi:
-        return f"`{name}` must be from {lo:,g} to {hi:,g}; got {value!r}"
+    lo, hi = (f"{b:,}" if isinstance(b, int) else f"{b:g}" for b in bounds)
+    what = "a whole number" if kind is int else "a number"
+    if not _type_ok(value, kind) or (isinstance(value, float) and not math.isfinite(value)) \
+            or not bounds[0] <= value <= bounds[1]:
+        return f"`{name}` must be {what} from {lo} to {hi}; got {value!r}"
     return None
 
 
@@ -190,6 +190,8 @@ def _parse(ld: YamlDoc, registry: Registry) -> PipelineConfig:
             cfg.checkpoint = _checkpoint(ld, value_node)
         elif key == "executor":
             cfg.executor = _executor(ld, value_node)
+        elif key.startswith("x-"):
+            pass  # a place for YAML anchors (`x-defaults: &d {...}`), as in docker compose
         elif key == "emit":
             cfg.emit = _section(ld, value_node, "emit", {"every_seconds": (int, float)},
                                 lambda k, v: number_problem(k, v, (int, float),

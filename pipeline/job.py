@@ -21,7 +21,7 @@ from .config import PipelineConfig
 from .deadletter import DeadLetter
 from .errors import DamagedState, InputError, Interrupted, SluiceError, reason
 from .executors import make_executor
-from .keyed import KeyedReducer, captured, result_batches
+from .keyed import Capture, KeyedReducer, Results, captured, result_batches
 from .live import check_follow, emit
 from .options import (DEFAULT_EMIT_SECONDS, DEFAULT_MEMORY_MB, JobOptions,
                       checkpoint_enabled, every)
@@ -195,7 +195,7 @@ class Job:
         try:
             resumed = self._map_first(dead)
             lap("map")
-            streams: dict[tuple[int, int], Callable[[], Iterator[Batch]]] = {}
+            streams: dict[tuple[int, int], Results] = {}
             for seg in plan.segments:
                 if seg.number > 0:
                     self._map_later(seg, streams.pop(seg.source), dead)  # type: ignore[arg-type]
@@ -205,6 +205,8 @@ class Job:
                 lap("reduce")
             if self.request.is_set() and not self.following:
                 raise Stopped(self.counters.get("lines", 0))
+            for tail in plan.tails:  # nothing is output before all of it is verified
+                streams[tail.source].verify()
             for tail in plan.tails:
                 self._tail(tail, streams.pop(tail.source), dead)
             lap("output")
@@ -298,13 +300,13 @@ class Job:
         append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), result["dead_letter"],
                        dead, None)
 
-    def _finish(self, seg: Any, j: int, leaf: Any, budget: Budget
-                ) -> Callable[[], Iterator[Batch]]:
+    def _finish(self, seg: Any, j: int, leaf: Any, budget: Budget) -> Results:
         """Reduce a leaf; returns what produces its results, merged, as batches."""
         tasks = self.plan.map_tasks(seg.number)
         if leaf.stage is None:
             self.last_results = 0
-            return lambda: captured([t.leaf_dir(j) for t in tasks])
+            dirs = [t.leaf_dir(j) for t in tasks]
+            return Results(lambda: captured(dirs), dirs, Capture.all_sets())
         spec = self.cfg.stages[leaf.stage]
         if not leaf.keyed:
             at = leaf_position(tasks[0], j)
@@ -320,7 +322,7 @@ class Job:
             assert reducer is not None
             self.counters = add_counters(self.counters, collect_counters([reducer]))
             self.last_results = len(reducer) if hasattr(reducer, "__len__") else 0
-            return reducer.finish  # type: ignore[attr-defined]
+            return Results(reducer.finish)  # type: ignore[attr-defined]
         stage = spec.build()
         assert isinstance(stage, KeyedReducer)
         stage.nbuckets = self.plan.nbuckets(seg.number, j)
@@ -346,7 +348,8 @@ class Job:
                                          "seconds": result["seconds"]})
         self.last_results = results_count
         last = [t.dir for t in self.plan.reduce_tasks(seg.number, j, stage.phases - 1, groups)]
-        return lambda: result_batches(stage, last, stage.nbuckets)
+        return Results(lambda: result_batches(stage, last, stage.nbuckets), last,
+                       stage.all_sets())
 
     def _tail(self, tail: Any, source: Callable[[], Iterator[Batch]], dead: DeadLetter,
               emitting: bool | None = None) -> None:

@@ -267,6 +267,23 @@ class Capture(KeyedReducer):
             self._writer().add_objects("records", 0, list(batch))
 
 
+class Results:
+    """What a leaf of the plan produces, read as batches by calling it: a keyed
+    reducer's results merged by key, a capture's records in file order, or a mergeable
+    reducer's finish(). `verify()` checks every frame on disk first, so that nothing is
+    output from state that turns out damaged halfway through."""
+
+    def __init__(self, read: Any, dirs: list[str] = (), sets: Sets | None = None):  # type: ignore[assignment]
+        self.read, self.dirs, self.sets = read, list(dirs), sets or {}
+
+    def __call__(self) -> Iterator[Batch]:
+        return self.read()
+
+    def verify(self) -> None:
+        if self.dirs:
+            SpillReader(self.dirs, self.sets).verify()
+
+
 def captured(dirs: list[str]) -> Iterator[Batch]:
     """The records captured by map tasks (their directories in task order), in order."""
     reader = SpillReader(dirs, Capture.all_sets())

@@ -83,7 +83,8 @@ def resume_notice(tasks: list[MapTask], results: list[dict[str, Any]],
             parts.append(f"{len(midway)} of {len(tasks)} map tasks at "
                          + ", ".join(r["resumed_at"] for r in midway))
         if done:
-            parts.append(f"{len(done)} of {len(tasks)} had finished")
+            parts.append(f"{len(done)} of {len(tasks)} " + ("had" if midway else
+                                                           "map tasks had") + " finished")
         text = "resumed " + "; ".join(parts)
     return text, sum(r["lines"] for r in done) + sum(r["resumed_lines"] for r in midway)
 

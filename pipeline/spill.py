@@ -198,6 +198,15 @@ class SpillWriter:
         self._dat = self._idx = None
 
 
+def _frame(fh: Any, path: str, entry: Any) -> bytes:
+    """The bytes of one frame, checked against its index entry's length and CRC."""
+    fh.seek(int(entry["offset"]))
+    data = fh.read(int(entry["nbytes"]))
+    if len(data) != int(entry["nbytes"]) or zlib.crc32(data) != int(entry["crc"]):
+        raise DamagedState(path, f"the frame at byte {int(entry['offset']):,} fails its CRC")
+    return data
+
+
 class SpillReader:
     """Read buckets across several writers' directories, in the order given: what each
     writer's seal (its last mark) covers, verified (see the module docstring)."""
@@ -261,11 +270,7 @@ class SpillReader:
                 self.trusted.add(path)
             with open(path, "rb") as fh:
                 for e in hit:
-                    fh.seek(int(e["offset"]))
-                    data = fh.read(int(e["nbytes"]))
-                    if len(data) != int(e["nbytes"]) or zlib.crc32(data) != int(e["crc"]):
-                        raise DamagedState(path, f"the frame at byte {int(e['offset']):,} "
-                                                 f"fails its CRC")
+                    data = _frame(fh, path, e)
                     if dtype is None:
                         yield pickle.loads(data)
                     elif len(data) != int(e["nrows"]) * dtype.itemsize:
@@ -273,6 +278,15 @@ class SpillReader:
                                                  f"does not hold {int(e['nrows']):,} rows")
                     else:
                         yield np.frombuffer(data, dtype)
+
+    def verify(self) -> None:
+        """Check every frame's CRC without using it: for readers whose data must be
+        known good before anything is output (a damaged frame found halfway through an
+        output that cannot be taken back would be too late)."""
+        for path, index in self.writers:
+            with open(path, "rb") as fh:
+                for e in index:
+                    _frame(fh, path, e)
 
     def read(self, name: str, bucket: int) -> Any:
         """All rows of one bucket: one array (or one list), writers in order."""

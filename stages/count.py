@@ -3,14 +3,29 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import msgspec
 import numpy as np
 
 from pipeline import Batch, Option, keys
 from pipeline.keyed import KeyedReducer, ReduceIO
 
-from .fields import MISSING, getter, normalize
+from .fields import MISSING, getter
 
 COUNT_ROW = np.dtype([("w0", "<u8"), ("w1", "<u8"), ("n", "<u8"), ("tag", "u1")])
+NULL = 3  # the tag of a null value (keys.encode's tags are 0-2)
+_json = msgspec.json.Encoder(order="sorted").encode
+
+
+def count_key(value: Any) -> str | None:
+    """What a value counts as: a string as itself, an integer as its decimal string,
+    null as null, anything else as its JSON text (`true`, `1.5`, `[1,2]`)."""
+    if value.__class__ is str:
+        return value
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _json(value).decode()
 
 
 class Count(KeyedReducer):
@@ -20,8 +35,10 @@ class Count(KeyedReducer):
             field: type
 
     Records without the field count under `missing` (option, default "(missing)").
-    Values compare as strings (an integer as its decimal string). Each batch's counts
-    are spilled by value, so memory does not grow with the number of distinct values.
+    Values compare as strings: an integer as its decimal string, true/false, a float,
+    an array or an object as its JSON text; null stays null (and sorts first). Each
+    batch's counts are spilled by value, so memory does not grow with the number of
+    distinct values.
     """
 
     name = "count"
@@ -37,15 +54,17 @@ class Count(KeyedReducer):
         self.get = getter(self.field)
 
     def update(self, batch: Batch) -> None:
-        counts: dict[str, int] = {}
+        counts: dict[str | None, int] = {}
         get, missing = self.get, self.missing
         for record in batch:
             value = get(record)
-            key = missing if value is MISSING else str(normalize(value))
+            key = missing if value is MISSING else count_key(value)
             counts[key] = counts.get(key, 0) + 1
         if not counts:
             return
-        words, tags, longs = keys.encode(list(counts))
+        values = list(counts)
+        words, tags, longs = keys.encode(["" if v is None else v for v in values])
+        tags[[i for i, v in enumerate(values) if v is None]] = NULL
         rows = np.empty(len(counts), COUNT_ROW)
         rows["w0"], rows["w1"], rows["tag"] = words[:, 0], words[:, 1], tags
         rows["n"] = list(counts.values())
@@ -62,7 +81,7 @@ class Count(KeyedReducer):
         gid, ngroups, firsts = keys.groups(keys.mix(w0, w1, tag), w0, w1, tag)
         totals = np.zeros(ngroups, np.uint64)
         np.add.at(totals, gid, rows["n"])
-        out = [(keys.decode(w0[i], w1[i], tag[i], strings), int(n))
+        out = [(None if tag[i] == NULL else keys.decode(w0[i], w1[i], tag[i], strings), int(n))
                for i, n in zip(firsts.tolist(), totals.tolist())]
-        out.sort()
-        return [(value, (value, n)) for value, n in out]
+        out.sort(key=lambda pair: (pair[0] is not None, pair[0] or ""))
+        return [((value is not None, value or ""), (value, n)) for value, n in out]

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 from pipeline import Batch, Option, Output, a_path
 
 from .fields import MISSING, getter
-from .resumable_file import ResumableFile, Stdout
+from .resumable_file import ResumableFile, Stdout, cell, encode_text
 
 
 class CsvOutput(Output):
@@ -18,8 +18,9 @@ class CsvOutput(Output):
             path: out.csv
             columns: [site_id, messages, emails, operators, visitors]
 
-    A dict or struct record is read by column name (a missing field is an empty cell);
-    a tuple or list record fills the columns in order. Written and checkpointed like
+    A dict or struct record is read by column name; a tuple or list record fills the
+    columns in order. Cells: a string as itself, null or a missing field as an empty
+    cell, anything else as its JSON text (`true`, `1.5`, `[1,"a"]`, `{"x":1}`). Written and checkpointed like
     jsonl-output: `PATH.partial`, cut back on resume, renamed at the end.
     """
 
@@ -52,10 +53,10 @@ class CsvOutput(Output):
         w = csv.writer(buf, lineterminator="\n")
         for rec in batch:
             if isinstance(rec, (tuple, list)):
-                w.writerow(rec)
+                w.writerow(map(cell, rec))
             else:
-                w.writerow("" if (v := g(rec)) is MISSING else v for g in self.getters)
-        return buf.getvalue().encode("utf-8")
+                w.writerow("" if (v := g(rec)) is MISSING else cell(v) for g in self.getters)
+        return encode_text(buf.getvalue())
 
     def write(self, batches: Iterator[Batch]) -> None:
         header = self._rows(Batch([self.columns]))

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-import msgspec
-
 from pipeline import Batch, Option, Output, a_path
 
-from .resumable_file import ResumableFile, Stdout
+from .resumable_file import ResumableFile, Stdout, json_lines
 
 
 class JsonlOutput(Output):
@@ -30,7 +28,6 @@ class JsonlOutput(Output):
         super().__init__(**options)
         self.written = 0
         self.file = None if self.path == "-" else ResumableFile(self.path)
-        self.encoder = msgspec.json.Encoder()
 
     def snapshot(self) -> dict[str, int]:
         return {"bytes": self.file.mark() if self.file else 0}
@@ -42,17 +39,16 @@ class JsonlOutput(Output):
         return f"{self.name}({self.path})"
 
     def write(self, batches: Iterator[Batch]) -> None:
-        encode = self.encoder.encode
         if self.file is None:
             out = Stdout(self.ctx)  # EPIPE: discards, and the engine stops the run
             for batch in batches:
-                out.write(b"".join(encode(r) + b"\n" for r in batch))
+                out.write(json_lines(batch))
             out.finish()
             return
         self.file.open(self.written)
         try:
             for batch in batches:
-                self.file.write(b"".join(encode(r) + b"\n" for r in batch))
+                self.file.write(json_lines(batch))
             self.file.commit()
         finally:
             self.file.close()

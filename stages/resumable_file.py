@@ -13,14 +13,49 @@ rerun cuts it back and resumes. Only a failed fsync at a checkpoint is milder
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any, BinaryIO
+
+import msgspec
 
 from pipeline.errors import (CheckpointFailed, OutputClosed, PathError, WriteFailed, reason,
                              writable_problem)
 
 WHAT = "output file"
+_json = msgspec.json.Encoder()
+
+
+def cell(value: Any) -> str:
+    """A value as text in a table (a CSV cell), by one rule for every output that
+    writes text: a string as itself; null (or a missing field) as an empty cell;
+    anything else as its JSON text: `true`, `1.5`, `1e22`, `[1,"a"]`, `{"x":1}`."""
+    if value.__class__ is str:
+        return value
+    if value is None:
+        return ""
+    try:
+        return _json.encode(value).decode("utf-8")
+    except (TypeError, UnicodeEncodeError, OverflowError):  # a lone surrogate inside
+        return json.dumps(msgspec.to_builtins(value), ensure_ascii=True)
+
+
+def encode_text(text: str) -> bytes:
+    """UTF-8, with text that UTF-8 cannot hold (a lone surrogate) escaped as `\\udc80`
+    instead of failing the run."""
+    return text.encode("utf-8", "backslashreplace")
+
+
+def json_lines(records: list[Any]) -> bytes:
+    """One JSON document per record; a record holding a lone surrogate is written with
+    it escaped (`"\\udc80"`, which JSON reads back as the same text)."""
+    encode = _json.encode
+    try:
+        return b"".join([encode(r) + b"\n" for r in records])
+    except UnicodeEncodeError:
+        return b"".join(json.dumps(msgspec.to_builtins(r), ensure_ascii=True,
+                                   separators=(",", ":")).encode() + b"\n" for r in records)
 
 
 class ResumableFile:
