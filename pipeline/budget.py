@@ -6,15 +6,18 @@ import os
 from .errors import SluiceError
 
 MAP_WORK_BYTES = 48 << 20       # a map task's batches and temporaries, besides its buffer
+HEADROOM = 0.10                 # of the budget, kept back: the shares below are estimates
 SQUEEZE = "SLUICE_TEST_BUCKET_KB"  # tests only: the memory one bucket may use, in KiB
 
 
 class Budget:
-    """How `--memory-mb` is shared: every process's interpreter, each worker's map
-    buffers and batches, and the bucket each worker reduces at a time."""
+    """How `--memory-mb` is shared: every process's interpreter (measured here, at
+    start), each worker's map buffers and batches, and the bucket each worker reduces
+    at a time. A tenth is kept back, because the map and reduce shares are estimates
+    of what the data will take."""
 
     def __init__(self, memory_mb: int, workers: int, base_bytes: int):
-        total = memory_mb << 20
+        total = int((memory_mb << 20) * (1 - HEADROOM))
         processes = workers + (1 if workers > 1 else 0)  # the workers and this process
         self.per_worker = (total - processes * base_bytes) // workers
         self.buffer_bytes = int(min(max(self.per_worker // 16, 1 << 20), 16 << 20))
@@ -33,7 +36,7 @@ class Budget:
             if budget.per_worker >= MAP_WORK_BYTES + budget.buffer_bytes:
                 return budget
             if workers == 1:
-                need = (base_bytes + MAP_WORK_BYTES + (1 << 20)) / (1 << 20) + 1
+                need = (base_bytes + MAP_WORK_BYTES + (1 << 20)) / (1 - HEADROOM) / (1 << 20) + 1
                 raise SluiceError(f"--memory-mb {memory_mb} is too small: one process "
                                   f"needs about {need:.0f} MB here")
             workers -= 1

@@ -143,6 +143,7 @@ class CheckpointStore:
         self.index: dict[str, list[tuple[str, int, int, int, str | None, int]]] = {}
         self.saved_len: dict[str, int] = {}
         self.bytes_written = 0
+        self.loaded: dict[str, Any] | None = None  # the tree load() returned
 
     # -- saving -------------------------------------------------------------------
     def save(self, body: dict[str, Any]) -> None:
@@ -300,8 +301,9 @@ class CheckpointStore:
             self.seq = manifest["seq"]
             self.index = manifest["index"]
             self.saved_len = {k: len(v) for k, v in values.items()}
-            return _replace(manifest["tree"], "", lambda key, ref, v=values: v[ref.key],
-                            wrapped=_Ref)
+            self.loaded = _replace(manifest["tree"], "", lambda key, ref, v=values: v[ref.key],
+                                   wrapped=_Ref)
+            return self.loaded
         return None
 
     def size_bytes(self) -> int:

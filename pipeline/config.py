@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .contracts import check_kinds
+from .contracts import check_destinations, check_fields, check_kinds
 from .errors import ConfigError
 from .registry import Registry
 from .stage import Kind, Option, Stage
@@ -215,6 +215,8 @@ def _parse(ld: YamlDoc, registry: Registry) -> PipelineConfig:
             cfg.stages.append(_stage(ld, item, registry))
     check_wiring(cfg)
     check_kinds(cfg)
+    check_fields(cfg)
+    check_destinations(cfg)
     return cfg
 
 
@@ -370,3 +372,7 @@ def override_option(cfg: PipelineConfig, index: int, key: str, value: Any, flag:
     if problem:
         raise ConfigError(f"{flag}: {problem}")
     spec.options[key] = value
+    problem = spec.cls.check_options(spec.options)
+    if problem:
+        raise ConfigError(f"{flag}: {problem}")
+    check_destinations(cfg)

@@ -1,11 +1,16 @@
-"""Stage contracts: which kinds of records flow along each connection, and whether
-every stage accepts what the stage before it produces (see pipeline.stage.KINDS)."""
+"""Stage contracts, checked at load: which kinds of records flow along each connection
+and whether every stage accepts what the stage before it produces (see
+pipeline.stage.KINDS); which fields those records have, where the config tells, and
+whether a stage asks for one they lack; and where the outputs write, so that two
+never write one file (or both standard output), and none writes onto the input."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import difflib
+import os
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .stage import ANY
+from .stage import ANY, Fields, Kind
 
 if TYPE_CHECKING:  # config.py imports this module
     from .config import PipelineConfig, StageSpec
@@ -25,26 +30,13 @@ def _producer(spec: StageSpec) -> str:
 
 def edge_kinds(cfg: PipelineConfig) -> dict[int, str]:
     """The kind of records each stage emits (by index), following options and forks."""
-    out: dict[int, str] = {}
-
-    def walk(idx: list[int], given: str) -> str:
-        for i in idx:
-            spec = cfg.stages[i]
-            given = out[i] = spec.cls.output_kind(spec.options, given)
-        return given
-    at_fork = walk(cfg.trunk, ANY)
-    for idx in cfg.branches.values():
-        walk(idx, at_fork)
-    return out
+    return _walk(cfg, lambda spec, given: spec.cls.output_kind(spec.options, given), ANY)
 
 
 def check_kinds(cfg: PipelineConfig) -> None:
     """Each stage accepts what the stage before it produces, or the config is refused."""
     produced = edge_kinds(cfg)
-    pairs = list(zip(cfg.trunk, cfg.trunk[1:]))
-    for idx in cfg.branches.values():
-        pairs += [(cfg.trunk[-1], idx[0])] + list(zip(idx, idx[1:]))
-    for before, i in pairs:
+    for before, i in _pairs(cfg):
         spec, prev = cfg.stages[i], cfg.stages[before]
         kind, accepts = produced[before], spec.cls.accepts
         if kind == ANY or ANY in accepts or kind in accepts:
@@ -53,3 +45,93 @@ def check_kinds(cfg: PipelineConfig) -> None:
         raise ConfigError(f"{where}stage {spec.name!r} accepts {_kinds_text(accepts)} "
                           f"records, but {_producer(prev)} produces {kind} records",
                           cfg.path, spec.line)
+
+
+def _walk(cfg: PipelineConfig, step: Any, start: Any) -> dict[int, Any]:
+    """`step(spec, given) -> emitted` along the trunk, then along each fork branch."""
+    out: dict[int, Any] = {}
+
+    def walk(idx: list[int], given: Any) -> Any:
+        for i in idx:
+            given = out[i] = step(cfg.stages[i], given)
+        return given
+    at_fork = walk(cfg.trunk, start)
+    for idx in cfg.branches.values():
+        walk(idx, at_fork)
+    return out
+
+
+def edge_fields(cfg: PipelineConfig) -> dict[int, Fields]:
+    """The fields of the records each stage emits (by index), None where unknown."""
+    return _walk(cfg, lambda spec, given: spec.cls.output_fields(spec.options, given), None)
+
+
+def check_fields(cfg: PipelineConfig) -> None:
+    """Each stage that reads fields finds them, where the fields are known."""
+    fields, kinds = edge_fields(cfg), edge_kinds(cfg)
+    for before, i in _pairs(cfg):
+        spec, given = cfg.stages[i], fields[before]
+        if given is None:
+            continue
+        problem = spec.cls.check_fields(spec.options, given, kinds[before])
+        if problem:
+            where = f"fork branch {spec.branch!r}: " if spec.branch else ""
+            raise ConfigError(f"{where}stage {spec.name!r}: {problem}, the fields of the "
+                              f"records {_producer(cfg.stages[before])} produces",
+                              cfg.path, spec.line)
+
+
+def missing_fields(wanted: list[str], given: tuple[str, ...]) -> str | None:
+    """'column x is not ...' for the first name that none of `given` can provide (a
+    dotted name may reach into a known field, or be the object above one), or None."""
+    for name in wanted:
+        if name in given or any(name.startswith(f + ".") or f.startswith(name + ".")
+                                for f in given):
+            continue
+        close = difflib.get_close_matches(name, given, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{name!r}{hint} is not among {', '.join(given)}"
+    return None
+
+
+def _pairs(cfg: PipelineConfig) -> list[tuple[int, int]]:
+    pairs = list(zip(cfg.trunk, cfg.trunk[1:]))
+    for idx in cfg.branches.values():
+        pairs += [(cfg.trunk[-1], idx[0])] + list(zip(idx, idx[1:]))
+    return pairs
+
+
+def check_destinations(cfg: PipelineConfig) -> None:
+    """No two outputs write one file, or both standard output, and none writes onto
+    the input: they would interleave, or destroy what the other (or the input) holds."""
+    seen: dict[str, StageSpec] = {}
+    source = cfg.stages[cfg.trunk[0]]
+    inputs = source.options.get("path")
+    for path in inputs if isinstance(inputs, list) else [inputs]:
+        if isinstance(path, str) and path != "-":
+            seen[_key(path)] = source
+    for spec in cfg.stages:
+        if spec.cls.kind is not Kind.OUTPUT:
+            continue
+        for dest in spec.cls.destinations(spec.options):
+            key = _key(dest)
+            other = seen.setdefault(key, spec)
+            if other is spec:
+                continue
+            where = f"fork branch {spec.branch!r}: " if spec.branch else ""
+            them = f"stage {other.name!r}" + (f" in fork branch {other.branch!r}"
+                                               if other.branch else "")
+            if other.cls.kind is Kind.INPUT:
+                why = f"{dest} is the input of {them} (line {other.line}): writing it " \
+                      f"would destroy what is being read"
+            elif dest == "-":
+                why = f"it writes standard output, and so does {them} (line {other.line}): " \
+                      f"their lines would be interleaved; write one of them to a file"
+            else:
+                why = f"it writes {dest}, and so does {them} (line {other.line}): one " \
+                      f"would overwrite the other; give each output its own path"
+            raise ConfigError(f"{where}stage {spec.name!r}: {why}", cfg.path, spec.line)
+
+
+def _key(path: str) -> str:
+    return "-" if path == "-" else os.path.normcase(os.path.realpath(path))

@@ -53,7 +53,11 @@ def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
     request = StopRequest()
     with stop_on_signals(request):
         try:
-            return _run(cfg, opts, request)
+            report = _run(cfg, opts, request)
+            for spec in cfg.stages:  # what the stages say they count, even if 0
+                for name in spec.cls.reports:
+                    report.counters.setdefault(name, 0)
+            return report
         except Stopped as exc:
             raise Interrupted(request.signal or "SIGINT",
                               exc.lines if request.armed else None) from None
@@ -74,12 +78,18 @@ def _run(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRepo
     if following:
         check_follow(cfg, opts, segments)
     if not segments:  # no reducer on any path
+        damaged = False
         while True:
             try:
                 return run_straight(cfg, opts, stages, notices, enabled, request)
             except InputChanged as exc:  # while following
                 notices.append(f"{exc} while it was followed; starting over")
-                opts.fresh, stages = True, cfg.build()
+            except DamagedState as exc:  # an output file changed since its checkpoint
+                if damaged:
+                    raise
+                damaged = True
+                notices.append(f"{exc}; starting the run over")
+            opts.discard, stages = True, cfg.build()
     return Job(cfg, opts, stages, notices, enabled, request).run()
 
 
@@ -92,6 +102,7 @@ class Job:
         self.enabled, self.request = enabled, request
         self.source = stages[0]
         self.counters: dict[str, int] = {}
+        self.records = 0  # what the map tasks' first stage passed on, over all runs
         self.meters: dict[int, dict[str, Any]] = {}  # stage index -> summed metrics
         self.last_results = 0
         self.checkpoint_failures = 0
@@ -102,7 +113,6 @@ class Job:
         # state included) at its first tick, even if nothing new arrives
         self.unemitted = 1 if self.following else 0
         self.last_emit = time.monotonic()
-        self.discard = False  # start over: saved state was damaged, or the input changed
 
     def run(self) -> RunReport:
         """Run; a followed input that is truncated or replaced starts the run over, and
@@ -118,8 +128,8 @@ class Job:
                     raise
                 damaged = True
                 self.notices.append(f"{exc}; starting the run over")
-            self.discard = True  # what was saved is not used again
-            self.counters, self.meters = {}, {}
+            self.opts.discard = True  # what was saved is not used again
+            self.counters, self.meters, self.records = {}, {}, 0
             self.checkpoint_failures = 0
 
     def _run(self) -> RunReport:
@@ -134,9 +144,9 @@ class Job:
         slot = os.path.abspath(slot_dir(opts.state_dir, cfg, self.source))
         with SlotLock(slot):
             work = slot if self.enabled else slot + ".scratch"
-            if (opts.fresh or self.discard) and os.path.isdir(slot):
+            if (opts.fresh or opts.discard) and os.path.isdir(slot):
                 clear_slot(slot)
-                if not self.discard:
+                if not opts.discard:
                     self.notices.append("--fresh: discarded the saved state")
             if not self.enabled:
                 shutil.rmtree(work, ignore_errors=True)
@@ -215,7 +225,8 @@ class Job:
         metrics = [self.meters[i] for i in sorted(self.meters)]
         return RunReport(self.counters, dead.count, dead.path, list(self.notices),
                          resumed_lines=resumed, stages=stage_metrics(metrics, dead),
-                         phases=phases, checkpoint_failures=self.checkpoint_failures)
+                         phases=phases, checkpoint_failures=self.checkpoint_failures,
+                         records=self.records)
 
     def _warn_tasks(self, results: list[dict[str, Any]]) -> None:
         """The checkpoint warnings of tasks run now (in workers, maybe), as one line."""
@@ -249,6 +260,7 @@ class Job:
             result = run_task(self.spec, tasks[0], Env(stop=self.request, tick=self._tick))
             self._warn_tasks([result])
             self.counters = add_counters(self.counters, result["counters"])
+            self.records = result["records"]
             self._task_meters(tasks[0], result, with_source=True)
             copy_rejects(tasks, [result], dead)
             resumed = result["resumed_lines"]
@@ -271,6 +283,7 @@ class Job:
         text, resumed = resume_notice(tasks, results, pending)
         if text:
             self.notices.append(text)
+        self.records = sum(r["records"] for r in results)
         for task, r in zip(tasks, results):
             self.counters = add_counters(self.counters, r["counters"])
             for n in r.get("notices", []):
@@ -288,15 +301,18 @@ class Job:
         reuse = self.plan.start_segment(seg.number, self.plan.generation, self.last_results)
         task = self.plan.map_tasks(seg.number)[0]
         result = finished_map(task, self.notices) if reuse else None
+        reducer = self.plan.segments[seg.source[0]].leaves[seg.source[1]].stage
         if result is None:
             stream = source()
-            of = self.cfg.stages[self.plan.segments[seg.source[0]].leaves[seg.source[1]].stage
-                                 or 0].label
+            of = self.cfg.stages[reducer or 0].label
             result = run_task(self.spec, task, Env(stop=self.request,
                                                    source=lambda: ResultsInput(stream, of)))
             self._warn_tasks([result])
         self.counters = add_counters(self.counters, result["counters"])
         self._task_meters(task, result, with_source=False)
+        if reducer is not None:  # what the reducer emitted is what this task read
+            self._meter(reducer, {"records_in": 0, "seconds": 0.0,
+                                  "records_out": result["meters"][0]["records_out"]})
         append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), result["dead_letter"],
                        dead, None)
 

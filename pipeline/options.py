@@ -24,6 +24,7 @@ class JobOptions:
     every_records: int | None = None
     every_seconds: float | None = None
     fresh: bool = False
+    discard: bool = False            # start over without --fresh's notice (the engine's)
     workers: int | None = None       # None: the config's `workers`, else one per CPU
     memory_mb: int | None = None     # None: the config's `memory_mb`, else 512
     emit_every: float | None = None  # --follow: seconds between emissions; None: config / 10

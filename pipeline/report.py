@@ -24,6 +24,7 @@ class RunReport:
     checkpoint_failures: int = 0  # checkpoints that could not be written (warned about)
     stages: list[dict[str, Any]] = field(default_factory=list)  # per-stage metrics
     phases: dict[str, float] = field(default_factory=dict)  # wall seconds of each phase
+    records: int | None = None  # what the first stage after the input passed on, in all
 
     def stats_table(self) -> str:
         """The per-stage metrics as an aligned text table (this run only)."""
@@ -43,8 +44,10 @@ class RunReport:
         read = f"{lines:,} lines read"
         if self.resumed_lines is not None:
             read += f" ({lines - self.resumed_lines:,} this run)"
-        parts = [read, f"{c.get('records', 0):,} records",
-                 f"{c.get('duplicates', 0):,} duplicates skipped"]
+        records = self.records if self.records is not None else c.get("records", 0)
+        parts = [read, f"{records:,} records"]
+        if "duplicates" in c:  # only where a stage drops duplicates
+            parts.append(f"{c['duplicates']:,} duplicates skipped")
         tail = f"rejected {self.rejected:,} of {lines:,} lines"
         if self.rejected:
             tail += f" (reasons in {self.dead_letter})"

@@ -75,6 +75,15 @@ class Context:
         self.source = "the input"  # named in a read error the barrier reports
         self.stop: Any = parent.stop if parent is not None else None  # a stop request
         self.emitting = False  # outputs show a live run's current result (--follow)
+        self.records_base = 0  # records() before this run (from the checkpoint resumed)
+
+    def records(self) -> int:
+        """Records the pipeline handled, over every run of this task: what the first
+        stage after the input passed on (the input's lines, if nothing follows it
+        before a fork)."""
+        if not self.meters:
+            return self.records_base
+        return self.records_base + self.meters[min(1, len(self.meters) - 1)].records_out
 
     def output_closed(self) -> None:
         """Called by an output whose reader went away (EPIPE): it writes no more and
@@ -86,8 +95,12 @@ class Context:
             raise OutputClosed()
 
     def reject(self, raw: Any, reason: str, *, line: int | None = None,
-               offset: int | None = None, stage: str = "", file: str | None = None) -> None:
-        """Send a record to the dead-letter file instead of the next stage."""
+               offset: int | None = None, stage: str = "", file: str | None = None,
+               at: tuple[int | None, int | None] | None = None) -> None:
+        """Send a record to the dead-letter file instead of the next stage. Name where
+        it came from with `line`/`offset`, or `at=batch.locate(i)`."""
+        if at is not None:
+            line, offset = at
         self.dead_letter.reject(raw, reason, line=line, offset=offset, stage=stage, file=file)
 
 

@@ -69,8 +69,10 @@ class Checkpointer:
 
     def __init__(self, store: CheckpointStore, stages: list[Stage], dead: DeadLetter,
                  header: dict[str, Any], every_records: int, every_seconds: float,
-                 warn: Callable[[str], None] = _warn, label: str = ""):
+                 warn: Callable[[str], None] = _warn, label: str = "",
+                 records: Callable[[], int] = lambda: 0):
         self.store, self.stages, self.dead, self.header = store, stages, dead, header
+        self.records = records  # the run's record count so far, kept with the state
         self.every_records, self.every_seconds = every_records, every_seconds
         self.pending = 0
         self.last = time.monotonic()
@@ -97,6 +99,7 @@ class Checkpointer:
             body["dead_letter"] = {"path": os.path.abspath(self.dead.path),
                                    "count": self.dead.count, **self.dead.seal()}
             body["stages"] = [s.snapshot() for s in self.stages]
+            body["records"] = self.records()
             self.store.save(body)
         except (CheckpointFailed, OSError) as exc:
             self._failed(where, exc)
@@ -165,17 +168,24 @@ def clear_slot(slot: str) -> None:
                         f"{exc.filename}: {reason(exc)}") from None
 
 
+def resumed_records(store: CheckpointStore) -> int:
+    """The record count the checkpoint a store resumed from carried (0 if none)."""
+    return int((store.loaded or {}).get("records", 0))
+
+
 def open_slot(slot: str, build: Callable[[], list[Stage]], header: dict[str, Any],
-              dead: DeadLetter, notices: list[str], fresh: bool = False
-              ) -> tuple[list[Stage], CheckpointStore, int | None]:
+              dead: DeadLetter, notices: list[str], fresh: bool = False,
+              discard: bool = False) -> tuple[list[Stage], CheckpointStore, int | None]:
     """Stages from `build()`, resumed from `slot` if its checkpoint fits; else the slot
-    is cleared and freshly built stages start over.
+    is cleared and freshly built stages start over. `fresh` (--fresh) and `discard`
+    (the engine starting over, after saying why) clear it first.
 
     Returns the stages, the store and, after a resume, the lines already read.
     """
-    if fresh and os.path.isdir(slot):
+    if (fresh or discard) and os.path.isdir(slot):
         clear_slot(slot)
-        notices.append("--fresh: discarded the saved state")
+        if not discard:
+            notices.append("--fresh: discarded the saved state")
     stages = build()
     store = CheckpointStore(slot)
     if _resume(store, header, stages, dead, notices):

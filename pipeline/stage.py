@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Tuple
 
 
 class Kind(enum.Enum):
@@ -37,31 +37,58 @@ class Kind(enum.Enum):
 
 
 class Batch(list):
-    """A list of records plus where its first record came from.
+    """A list of records, and where each came from in the input.
 
-    An input that yields raw lines sets `first_line` (1-based) and `first_offset` (byte
-    offset of the first line); the records are then consecutive lines, so `locate(i)`
-    can point at any one of them. Other batches leave both as None.
+    An input that yields raw lines sets `first_line` (1-based) and `first_offset` (the
+    byte offset of the first line); the records are then consecutive lines. A stage
+    that turns lines into records (json-decode) gives its batch `origins`: each
+    record's line number and byte offset, as two arrays. A processor that keeps some
+    records passes them on with `batch.take(indices)`, so that a stage further on that
+    rejects a record still names its line: `ctx.reject(..., at=batch.locate(i))`.
     """
 
-    __slots__ = ("first_line", "first_offset", "source", "_starts")
+    __slots__ = ("first_line", "first_offset", "source", "origins", "_starts")
 
     def __init__(self, records: Iterable[Any] = (), first_line: int | None = None,
-                 first_offset: int | None = None, source: str | None = None):
+                 first_offset: int | None = None, source: str | None = None,
+                 origins: tuple[Any, Any] | None = None):
         super().__init__(records)
         self.first_line = first_line
         self.first_offset = first_offset
         self.source = source  # the file it came from, when the input reads several
+        self.origins = origins  # (line numbers, byte offsets), one of each per record
         self._starts: list[int] | None = None
 
     def locate(self, i: int) -> tuple[int | None, int | None]:
-        """(line number, byte offset) of record i of a raw-line batch."""
+        """(line number, byte offset) of record i; (None, None) if not known."""
+        if self.origins is not None:
+            return int(self.origins[0][i]), int(self.origins[1][i])
         if self.first_line is None or self.first_offset is None:
             return None, None
         if self._starts is None:  # once per batch, at its first reject: rejects are rare
             self._starts = list(accumulate(map(len, self), lambda a, n: a + n + 1,
                                            initial=self.first_offset))
         return self.first_line + i, self._starts[i]
+
+    def line_origins(self, keep: Any) -> tuple[Any, Any]:
+        """Of a raw-line batch: the (line numbers, byte offsets) of lines `keep` (an
+        array of indices), for the records made of them."""
+        import numpy as np
+
+        lengths = np.fromiter(map(len, self), np.int64, len(self)) + 1
+        starts = np.empty(len(self) + 1, np.int64)
+        starts[0] = self.first_offset or 0
+        np.cumsum(lengths, out=starts[1:])
+        starts[1:] += starts[0]
+        return (keep + (self.first_line or 1)), starts[keep]
+
+    def take(self, indices: Any) -> "Batch":
+        """A batch of records `indices` (in that order), with their origins."""
+        idx = list(indices)
+        out = Batch([self[i] for i in idx], source=self.source)
+        if self.origins is not None:
+            out.origins = (self.origins[0][idx], self.origins[1][idx])
+        return out
 
 
 @dataclass(frozen=True)
@@ -104,6 +131,7 @@ def a_path(value: Any) -> str | None:
 
 
 ANY, SAME = "any", "same"
+Fields = Optional[Tuple[str, ...]]  # the fields of records, when a config tells them
 KINDS = {
     "lines": "raw lines of text, as bytes (file-input)",
     "object": "decoded JSON objects, as dicts",
@@ -127,6 +155,7 @@ class Stage:
     options: ClassVar[tuple[Option, ...]] = ()
     accepts: ClassVar[tuple[str, ...]] = (ANY,)
     produces: ClassVar[str] = ANY
+    reports: ClassVar[tuple[str, ...]] = ()  # counters the final line shows, even at 0
 
     @classmethod
     def output_kind(cls, options: dict[str, Any], given: str) -> str:
@@ -149,6 +178,22 @@ class Stage:
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> str | None:
         """Why these (individually valid) options do not go together, or None."""
+        return None
+
+    @classmethod
+    def output_fields(cls, options: dict[str, Any], given: Fields) -> Fields:
+        """The fields of the records this stage emits, as far as the config tells
+        (dotted names for nested ones, in order; for tuples, their positions' names),
+        or None when they are not known. `given` are the fields it receives. By
+        default a stage that passes on its kind (`SAME`) passes on its fields."""
+        return given if cls.produces == SAME else None
+
+    @classmethod
+    def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
+                     kind: str) -> str | None:
+        """Why this stage cannot work on records of `kind` with these (known) fields,
+        or None: say, a column no record has. Checked at load, like check_options; the
+        loader adds which stage produced the fields."""
         return None
 
     def open(self, ctx: Any) -> None:
@@ -272,6 +317,17 @@ class Reducer(Processor):
 class Output(Stage):
     kind = Kind.OUTPUT
     produces = ""
+
+    @classmethod
+    def destinations(cls, options: dict[str, Any]) -> list[str]:
+        """Where it writes, from its options: file paths, or "-" for standard output.
+        The loader refuses two outputs with one destination, and an output onto the
+        input. By default: its `path` option, if it declares one."""
+        for opt in cls.options:
+            if opt.name == "path":
+                path = options.get("path", opt.default)
+                return [path] if isinstance(path, str) else []
+        return []
 
     def write(self, batches: Iterator[Batch]) -> None:
         raise NotImplementedError

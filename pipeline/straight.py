@@ -11,7 +11,8 @@ from .progress import Progress, chain_hooks
 from .report import RunReport, stage_metrics
 from .runner import Context, run_tree
 from .signals import Stopped, StopRequest
-from .slots import (Checkpointer, Notices, SlotLock, collect_counters, open_slot, slot_dir)
+from .slots import (Checkpointer, Notices, SlotLock, collect_counters, open_slot,
+                    resumed_records, slot_dir)
 from .stage import Input, Stage
 from .tasks import STATE_VERSION
 
@@ -46,13 +47,15 @@ def run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
         if enabled:
             with SlotLock(slot_dir(opts.state_dir, cfg, source)) as slot:
                 built, store, resumed = open_slot(slot, cfg.build, header, dead, notices,
-                                                  opts.fresh)
+                                                  opts.fresh, opts.discard)
                 stages[:] = built
+                ctx.records_base = resumed_records(store) if resumed is not None else 0
                 saved = dead.first_saved() if dead.count else None
                 if saved is not None:
                     dead.refuse_if_strict(saved)
                 checkpointer = Checkpointer(store, stages, dead, header, *every(cfg, opts),
-                                            warn=lambda text: notices.append(f"warning: {text}"))
+                                            warn=lambda text: notices.append(f"warning: {text}"),
+                                            records=ctx.records)
                 ctx.checkpoint = lambda: checkpointer.save(complete=False)  # on EPIPE
                 run(chain_hooks(checkpointer, show))
         else:
@@ -65,7 +68,8 @@ def run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
     for name, meters in ctx.branch_meters.items():
         metrics += [{**m.as_dict(), "stage": f"{name}/{m.name}"} for m in meters]
     report = RunReport(collect_counters(stages), dead.count, dead.path, list(notices),
-                       resumed_lines=resumed, stages=stage_metrics(metrics, dead))
+                       resumed_lines=resumed, stages=stage_metrics(metrics, dead),
+                       records=ctx.records())
     if checkpointer is not None:
         report.checkpoints = checkpointer.count
         report.checkpoint_failures = checkpointer.failures

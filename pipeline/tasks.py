@@ -27,7 +27,7 @@ from .errors import CheckpointFailed, DamagedState, RejectedLine, SluiceError
 from .keyed import Capture, KeyedReducer, reduce_buckets
 from .runner import Context, run_tree
 from .signals import NeverSet, Stopped
-from .slots import Checkpointer, collect_counters, open_slot
+from .slots import Checkpointer, collect_counters, open_slot, resumed_records
 from .stage import Input, Kind, Stage
 
 STATE_VERSION = 3  # 3: checksummed plan, results, spill frames and dead letters
@@ -173,8 +173,10 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
     resumed_at = source.where() if resumed is not None else None
     every = (spec.every_records, spec.every_seconds) if spec.checkpoint else (1 << 62, float("inf"))
     warnings: list[str] = []  # a failed checkpoint: the parent tells the user, once
+    ctx = Context(dead)
+    ctx.records_base = resumed_records(store) if resumed is not None else 0
     checkpointer = Checkpointer(store, stages, dead, header, *every, warn=warnings.append,
-                                label=f"{task.describe()}: ")
+                                label=f"{task.describe()}: ", records=ctx.records)
 
     def hook(records: int, at_end: bool) -> None:
         checkpointer(records, at_end)
@@ -188,7 +190,6 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
             raise Stopped(source.counters().get("lines", 0))
 
     following = getattr(source, "follower", None) is not None  # it ends when stopped
-    ctx = Context(dead)
     ctx.stop = env.stop
     if spec.checkpoint:  # an input that breaks off keeps what was read before it
         ctx.checkpoint = lambda: checkpointer.save(complete=False)
@@ -210,6 +211,7 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
               "lines": source.counters().get("lines", 0), "resumed_lines": resumed,
               "where": source.where(), "resumed_at": resumed_at, "notices": notices,
               "rejected": dead.count, "plan": task.plan, "dead_letter": dead.seal(),
+              "records": ctx.records(),
               "meters": [m.as_dict() for m in ctx.meters], "checkpoints": checkpointer.count,
               "branch_meters": {b: [m.as_dict() for m in ms]
                                 for b, ms in ctx.branch_meters.items()},

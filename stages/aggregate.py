@@ -11,6 +11,7 @@ import msgspec
 import numpy as np
 
 from pipeline import Batch, Option, keys
+from pipeline.contracts import missing_fields
 from pipeline.keyed import KeyedReducer, ReduceIO
 
 from .fields import MISSING, column, path_of, set_in, show
@@ -223,6 +224,21 @@ class Aggregate(KeyedReducer):
                 return f"stage 'aggregate': metric {name!r}: {parsed}"
         return None
 
+    @classmethod
+    def output_fields(cls, options: dict[str, Any], given: Any) -> Any:
+        return tuple(options.get("by", [])) + tuple(options.get("metrics", {}))
+
+    @classmethod
+    def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
+                     kind: str) -> str | None:
+        used = list(options.get("by", []))
+        for spec in options.get("metrics", {}).values():
+            parsed = parse_metric(spec)
+            if isinstance(parsed, tuple) and parsed[1] is not None:
+                used.append(parsed[1])
+        missing = missing_fields(used, given)
+        return f"field {missing}" if missing else None
+
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.by_cols = [column(f) for f in self.by]
@@ -251,7 +267,7 @@ class Aggregate(KeyedReducer):
         records: list[Any] = batch
         cols = [c(records) for c in self.field_cols]
         if self.sums:
-            bad = self._reject_bad_sums(records, cols)
+            bad = self._reject_bad_sums(records, cols, batch.locate, batch.source)
             if bad:
                 keep = [j for j in range(n) if j not in bad]
                 records = [records[j] for j in keep]
@@ -297,7 +313,8 @@ class Aggregate(KeyedReducer):
                 spill.add_objects("distinct", b,
                                   [items[j] for j in np.flatnonzero(buckets == b).tolist()])
 
-    def _reject_bad_sums(self, records: list[Any], cols: list[list[Any]]) -> set[int]:
+    def _reject_bad_sums(self, records: list[Any], cols: list[list[Any]], locate: Any,
+                         source: str | None) -> set[int]:
         """Reject the records whose summed field is not a number; their positions."""
         bad: set[int] = set()
         for f, field in self.sums:
@@ -312,7 +329,8 @@ class Aggregate(KeyedReducer):
                     except (TypeError, ValueError, OverflowError):
                         raw = repr(records[j])
                     self.ctx.reject(raw, f"field {field!r}: sum({field}) needs a number, "
-                                         f"got {show(v)}", stage=self.name)
+                                         f"got {show(v)}", stage=self.name,
+                                    at=locate(j), file=source)
         return bad
 
     @staticmethod

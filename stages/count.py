@@ -7,6 +7,7 @@ import msgspec
 import numpy as np
 
 from pipeline import Batch, Option, keys
+from pipeline.contracts import missing_fields
 from pipeline.keyed import KeyedReducer, ReduceIO
 
 from .fields import MISSING, getter
@@ -47,7 +48,17 @@ class Count(KeyedReducer):
     options = (Option("field", str, doc="field to group by, by its JSON name"),
                Option("missing", str, "(missing)", "the value counted for records without it"))
     spills = {"counts": COUNT_ROW, "longs": None}
+
+    @classmethod
+    def output_fields(cls, options: dict[str, Any], given: Any) -> Any:
+        return (options.get("field", "value"), "count")
     reduce_row_bytes = 160
+
+    @classmethod
+    def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
+                     kind: str) -> str | None:
+        missing = missing_fields([options["field"]], given)
+        return f"field {missing}" if missing else None
 
     def __init__(self, **options: Any):
         super().__init__(**options)

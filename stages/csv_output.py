@@ -6,9 +6,12 @@ import io
 from typing import Any, Iterator
 
 from pipeline import Batch, Option, Output, a_path
+from pipeline.contracts import missing_fields
 
 from .fields import MISSING, getter
-from .resumable_file import ResumableFile, Stdout, cell, encode_text
+from .resumable_file import NEW, ResumableFile, Stdout, cell, encode_text
+
+TUPLES = ("summary-row", "count-row")
 
 
 class CsvOutput(Output):
@@ -36,17 +39,29 @@ class CsvOutput(Output):
             return "stage 'csv-output': `columns` must be a non-empty list of names"
         return None
 
+    @classmethod
+    def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
+                     kind: str) -> str | None:
+        cols = options.get("columns", [])
+        if kind in TUPLES:  # written by position: the columns only name them
+            if len(cols) != len(given):
+                return (f"{kind} records are {len(given)} values ({', '.join(given)}): give "
+                        f"{len(given)} columns, got {len(cols)}")
+            return None
+        missing = missing_fields(cols, given)
+        return f"column {missing}" if missing else None
+
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.written = 0
+        self.written = NEW
         self.file = None if self.path == "-" else ResumableFile(self.path)
         self.getters = [getter(c) for c in self.columns]
 
     def snapshot(self) -> dict[str, int]:
-        return {"bytes": self.file.mark() if self.file else 0}
+        return self.file.mark() if self.file else NEW
 
     def restore(self, state: dict[str, int]) -> None:
-        self.written = state["bytes"]
+        self.written = state
 
     def _rows(self, batch: Batch) -> bytes:
         buf = io.StringIO()
@@ -69,7 +84,7 @@ class CsvOutput(Output):
             return
         self.file.open(self.written)
         try:
-            if not self.written:
+            if not self.written["bytes"]:
                 self.file.write(header)
             for batch in batches:
                 self.file.write(self._rows(batch))

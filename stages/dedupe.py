@@ -7,6 +7,7 @@ import msgspec
 import numpy as np
 
 from pipeline import SAME, Batch, Option, keys
+from pipeline.contracts import missing_fields
 from pipeline.keyed import KeyedReducer, ReduceIO
 
 from .fields import MISSING, getter
@@ -47,7 +48,14 @@ class Dedupe(KeyedReducer):
     produces = SAME
     options = (Option("field", str, doc="field whose repeats are dropped"),)
     spills = {"keys": KEY_ROW, "records": None, "longs": None}
+    reports = ("duplicates",)
     reduce_row_bytes = 800
+
+    @classmethod
+    def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
+                     kind: str) -> str | None:
+        missing = missing_fields([options["field"]], given)
+        return f"field {missing}" if missing else None
 
     def __init__(self, **options: Any):
         super().__init__(**options)

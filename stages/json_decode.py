@@ -9,10 +9,11 @@ from operator import not_
 from typing import Any, Iterator
 
 import msgspec
+import numpy as np
 
 from pipeline import Batch, Option, Processor
 
-from .site_event import SiteEventType
+from .site_event import SITE_EVENT_FIELDS, SiteEventType
 
 CHUNK = 512  # lines decoded by one C-level map; a chunk with a bad line goes line by line
 SCHEMAS: dict[str, Any] = {"site-event": SiteEventType, "object": dict}
@@ -121,6 +122,10 @@ class JsonDecode(Processor):
     def output_kind(cls, options: dict[str, Any], given: str) -> str:
         return "object" if options.get("schema", "site-event") == "object" else "site-event"
 
+    @classmethod
+    def output_fields(cls, options: dict[str, Any], given: Any) -> Any:
+        return SITE_EVENT_FIELDS if options.get("schema", "site-event") != "object" else None
+
     def __init__(self, **options: Any):
         super().__init__(**options)
         self._one = msgspec.json.Decoder(SCHEMAS[self.schema])
@@ -138,12 +143,16 @@ class JsonDecode(Processor):
 
     def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         for batch in batches:
-            out = Batch()
-            self._decode(batch, out)
+            out = Batch(source=batch.source)
+            keep: list[Any] = []  # the lines the records came from: ranges and indices
+            self._decode(batch, out, keep)
+            if out:
+                out.origins = batch.line_origins(np.concatenate(
+                    [k if isinstance(k, np.ndarray) else np.array(k, np.int64) for k in keep]))
             self.records += len(out)
             yield out
 
-    def _decode(self, batch: Batch, out: list[Any]) -> None:
+    def _decode(self, batch: Batch, out: list[Any], keep: list[Any]) -> None:
         """Blank lines and lines of invalid UTF-8 are found first (cheap C-level scans)
         and handled one by one; the lines between them are decoded in chunks by a
         C-level map, each line on its own. A chunk that holds a bad line is decoded
@@ -159,37 +168,42 @@ class JsonDecode(Processor):
             special += (i for i in wide if not _is_utf8(batch[i]))
         lo = 0
         for i in sorted(set(special)):
-            self._span(batch, lo, i, out)
-            self._decode_line(batch, i, out)
+            self._span(batch, lo, i, out, keep)
+            if self._decode_line(batch, i, out):
+                keep.append([i])
             lo = i + 1
-        self._span(batch, lo, n, out)
+        self._span(batch, lo, n, out, keep)
 
-    def _span(self, batch: Batch, lo: int, hi: int, out: list[Any]) -> None:
+    def _span(self, batch: Batch, lo: int, hi: int, out: list[Any], keep: list[Any]) -> None:
         """Lines lo..hi, none of them blank or invalid UTF-8."""
         decode = self._one.decode
         for a in range(lo, hi, CHUNK):
             b = min(a + CHUNK, hi)
             try:
                 out += list(map(decode, batch[a:b]))  # all or nothing: a list first
+                keep.append(np.arange(a, b, dtype=np.int64))
             except (msgspec.DecodeError, RecursionError):
-                for i in range(a, b):
-                    self._decode_line(batch, i, out)
+                keep.append([i for i in range(a, b) if self._decode_line(batch, i, out)])
 
-    def _decode_line(self, batch: Batch, i: int, out: list[Any]) -> None:
+    def _decode_line(self, batch: Batch, i: int, out: list[Any]) -> bool:
+        """Decode line i into `out`, or reject it; whether it became a record."""
         raw = batch[i]
         if not raw.strip():
-            return  # blank and whitespace-only lines are skipped, not rejected
+            return False  # blank and whitespace-only lines are skipped, not rejected
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             self._reject(batch, i, f"invalid UTF-8 at byte {exc.start}")
-            return
+            return False
         try:
             out.append(self._one.decode(raw))
         except msgspec.DecodeError as exc:
             self._reject(batch, i, line_reason(raw, exc))
+            return False
         except RecursionError:
             self._reject(batch, i, DEEP)
+            return False
+        return True
 
     def _reject(self, batch: Batch, i: int, reason: str) -> None:
         self.rejected += 1

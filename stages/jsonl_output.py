@@ -5,7 +5,7 @@ from typing import Any, Iterator
 
 from pipeline import Batch, Option, Output, a_path
 
-from .resumable_file import ResumableFile, Stdout, json_lines
+from .resumable_file import NEW, ResumableFile, Stdout, json_lines
 
 
 class JsonlOutput(Output):
@@ -26,14 +26,14 @@ class JsonlOutput(Output):
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.written = 0
+        self.written = NEW
         self.file = None if self.path == "-" else ResumableFile(self.path)
 
     def snapshot(self) -> dict[str, int]:
-        return {"bytes": self.file.mark() if self.file else 0}
+        return self.file.mark() if self.file else NEW
 
     def restore(self, state: dict[str, int]) -> None:
-        self.written = state["bytes"]
+        self.written = state
 
     def describe(self) -> str:
         return f"{self.name}({self.path})"

@@ -196,6 +196,24 @@ class Mutate(Processor):
                         f"str, bool; got {kind!r}")
         return None
 
+    @classmethod
+    def output_fields(cls, options: dict[str, Any], given: Any) -> Any:
+        """The fields after the five operations, when the fields before are known."""
+        if given is None:
+            return None
+        fields = list(given)
+
+        def under(name: str) -> list[str]:
+            return [f for f in fields if f == name or f.startswith(name + ".")]
+        for old, new in (options.get("rename") or {}).items():
+            fields = [new + f[len(old):] if f in under(old) else f for f in fields]
+        for name in options.get("remove") or []:
+            fields = [f for f in fields if f not in under(name)]
+        added = list(options.get("set") or {})
+        added += [dst for src, dst in (options.get("copy") or {}).items() if under(src)]
+        fields += [f for f in added if f not in fields]
+        return tuple(fields)
+
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.ops: list[Callable[[dict[str, Any]], str | None]] = []
@@ -269,8 +287,8 @@ class Mutate(Processor):
     def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         ops, to_builtins = self.ops, msgspec.to_builtins
         for batch in batches:
-            out = Batch()
-            for original in batch:
+            records, kept = [], []
+            for i, original in enumerate(batch):
                 # a fresh top-level dict (set_in/delete_in copy nested ones they change),
                 # so the input record is never changed
                 if isinstance(original, dict):
@@ -278,22 +296,26 @@ class Mutate(Processor):
                 elif isinstance(original, msgspec.Struct):
                     record = to_builtins(original)
                 else:
-                    self._reject(original, "not a JSON object: got " + (
+                    self._reject(batch, i, "not a JSON object: got " + (
                         "raw bytes (put mutate after json-decode)"
                         if isinstance(original, bytes) else json_type(original, article=True)))
                     continue
                 for op in ops:
                     reason = op(record)
                     if reason is not None:
-                        self._reject(original, reason)
+                        self._reject(batch, i, reason)
                         break
                 else:
-                    out.append(record)
+                    records.append(record)
+                    kept.append(i)
+            out = batch.take(kept)
+            out[:] = records  # the changed records, with their originals' origins
             yield out
 
-    def _reject(self, record: Any, reason: str) -> None:
+    def _reject(self, batch: Batch, i: int, reason: str) -> None:
+        record = batch[i]
         try:
             raw = record if isinstance(record, bytes) else msgspec.json.encode(record)
         except (TypeError, ValueError, OverflowError):
             raw = repr(record)
-        self.ctx.reject(raw, reason, stage=self.name)
+        self.ctx.reject(raw, reason, stage=self.name, at=batch.locate(i), file=batch.source)

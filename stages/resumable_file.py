@@ -1,10 +1,12 @@
 """An output file written atomically (temp + rename) that survives kills and resumes,
 and standard output that ends quietly when its reader goes away.
 
-Lines go to `PATH.partial`. `mark()` flushes and fsyncs it and returns its length, which
-the output stage puts in its snapshot; after a kill, `open(mark)` cuts the partial file
-back to that length, so a resumed run never duplicates a line. `commit()` renames it to
-PATH once the run has finished.
+Lines go to `PATH.partial`. `mark()` flushes and fsyncs it and returns its length and
+CRC, which the output stage puts in its snapshot; after a kill, `open(mark)` checks the
+partial file against them and cuts it back to that length, so a resumed run never
+duplicates a line. `commit()` renames it to PATH once the run has finished. An existing
+file at PATH is only ever replaced by that rename of a complete output: never moved,
+removed or truncated by a run that fails.
 
 A line that cannot be written (full disk, I/O error) stops the run with WriteFailed:
 one line naming the file; the last checkpoint holds the partial file's length, so a
@@ -15,13 +17,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import zlib
 from typing import Any, BinaryIO
 
 import msgspec
 
-from pipeline.errors import (CheckpointFailed, OutputClosed, PathError, WriteFailed, reason,
-                             writable_problem)
+from pipeline.errors import (CheckpointFailed, DamagedState, OutputClosed, PathError,
+                             WriteFailed, reason, writable_problem)
 
 WHAT = "output file"
 _json = msgspec.json.Encoder()
@@ -58,25 +62,39 @@ def json_lines(records: list[Any]) -> bytes:
                                    separators=(",", ":")).encode() + b"\n" for r in records)
 
 
+NEW = {"bytes": 0, "crc": 0}  # the mark of an output not yet written
+
+
 class ResumableFile:
+    """PATH.partial, appended to and checkpointed; renamed to PATH when complete."""
+
     def __init__(self, path: str):
         self.path = path
         self.partial = path + ".partial"
         self.fh: BinaryIO | None = None
+        self.crc = 0  # CRC-32 of everything in the partial file
 
     def _failed(self, exc: OSError, path: str | None = None, verb: str = "write") -> WriteFailed:
         return WriteFailed(WHAT, path or self.partial, reason(exc), verb)
 
-    def open(self, length: int) -> BinaryIO:
-        """Open for appending after `length` bytes (0: start a new file)."""
+    def open(self, mark: dict[str, int]) -> BinaryIO:
+        """Open for appending after what a checkpoint recorded (`mark()`; NEW: start a
+        new file). What is kept must be exactly what was written: the partial file's
+        first bytes or, when a finished run is resumed, PATH's. PATH is copied, never
+        moved, so it stays as it was until a complete output replaces it. Anything else
+        (the file changed or was removed since) is DamagedState: the run starts over."""
         problem = writable_problem(self.path)
         if problem:
             raise PathError(f"{WHAT} {self.path}: {problem}")
+        length, crc = mark["bytes"], mark["crc"]
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            if length and not os.path.exists(self.partial) and os.path.exists(self.path):
-                os.replace(self.path, self.partial)  # a finished run being resumed
-            if length and os.path.exists(self.partial):
+            if length:
+                if not _holds(self.partial, length, crc):
+                    if not _holds(self.path, length, crc):
+                        raise DamagedState(self.path, f"its first {length:,} bytes are not "
+                                                      f"what the last checkpoint recorded")
+                    shutil.copyfile(self.path, self.partial)  # a finished run, resumed
                 self.fh = open(self.partial, "r+b")
                 self.fh.truncate(length)
                 self.fh.seek(length)
@@ -84,6 +102,7 @@ class ResumableFile:
                 self.fh = open(self.partial, "wb")
         except OSError as exc:
             raise self._failed(exc) from None
+        self.crc = crc
         return self.fh
 
     def write(self, data: bytes) -> None:
@@ -92,10 +111,12 @@ class ResumableFile:
             self.fh.write(data)
         except OSError as exc:
             raise self._failed(exc) from None
+        self.crc = zlib.crc32(data, self.crc)
 
-    def mark(self) -> int:
+    def mark(self) -> dict[str, int]:
+        """Flush and fsync: the length and CRC a checkpoint records."""
         if self.fh is None:
-            return 0
+            return dict(NEW)
         try:
             self.fh.flush()
         except OSError as exc:
@@ -104,9 +125,10 @@ class ResumableFile:
             os.fsync(self.fh.fileno())
         except OSError as exc:
             raise CheckpointFailed(WHAT, self.partial, reason(exc), "sync") from None
-        return self.fh.tell()
+        return {"bytes": self.fh.tell(), "crc": self.crc}
 
     def commit(self) -> None:
+        """Rename the complete output to PATH: until then PATH is left as it was."""
         assert self.fh is not None
         try:
             self.mark()
@@ -131,6 +153,23 @@ class ResumableFile:
                 fh.close()
             except OSError:
                 pass  # only reached when the run is already failing or stopping
+
+
+def _holds(path: str, length: int, crc: int) -> bool:
+    """Whether `path` starts with `length` bytes whose CRC-32 is `crc`."""
+    try:
+        with open(path, "rb") as fh:
+            value = 0
+            left = length
+            while left:
+                block = fh.read(min(left, 1 << 20))
+                if not block:
+                    return False
+                value = zlib.crc32(block, value)
+                left -= len(block)
+    except FileNotFoundError:
+        return False
+    return value == crc
 
 
 class Stdout:

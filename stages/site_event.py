@@ -27,6 +27,8 @@ INT_LIMIT = 2**1024 - 2**970
 _OUT_OF_RANGE = "Number out of range - at `$.timestamp`"
 
 MESSAGE, ONLINE, OFFLINE = 0, 1, 2
+# what a site-event record holds, by JSON name (a message's `data` is not kept)
+SITE_EVENT_FIELDS = ("type", "id", "from", "site_id", "timestamp", "data.status")
 
 
 # gc=False: these hold only str/int/float, and tracking millions of them made the

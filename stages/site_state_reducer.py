@@ -39,6 +39,7 @@ ID_ROW = np.dtype([("w0", "<u8"), ("w1", "<u8"), ("order", "<u8"), ("sb", "<u4")
 SITE_ROW = np.dtype([("s0", "<u8"), ("s1", "<u8"), ("f0", "<u8"), ("f1", "<u8"),
                      ("ts", "<f8"), ("order", "<u8"), ("code", "u1")])
 # code: bits 0-1 message/online/offline, 2-3 the site key's tag, 4-5 the from key's tag
+SUMMARY_FIELDS = ("site_id", "messages", "emails", "operators", "visitors")
 ID_ROW_BYTES = 96  # memory per id row while duplicates are found
 KIND, SITE_TAG, FROM_TAG = 0, 2, 4
 
@@ -66,10 +67,15 @@ class SiteStateReducer(KeyedReducer):
     name = "site-state-reducer"
     accepts = ("site-event",)
     produces = "summary-row"
+
+    @classmethod
+    def output_fields(cls, options: dict[str, Any], given: Any) -> Any:
+        return SUMMARY_FIELDS
     spills = {"ids": ID_ROW, "sites": SITE_ROW, "drops": np.dtype("<u8"),
               "id_longs": None, "site_longs": None}
     phases = 2
     reduce_row_bytes = 200
+    reports = ("duplicates",)
 
     def __init__(self, **options: Any):
         super().__init__(**options)

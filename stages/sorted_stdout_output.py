@@ -27,6 +27,10 @@ class SortedStdoutOutput(Output):
     name = "sorted-stdout-output"
     accepts = ("summary-row",)
 
+    @classmethod
+    def destinations(cls, options: dict[str, Any]) -> list[str]:
+        return ["-"]
+
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.stream = None  # tests may point this elsewhere; None means sys.stdout

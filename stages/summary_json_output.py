@@ -9,7 +9,7 @@ import msgspec
 
 from pipeline import Batch, Option, Output, a_path
 
-from .resumable_file import ResumableFile, write_stdout_text
+from .resumable_file import NEW, ResumableFile, write_stdout_text
 
 FIELDS = ("site_id", "messages", "emails", "operators", "visitors")
 
@@ -46,7 +46,7 @@ class SummaryJsonOutput(Output):
             write_stdout_text(sys.stdout, text)
             return
         out = ResumableFile(self.path)
-        out.open(0)
+        out.open(NEW)
         try:
             out.write(text.encode("utf-8"))
             out.commit()

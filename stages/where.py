@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from pipeline import SAME, Batch, Option, Processor
+from pipeline.contracts import missing_fields
 
 from .fields import MISSING, getter, normalize
 
@@ -40,6 +41,12 @@ class Where(Processor):
                         f"{type(value).__name__} {value!r}")
         return None
 
+    @classmethod
+    def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
+                     kind: str) -> str | None:
+        missing = missing_fields([options["field"]], given)
+        return f"field {missing}" if missing else None
+
     def __init__(self, **options: Any):
         super().__init__(**options)
         values = getattr(self, "in")  # `in` is a keyword, so no plain attribute access
@@ -57,8 +64,8 @@ class Where(Processor):
     def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         get, wanted, drop = self.get, self.wanted, self.drop
         for batch in batches:
-            out = Batch(r for r in batch
-                        if ((v := get(r)) is not MISSING and normalize(v) in wanted) != drop)
+            out = batch.take(i for i, r in enumerate(batch)
+                             if ((v := get(r)) is not MISSING and normalize(v) in wanted) != drop)
             self.kept += len(out)
             self.dropped += len(batch) - len(out)
             yield out

@@ -429,6 +429,6 @@ def test_sum_rejects_reach_the_dead_letter_file(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout == '{"g":"a","n":2,"s":3.5}\n'
     dead = [json.loads(x) for x in (tmp_path / "s" / "dead_letter.jsonl").read_text().splitlines()]
-    assert dead == [{"line": None, "offset": None, "stage": "aggregate",
+    assert dead == [{"line": 2, "offset": 16, "stage": "aggregate",
                      "reason": "field 'v': sum(v) needs a number, got '2'",
                      "raw": '{"g":"a","v":"2"}'}]

@@ -33,7 +33,10 @@ def write(tmp_path, lines) -> str:
     ("{field: nope, equals: x}", []),
 ])
 def test_where(tmp_path, where, expected):
-    cfg = pipeline(tmp_path, f"  - json-decode\n  - where: {where}\n  - jsonl-output: {{path: '-'}}\n")
+    """where on objects (whose fields a config cannot know): a missing field never
+    matches."""
+    cfg = pipeline(tmp_path, f"  - json-decode: {{schema: object}}\n  - where: {where}\n"
+                             f"  - jsonl-output: {{path: '-'}}\n")
     p = cli("-c", cfg, "-f", write(tmp_path, LINES), "--state-dir", str(tmp_path / "s"))
     assert p.returncode == 0, p.stderr
     assert [json.loads(x)["id"] for x in p.stdout.splitlines()] == expected

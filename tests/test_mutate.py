@@ -28,7 +28,7 @@ def mutate(records, **options):
     stage, ctx = Mutate(**options), Ctx()
     stage.open(ctx)
     out = [r for b in stage.process(iter([Batch(records)])) for r in b]
-    assert all(w == {"stage": "mutate"} for _, _, w in ctx.rejected)
+    assert all(w["stage"] == "mutate" and w["at"] == (None, None) for _, _, w in ctx.rejected)
     return out, [(raw, reason) for raw, reason, _ in ctx.rejected]
 
 
@@ -266,7 +266,7 @@ def test_through_main_with_line_numbers_of_decode_rejects_only(tmp_path):
         {"line": 3, "offset": len(lines[0]) + len(lines[1]) + 2, "stage": "json-decode",
          "reason": "field 'site_id': expected a non-empty string",
          "raw": '{"id":"c","from":"v","type":"message","site_id":"","timestamp":1}'},
-        {"line": None, "offset": None, "stage": "mutate",
+        {"line": 2, "offset": len(lines[0]) + 1, "stage": "mutate",
          "reason": "field 'timestamp': cannot convert 1.5 to int",
          "raw": '{"type":"message","id":"b","from":"v","site_id":"1","timestamp":1.5}'}]
     assert p.stderr.endswith("rejected 2 of 4 lines (reasons in "

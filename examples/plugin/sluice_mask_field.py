@@ -42,7 +42,7 @@ class MaskField(Processor):
 
     def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         for batch in batches:
-            out = Batch()
+            out = Batch(source=batch.source, origins=batch.origins)  # same records, same lines
             for record in batch:
                 value = record.get(self.field) if isinstance(record, dict) else None
                 if isinstance(value, str):
