@@ -28,7 +28,6 @@ import io
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import traceback
@@ -36,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import run_bounded  # noqa: E402
 MAIN = os.path.join(ROOT, "main.py")
 SAMPLE = os.path.join(ROOT, "tests", "data", "sample", "input.jsonl")
 
@@ -203,17 +204,8 @@ def run_in_process(argv: list[str], timeout: float) -> tuple[int | None, str, st
 
 
 def run_subprocess(argv: list[str], timeout: float, cwd: str) -> tuple[int | None, str, str]:
-    proc = subprocess.Popen([sys.executable, MAIN, *argv], cwd=cwd, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return None, "", ""
-    text = err.decode("utf-8", "replace")
-    return proc.returncode, text, text if "Traceback (most recent call last)" in text else ""
+    rc, _, err = run_bounded([sys.executable, MAIN, *argv], timeout, cwd)
+    return rc, err, err if "Traceback (most recent call last)" in err else ""
 
 
 def verdict(rc: int | None, err: str, trace: str) -> str | None:

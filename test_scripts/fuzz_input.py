@@ -24,14 +24,14 @@ import gzip
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import run_bounded  # noqa: E402
 MAIN = os.path.join(ROOT, "main.py")
 SAMPLE = os.path.join(ROOT, "tests", "data", "sample", "input.jsonl")
 GOOD = [ln for ln in open(SAMPLE, "rb").read().split(b"\n")[:400] if ln.startswith(b'{"id"')
@@ -125,17 +125,8 @@ def configs() -> list[str]:
 
 def run(config: str, path: str, work: str, timeout: float) -> tuple[int | None, bytes, str]:
     state = tempfile.mkdtemp(prefix="state-", dir=work)
-    proc = subprocess.Popen([sys.executable, MAIN, "-c", config, "-f", path, "--state-dir",
-                             state, "-q"], cwd=state, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return None, b"", ""
-    return proc.returncode, out, err.decode("utf-8", "replace")
+    return run_bounded([sys.executable, MAIN, "-c", config, "-f", path, "--state-dir", state,
+                        "-q"], timeout, state)
 
 
 def problem(rc: int | None, err: str) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 TOKEN = "SLUICE_RUN_TOKEN"
@@ -52,3 +53,29 @@ def kill_all(found: list[tuple[int, str]]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def run_bounded(cmd: list[str], timeout: float, cwd: str | None = None
+                ) -> tuple[int | None, bytes, str]:
+    """(exit code, stdout, stderr) of `cmd` run in its own session; None as the exit code
+    if it did not end within `timeout` seconds (its whole group is then killed)."""
+    if cwd:
+        os.makedirs(cwd, exist_ok=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None, b"", ""
+    return proc.returncode, out, err.decode("utf-8", "replace")
+
+
+def read(path: str) -> bytes:
+    """A file's bytes; empty if it does not exist."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return b""

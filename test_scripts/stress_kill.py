@@ -33,19 +33,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import TOKEN, kill_all, survivors  # noqa: E402
+from procs import TOKEN, kill_all, read, survivors  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "main.py")
 CONFIG = os.path.join(ROOT, "configs", "summary.yaml")
-
-
-def read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return b""
 
 
 class Attempt:

@@ -38,6 +38,8 @@ import time
 from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import read, run_bounded as run  # noqa: E402
 MAIN = os.path.join(ROOT, "main.py")
 CONFIG = os.path.join(ROOT, "configs", "summary.yaml")
 KINDS = {  # file kind -> glob below the slot
@@ -45,28 +47,6 @@ KINDS = {  # file kind -> glob below the slot
     "checkpoint": "**/checkpoint-*", "segment": "**/seg-*", "plan.json": "plan.json",
     "result.json": "**/result.json", "task dead letter": "s*/m*/dead_letter.jsonl",
 }
-
-
-def run(cmd: list[str], timeout: float, cwd: str) -> tuple[int | None, bytes, str]:
-    """Run in `cwd`, where the pipeline's relative output paths land."""
-    os.makedirs(cwd, exist_ok=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return None, b"", ""
-    return proc.returncode, out, err.decode("utf-8", "replace")
-
-
-def read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return b""
 
 
 def the_slot(state: str) -> str:
