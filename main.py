@@ -21,14 +21,16 @@ import os
 import sys
 from typing import Any
 
-from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_config, progress
+from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_config
+from pipeline.engine import progress
 from pipeline.config import max_workers, override_option
-from pipeline.describe import chain_text, graph_mermaid, graph_text, list_stages, show_stage
+from pipeline.tools.describe import chain_text, graph_mermaid, graph_text, list_stages, show_stage
 from pipeline.errors import EXIT_USAGE, OutputClosed, PathError, reason, writable_problem
-from pipeline.job import Interrupted, run_job
-from pipeline.options import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS, DEFAULT_MEMORY_MB,
-                              DEFAULT_STATE_DIR, JobOptions)
-from pipeline.sidecar import run_tests
+from pipeline.engine.job import run_job
+from pipeline.errors import Interrupted
+from pipeline.engine.options import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS,
+                                     DEFAULT_MEMORY_MB, DEFAULT_STATE_DIR, JobOptions)
+from pipeline.tools.sidecar import run_tests
 from stages import builtin_stages
 
 EPILOG = ("exit codes: 0 ok, 1 rejected line under --strict (or a failed test case, or a "

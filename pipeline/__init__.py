@@ -1,13 +1,13 @@
 """Sluice's engine: stages, registry, config, runner. It never imports `stages/`."""
-from . import keys
-from .checkpoint import AppendOnly, unwrap
-from .config import PipelineConfig, load_config, parse_config
-from .errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
-                     InputError, RejectedLine, SluiceError)
-from .keyed import KeyedReducer, ReduceIO
-from .registry import Registry, check_stage_class
-from .stage import (ANY, KINDS, SAME, Batch, Input, InputChanged, Kind, Option, Output,
-                    Processor, Reducer, Stage, a_path, positive, positive_at_most)
+from pipeline import keys
+from pipeline.stage import AppendOnly, unwrap
+from pipeline.config import PipelineConfig, load_config, parse_config
+from pipeline.errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
+                             InputError, RejectedLine, SluiceError)
+from pipeline.keyed import KeyedReducer, ReduceIO
+from pipeline.registry import Registry, check_stage_class
+from pipeline.stage import (ANY, KINDS, SAME, Batch, Input, InputChanged, Kind, Option, Output,
+                            Processor, Reducer, Stage, a_path, positive, positive_at_most)
 
 __all__ = [
     "ANY",

@@ -22,11 +22,11 @@ from typing import Any
 
 import yaml
 
-from .contracts import check_destinations, check_fields, check_kinds
-from .errors import ConfigError
-from .registry import Registry
-from .stage import Kind, Option, Stage
-from .yamlsafe import YamlDoc
+from pipeline.contracts import check_destinations, check_fields, check_kinds
+from pipeline.errors import ConfigError
+from pipeline.registry import Registry
+from pipeline.stage import Kind, Option, Stage
+from pipeline.yamlsafe import YamlDoc
 
 TOP_LEVEL = {
     "pipeline": "the stages, first an input, last an output",

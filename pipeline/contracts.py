@@ -9,11 +9,11 @@ import difflib
 import os
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
-from .stage import ANY, Fields, Kind
+from pipeline.errors import ConfigError
+from pipeline.stage import ANY, Fields, Kind
 
 if TYPE_CHECKING:  # config.py imports this module
-    from .config import PipelineConfig, StageSpec
+    from pipeline.config import PipelineConfig, StageSpec
 
 
 def _kinds_text(kinds: tuple[str, ...]) -> str:

@@ -144,3 +144,15 @@ class Interrupted(SluiceError):
         else:
             super().__init__(f"stopped by {signal_name} at line {lines:,}; rerun the same "
                              f"command to resume")
+
+
+class Stopped(Exception):
+    """Tasks stopped at a batch boundary because a stop was requested; `lines` counts
+    the input lines they had read (and checkpointed)."""
+
+    def __init__(self, lines: int = 0):
+        super().__init__(f"stopped after {lines} lines")
+        self.lines = lines
+
+    def __reduce__(self):  # keep `lines` across a worker's socket
+        return (Stopped, (self.lines,))

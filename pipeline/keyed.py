@@ -29,11 +29,10 @@ from typing import Any, ClassVar, Iterable, Iterator
 
 import numpy as np
 
-from . import keys
-from .signals import Stopped
-from .slots import add_counters
-from .spill import Sets, SpillReader, SpillWriter
-from .stage import SAME, Batch, Reducer
+from pipeline import keys
+from pipeline.errors import Stopped
+from pipeline.state.spill import Sets, SpillReader, SpillWriter
+from pipeline.stage import Batch, Reducer
 
 ORDER_BITS = 40
 RESULT = "__result__"   # the object set holding a last phase's (key, record) pairs
@@ -170,8 +169,11 @@ class KeyedReducer(Reducer):
             dirs = [writer.dir]
             for phase in range(self.phases):
                 out = os.path.join(scratch, f"p{phase}")
-                add_counters(self.reduced, reduce_buckets(
-                    self, phase, range(self.nbuckets), dirs, out, memory_bytes=256 << 20))
+                made = reduce_buckets(self, phase, range(self.nbuckets), dirs, out,
+                                      memory_bytes=256 << 20)
+                for key, n in made.items():
+                    if not key.startswith("_"):
+                        self.reduced[key] = self.reduced.get(key, 0) + n
                 dirs.append(out)
             yield from result_batches(self, dirs[-1:], self.nbuckets)
         finally:
@@ -251,41 +253,3 @@ def result_batches(stage: KeyedReducer, dirs: list[str], nbuckets: int) -> Itera
             yield batch
             batch = Batch()
     yield batch
-
-
-class Capture(KeyedReducer):
-    """Where a fork branch without a reducer ends inside a map task: its records, kept
-    in file order on disk until the branch's output runs (see plan.py)."""
-
-    name = "capture"
-    produces = SAME
-    spills = {"records": None}
-    phases = 0
-
-    def update(self, batch: Batch) -> None:
-        if batch:
-            self._writer().add_objects("records", 0, list(batch))
-
-
-class Results:
-    """What a leaf of the plan produces, read as batches by calling it: a keyed
-    reducer's results merged by key, a capture's records in file order, or a mergeable
-    reducer's finish(). `verify()` checks every frame on disk first, so that nothing is
-    output from state that turns out damaged halfway through."""
-
-    def __init__(self, read: Any, dirs: list[str] = (), sets: Sets | None = None):  # type: ignore[assignment]
-        self.read, self.dirs, self.sets = read, list(dirs), sets or {}
-
-    def __call__(self) -> Iterator[Batch]:
-        return self.read()
-
-    def verify(self) -> None:
-        if self.dirs:
-            SpillReader(self.dirs, self.sets).verify()
-
-
-def captured(dirs: list[str]) -> Iterator[Batch]:
-    """The records captured by map tasks (their directories in task order), in order."""
-    reader = SpillReader(dirs, Capture.all_sets())
-    for frame in reader.frames("records", 0):
-        yield Batch(frame)

@@ -17,8 +17,8 @@ import re
 from importlib import metadata
 from typing import Iterable
 
-from .errors import ConfigError
-from .stage import Input, Kind, Option, Output, Processor, Reducer, Stage
+from pipeline.errors import ConfigError
+from pipeline.stage import Input, Kind, Option, Output, Processor, Reducer, Stage
 
 ENTRY_POINT_GROUP = "sluice.stages"
 _BASES = {Kind.INPUT: Input, Kind.PROCESSOR: Processor, Kind.REDUCER: Reducer,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from array import array
 from itertools import accumulate
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Tuple
 
@@ -331,3 +332,23 @@ class Output(Stage):
 
     def write(self, batches: Iterator[Batch]) -> None:
         raise NotImplementedError
+
+
+class AppendOnly:
+    """Marks a list or array in a snapshot as grow-only. Pickles as the plain value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: list[Any] | array):
+        self.value = value
+
+    def __reduce__(self) -> Any:
+        return (_identity, (self.value,))
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def unwrap(value: Any) -> Any:
+    return value.value if isinstance(value, AppendOnly) else value

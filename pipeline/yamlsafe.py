@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from pipeline.errors import ConfigError
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 64

@@ -9,7 +9,7 @@ from pipeline import Batch, Option, Output, a_path
 from pipeline.contracts import missing_fields
 
 from .fields import MISSING, getter
-from .resumable_file import NEW, ResumableFile, Stdout, cell, encode_text
+from pipeline.outputs import NEW, ResumableFile, Stdout, cell, encode_text
 
 TUPLES = ("summary-row", "count-row")
 

@@ -5,7 +5,7 @@ from typing import Any, Iterator
 
 from pipeline import Batch, Option, Output, a_path
 
-from .resumable_file import NEW, ResumableFile, Stdout, json_lines
+from pipeline.outputs import NEW, ResumableFile, Stdout, json_lines
 
 
 class JsonlOutput(Output):

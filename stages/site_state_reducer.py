@@ -28,7 +28,7 @@ import numpy as np
 
 from pipeline import keys
 from pipeline.keyed import KeyedReducer, ReduceIO, split_frames
-from pipeline.spill import SpillReader, SpillWriter
+from pipeline.state.spill import SpillReader, SpillWriter
 from pipeline.stage import Batch
 
 from .site_event import ONLINE, OFFLINE, Status

@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 from pipeline import Batch, Output
 
-from .resumable_file import write_stdout_text
+from pipeline.outputs import write_stdout_text
 
 
 def format_summary(rows: list[tuple[str, int, int, int, int]]) -> str:

@@ -9,7 +9,7 @@ import msgspec
 
 from pipeline import Batch, Option, Output, a_path
 
-from .resumable_file import NEW, ResumableFile, write_stdout_text
+from pipeline.outputs import NEW, ResumableFile, write_stdout_text
 
 FIELDS = ("site_id", "messages", "emails", "operators", "visitors")
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import ROOT, cli, generate
-from pipeline.checkpoint import read_checked_json
+from pipeline.state.checkpoint import read_checked_json
 from reference import summarize
 
 SUMMARY = str(ROOT / "configs" / "summary.yaml")

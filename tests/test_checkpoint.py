@@ -10,7 +10,8 @@ import pytest
 
 import main
 from conftest import ROOT, generate
-from pipeline.checkpoint import AppendOnly, CheckpointStore
+from pipeline.stage import AppendOnly
+from pipeline.state.checkpoint import CheckpointStore
 from reference import summarize
 
 CONFIG = """\
@@ -221,7 +222,7 @@ def test_crash_between_temp_write_and_rename(job, monkeypatch):
     """A kill after the temp manifest is written but before the rename loses nothing."""
     rc, expected, _ = job("--no-checkpoint")
     expected_dead = job.dead.read_bytes()
-    import pipeline.checkpoint as ckmod
+    import pipeline.state.checkpoint as ckmod
     calls = []
     real = os.replace
 

@@ -24,9 +24,10 @@ import pytest
 
 import main
 from conftest import ROOT
-from pipeline.checkpoint import AppendOnly, CheckpointStore, read_checked_json
+from pipeline.stage import AppendOnly
+from pipeline.state.checkpoint import CheckpointStore, read_checked_json
 from pipeline.errors import CheckpointFailed, UntrustedState
-from pipeline.spill import SpillReader, SpillWriter
+from pipeline.state.spill import SpillReader, SpillWriter
 
 LINE = 128          # every input line is exactly this long (newline included) ...
 BLOCK = 100 * LINE  # ... so a block is 100 lines, and checkpoint k is at_(k)
@@ -137,7 +138,7 @@ def sluice(*argv, fsize: int | None = None, env: dict | None = None, as_user: bo
 SITECUSTOMIZE = '''
 import errno, os
 if os.environ.get("SLUICE_TEST_FAULT") == "manifest":
-    from pipeline.checkpoint import CheckpointStore
+    from pipeline.state.checkpoint import CheckpointStore
     real = CheckpointStore._write_durably
     def _write_durably(self, path, pieces):
         if path.endswith(".tmp"):
@@ -151,7 +152,7 @@ if os.environ.get("SLUICE_TEST_FAULT") == "manifest":
 def inject(monkeypatch, point: str, fail: set[int], err: int) -> None:
     """Make the checkpoint store's `point` write raise OSError(err) on the calls in `fail`
     (1-based): the segment, the manifest's temp file, its rename, the directory fsync."""
-    import pipeline.checkpoint as ck
+    import pipeline.state.checkpoint as ck
     calls = [0]
 
     def hit() -> None:
@@ -354,7 +355,7 @@ def test_dead_letter_write_failure_stops_and_resumes(tmp_path, run, monkeypatch)
     cfg, _ = copy_config(tmp_path, data, out=str(out))
     state = tmp_path / "state"
     dead = state / "dead_letter.jsonl"
-    import pipeline.deadletter as dl
+    import pipeline.state.deadletter as dl
     with monkeypatch.context() as m:
         m.setattr(dl, "open_private", lambda path, flags: os.open("/dev/full", os.O_WRONLY))
         rc, stdout, stderr = run("-c", cfg, "--state-dir", state)

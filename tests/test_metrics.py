@@ -5,8 +5,8 @@ import json
 
 import main
 from conftest import ROOT, SUMMARY, cli, generate
-from pipeline.job import run_job
-from pipeline.options import JobOptions
+from pipeline.engine.job import run_job
+from pipeline.engine.options import JobOptions
 
 
 def test_stats_table_counts_every_stage(tmp_path):

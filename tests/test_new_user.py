@@ -284,7 +284,7 @@ STEPS = {  # a step of writing, committing or resuming an output file, and where
 
 
 def inject(monkeypatch, step: str, at: int) -> None:
-    import stages.resumable_file as rf
+    import pipeline.outputs as rf
     name, suffix, arg = STEPS[step]
     if name == "open":
         monkeypatch.setattr(rf, "open", Boom(open, suffix, at, arg), raising=False)
@@ -302,7 +302,7 @@ def test_an_output_never_destroys_a_file_it_did_not_write(tmp_path, monkeypatch,
     complete new output, whatever step of writing, committing or resuming an output
     fails: in a first run, in a run resuming one that failed midway, and in a run
     resuming a finished one whose input grew. A rerun then finishes the job."""
-    import stages.resumable_file as rf
+    import pipeline.outputs as rf
     lines = [rec(f"r{i}", "message", "1", "v", i) for i in range(3000)]
     log = tmp_path / "in.jsonl"
     cfg = tmp_path / "p.yaml"

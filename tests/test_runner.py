@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline import Batch, Input, Output, Processor
-from pipeline.runner import Context, barrier, run_chain
+from pipeline.engine.runner import Context, barrier, run_chain
 
 EVENTS: list[str] = []
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.checkpoint import CorruptCheckpoint
-from pipeline.spill import SpillReader, SpillWriter
+from pipeline.state.checkpoint import CorruptCheckpoint
+from pipeline.state.spill import SpillReader, SpillWriter
 
 ROW = np.dtype([("k", "<u8"), ("v", "<u4")])
 SETS = {"rows": ROW, "objects": None}

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SUMMARY, cli, generate
-from pipeline.checkpoint import read_checked_json, write_checked_json
+from pipeline.state.checkpoint import read_checked_json, write_checked_json
 from pipeline.errors import DamagedState
-from pipeline.spill import SpillReader, SpillWriter
+from pipeline.state.spill import SpillReader, SpillWriter
 
 sys.path.insert(0, str(ROOT / "test_scripts"))
 import tamper_state  # noqa: E402

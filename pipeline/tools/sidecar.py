@@ -31,11 +31,11 @@ from typing import Any
 
 import yaml
 
-from .config import load_config, override_option
-from .errors import ConfigError, SluiceError
-from .job import run_job
-from .options import JobOptions
-from .registry import Registry
+from pipeline.config import load_config, override_option
+from pipeline.errors import ConfigError, SluiceError
+from pipeline.engine.job import run_job
+from pipeline.engine.options import JobOptions
+from pipeline.registry import Registry
 
 
 @dataclass

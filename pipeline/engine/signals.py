@@ -18,19 +18,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from .errors import EXIT_CODES
-
-
-class Stopped(Exception):
-    """Tasks stopped at a batch boundary because a stop was requested; `lines` counts
-    the input lines they had read (and checkpointed)."""
-
-    def __init__(self, lines: int = 0):
-        super().__init__(f"stopped after {lines} lines")
-        self.lines = lines
-
-    def __reduce__(self):  # keep `lines` across a worker's socket
-        return (Stopped, (self.lines,))
+from pipeline.errors import EXIT_CODES, Stopped
 
 
 class StopRequest:

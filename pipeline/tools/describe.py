@@ -4,10 +4,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .config import PipelineConfig, _type_name
-from .contracts import edge_kinds
-from .registry import Registry
-from .stage import SAME, Stage
+from pipeline.config import PipelineConfig, _type_name
+from pipeline.contracts import edge_kinds
+from pipeline.registry import Registry
+from pipeline.stage import SAME, Stage
 
 
 def first_line(cls: type[Stage]) -> str:

@@ -20,15 +20,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .checkpoint import CheckpointStore, read_checked_json, write_checked_json
-from .config import PipelineConfig
-from .deadletter import DeadLetter
-from .errors import CheckpointFailed, DamagedState, RejectedLine, SluiceError
-from .keyed import Capture, KeyedReducer, reduce_buckets
-from .runner import Context, run_tree
-from .signals import NeverSet, Stopped
-from .slots import Checkpointer, collect_counters, open_slot, resumed_records
-from .stage import Input, Kind, Stage
+from pipeline.state.checkpoint import CheckpointStore, read_checked_json, write_checked_json
+from pipeline.config import PipelineConfig
+from pipeline.state.deadletter import DeadLetter
+from pipeline.errors import CheckpointFailed, DamagedState, RejectedLine, SluiceError
+from pipeline.engine.results import Capture
+from pipeline.keyed import KeyedReducer, reduce_buckets
+from pipeline.engine.runner import Context, run_tree
+from pipeline.engine.signals import NeverSet
+from pipeline.errors import Stopped
+from pipeline.engine.report import collect_counters
+from pipeline.engine.resume import Checkpointer, open_slot, resumed_records
+from pipeline.stage import Input, Kind, Stage
 
 STATE_VERSION = 3  # 3: checksummed plan, results, spill frames and dead letters
 RESULT_FILE = "result.json"

@@ -22,9 +22,9 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
-from .errors import SluiceError
-from .signals import Stopped
-from .tasks import Env, JobSpec, run_task, task_bytes
+from pipeline.errors import SluiceError
+from pipeline.errors import Stopped
+from pipeline.engine.tasks import Env, JobSpec, run_task, task_bytes
 
 Progress = Callable[[int, int], None]  # (bytes, lines) read so far, over all tasks
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
@@ -213,7 +213,7 @@ def make_executor(kind: str, workers: int, slot: str, stop: Any, scheduler: str 
                   ) -> Any:
     """The executor a run asked for: Dask, N local workers, or this process."""
     if kind == "dask":
-        from .dask_executor import DaskExecutor  # only where Dask is wanted
+        from pipeline.executors.dask import DaskExecutor  # only where Dask is wanted
 
         return DaskExecutor(scheduler, slot, stop)
     if workers == 1:

@@ -32,12 +32,12 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checkpoint import read_checked_json, write_checked_json
-from .config import PipelineConfig
-from .errors import DamagedState
-from .keyed import KeyedReducer
-from .stage import Input, Kind
-from .tasks import STATE_VERSION, Leaf, MapTask, ReduceTask
+from pipeline.state.checkpoint import read_checked_json, write_checked_json
+from pipeline.config import PipelineConfig
+from pipeline.errors import DamagedState
+from pipeline.keyed import KeyedReducer
+from pipeline.stage import Input, Kind
+from pipeline.engine.tasks import STATE_VERSION, Leaf, MapTask, ReduceTask
 
 PLAN = "plan.json"
 MAX_BUCKETS = 4096

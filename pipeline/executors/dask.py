@@ -18,9 +18,10 @@ import os
 import time
 from typing import Any, Callable
 
-from .errors import SluiceError
-from .signals import FileFlag, Stopped
-from .tasks import Env, JobSpec, run_task, task_bytes
+from pipeline.errors import SluiceError
+from pipeline.engine.signals import FileFlag
+from pipeline.errors import Stopped
+from pipeline.engine.tasks import Env, JobSpec, run_task, task_bytes
 
 CONNECT_TIMEOUT = 15  # seconds to reach a scheduler before giving up
 STOP_GRACE = 1.5

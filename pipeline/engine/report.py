@@ -1,15 +1,44 @@
-"""What a run reports: counts, rejects, per-stage metrics, phase times, what it resumed."""
+"""What a run reports: counts, rejects, per-stage metrics, phase times, what it resumed;
+and the notices it shows on the way."""
 from __future__ import annotations
 
 import json
 import os
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from .deadletter import DeadLetter
-from .errors import DamagedState
-from .tasks import MapTask
+from pipeline.errors import DamagedState
+from pipeline.stage import Stage
+from pipeline.state.deadletter import DeadLetter
+
+
+def collect_counters(stages: list[Stage]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for stage in stages:
+        for key, value in stage.counters().items():
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+def add_counters(into: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    for key, value in more.items():
+        if not key.startswith("_"):
+            into[key] = into.get(key, 0) + value
+    return into
+
+
+class Notices(list):
+    """A list of notices that also shows each one as it is added."""
+
+    def __init__(self, notify: Callable[[str], None]):
+        super().__init__()
+        self.notify = notify
+
+    def append(self, text: str) -> None:
+        super().append(text)
+        self.notify(text)
+
 
 
 @dataclass
@@ -63,8 +92,8 @@ def stage_metrics(meters: list[dict[str, Any]], dead: DeadLetter) -> list[dict[s
     return out
 
 
-def resume_notice(tasks: list[MapTask], results: list[dict[str, Any]],
-                  pending: list[MapTask]) -> tuple[str | None, int | None]:
+def resume_notice(tasks: list[Any], results: list[dict[str, Any]],
+                  pending: list[Any]) -> tuple[str | None, int | None]:
     """What a resumed run skips, in words (None: it resumed nothing), and the lines
     read before this run (None if none)."""
     ran = {t.index for t in pending}
@@ -92,7 +121,7 @@ def resume_notice(tasks: list[MapTask], results: list[dict[str, Any]],
     return text, sum(r["lines"] for r in done) + sum(r["resumed_lines"] for r in midway)
 
 
-def copy_rejects(tasks: list[MapTask], results: list[dict[str, Any]], dead: DeadLetter
+def copy_rejects(tasks: list[Any], results: list[dict[str, Any]], dead: DeadLetter
                  ) -> None:
     """Each map task's rejected lines, in task order, with absolute line numbers."""
     base: dict[Any, int] = {}

@@ -32,8 +32,9 @@ def _die_with_parent(parent: int) -> None:
 def main() -> None:
     fd, parent = int(sys.argv[1]), int(sys.argv[2])
     _die_with_parent(parent)
-    if sys.path and os.path.basename(sys.path[0]) == "pipeline":
-        del sys.path[0]  # this file's folder: its modules are only reachable as pipeline.*
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0]) == here:
+        del sys.path[0]  # this file's folder: its dask.py is not the dask package
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how a run stops
     stop = {"set": False}
 
@@ -46,7 +47,7 @@ def main() -> None:
     import traceback
     from multiprocessing.connection import Connection
 
-    from pipeline.tasks import Env, run_task
+    from pipeline.engine.tasks import Env, run_task
 
     class Flag:
         def is_set(self) -> bool:

@@ -16,25 +16,30 @@ import shutil
 import time
 from typing import Any, Callable, Iterator
 
-from .budget import Budget, own_rss
-from .config import PipelineConfig
-from .deadletter import DeadLetter
-from .errors import DamagedState, InputError, Interrupted, SluiceError, reason
-from .executors import make_executor
-from .keyed import Capture, KeyedReducer, Results, captured, result_batches
-from .live import check_follow, emit
-from .options import (DEFAULT_EMIT_SECONDS, DEFAULT_MEMORY_MB, JobOptions,
-                      checkpoint_enabled, every)
-from .plan import layout, open_plan
-from .progress import Progress
-from .report import RunReport, append_rejects, copy_rejects, resume_notice, stage_metrics
-from .runner import Context, run_stream
-from .signals import NeverSet, Stopped, StopRequest, stop_on_signals
-from .slots import Notices, SlotLock, add_counters, clear_slot, collect_counters, slot_dir
-from .stage import Batch, Input, InputChanged, Stage
-from .straight import run_straight
-from .tasks import (STATE_VERSION, Env, JobSpec, MapTask, finished_map, finished_reduce,
-                    leaf_position, load_state, run_task, task_bytes)
+from pipeline.engine.budget import Budget, own_rss
+from pipeline.config import PipelineConfig
+from pipeline.state.deadletter import DeadLetter
+from pipeline.errors import DamagedState, InputError, Interrupted, SluiceError, reason
+from pipeline.executors.local import make_executor
+from pipeline.engine.results import Capture, Results, captured
+from pipeline.keyed import KeyedReducer, result_batches
+from pipeline.engine.emit import check_follow, emit
+from pipeline.engine.options import (DEFAULT_EMIT_SECONDS, DEFAULT_MEMORY_MB, JobOptions,
+                                     checkpoint_enabled, every)
+from pipeline.engine.plan import layout, open_plan
+from pipeline.engine.progress import Progress
+from pipeline.engine.report import (RunReport, append_rejects, copy_rejects, resume_notice,
+                                    stage_metrics)
+from pipeline.engine.runner import Context, run_stream
+from pipeline.engine.signals import NeverSet, StopRequest, stop_on_signals
+from pipeline.errors import Stopped
+from pipeline.engine.report import Notices, add_counters, collect_counters
+from pipeline.state.slot import SlotLock, clear_slot, slot_dir
+from pipeline.stage import Batch, Input, InputChanged, Stage
+from pipeline.engine.streaming import run_straight
+from pipeline.engine.tasks import (STATE_VERSION, Env, JobSpec, MapTask, finished_map,
+                                   finished_reduce, leaf_position, load_state, run_task,
+                                   task_bytes)
 
 MIN_PARTITION_BYTES = 32 << 20  # below this a default run stays in one process
 MIN_TASK_BYTES = 256 << 10      # the smallest input range worth a map task
@@ -141,7 +146,7 @@ class Job:
         if kind != "dask" and budget.workers < workers:
             self.notices.append(f"--memory-mb {memory} fits {budget.workers} of "
                                 f"{workers} workers; using {budget.workers}")
-        slot = os.path.abspath(slot_dir(opts.state_dir, cfg, self.source))
+        slot = os.path.abspath(slot_dir(opts.state_dir, cfg.path, self.source.describe()))
         with SlotLock(slot):
             work = slot if self.enabled else slot + ".scratch"
             if (opts.fresh or opts.discard) and os.path.isdir(slot):
@@ -296,7 +301,7 @@ class Job:
     def _map_later(self, seg: Any, source: Callable[[], Iterator[Batch]],
                    dead: DeadLetter) -> None:
         """A later segment: one map task, here, over an earlier reducer's results."""
-        from .results import ResultsInput
+        from pipeline.engine.results import ResultsInput
 
         reuse = self.plan.start_segment(seg.number, self.plan.generation, self.last_results)
         task = self.plan.map_tasks(seg.number)[0]

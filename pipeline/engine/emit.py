@@ -13,13 +13,14 @@ import pickle
 import shutil
 from typing import Any, Callable, Iterator
 
-from .config import PipelineConfig
-from .deadletter import DeadLetter
-from .errors import SluiceError
-from .keyed import KeyedReducer, captured, reduce_buckets, result_batches
-from .options import JobOptions
-from .stage import Batch, Stage
-from .tasks import leaf_position
+from pipeline.config import PipelineConfig
+from pipeline.state.deadletter import DeadLetter
+from pipeline.errors import SluiceError
+from pipeline.engine.results import captured
+from pipeline.keyed import KeyedReducer, reduce_buckets, result_batches
+from pipeline.engine.options import JobOptions
+from pipeline.stage import Batch, Stage
+from pipeline.engine.tasks import leaf_position
 
 
 def emit(job: Any, stages: list[Stage]) -> None:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import PipelineConfig
-from .deadletter import DeadLetter
-from .options import JobOptions, every
-from .progress import Progress, chain_hooks
-from .report import RunReport, stage_metrics
-from .runner import Context, run_tree
-from .signals import Stopped, StopRequest
-from .slots import (Checkpointer, Notices, SlotLock, collect_counters, open_slot,
-                    resumed_records, slot_dir)
-from .stage import Input, Stage
-from .tasks import STATE_VERSION
+from pipeline.config import PipelineConfig
+from pipeline.state.deadletter import DeadLetter
+from pipeline.engine.options import JobOptions, every
+from pipeline.engine.progress import Progress, chain_hooks
+from pipeline.engine.report import RunReport, stage_metrics
+from pipeline.engine.runner import Context, run_tree
+from pipeline.engine.signals import StopRequest
+from pipeline.errors import Stopped
+from pipeline.engine.report import Notices, collect_counters
+from pipeline.engine.resume import Checkpointer, open_slot, resumed_records
+from pipeline.state.slot import SlotLock, slot_dir
+from pipeline.stage import Input, Stage
+from pipeline.engine.tasks import STATE_VERSION
 
 
 def run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
@@ -45,7 +47,7 @@ def run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
         run_tree(trunk, branches, ctx, on_barrier=on_barrier)
     try:
         if enabled:
-            with SlotLock(slot_dir(opts.state_dir, cfg, source)) as slot:
+            with SlotLock(slot_dir(opts.state_dir, cfg.path, source.describe())) as slot:
                 built, store, resumed = open_slot(slot, cfg.build, header, dead, notices,
                                                   opts.fresh, opts.discard)
                 stages[:] = built

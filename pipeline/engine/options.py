@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from .config import PipelineConfig
+from pipeline.config import PipelineConfig
 
 DEFAULT_STATE_DIR = ".pipeline-state"
 DEFAULT_EVERY_RECORDS = 1_000_000

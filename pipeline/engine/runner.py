@@ -14,8 +14,8 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from .errors import RESUME, InputError, OutputClosed, reason
-from .stage import Batch, Input, Output, Stage
+from pipeline.errors import RESUME, InputError, OutputClosed, reason
+from pipeline.stage import Batch, Input, Output, Stage
 
 
 class Meter:

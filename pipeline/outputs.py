@@ -24,8 +24,8 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from pipeline.errors import (CheckpointFailed, DamagedState, OutputClosed, PathError,
-                             WriteFailed, reason, writable_problem)
+from pipeline.errors import (CheckpointFailed, DamagedState, OutputClosed, PathError, WriteFailed,
+                             reason, writable_problem)
 
 WHAT = "output file"
 _json = msgspec.json.Encoder()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import SluiceError
+from pipeline.errors import SluiceError
 
 MAP_WORK_BYTES = 48 << 20       # a map task's batches and temporaries, besides its buffer
 HEADROOM = 0.10                 # of the budget, kept back: the shares below are estimates

@@ -1,0 +1,86 @@
+"""A reducer's merged results, read like an input by the segment after it.
+
+The results are a pure function of the reducer's finished state, so a resumed reader
+can skip the records its checkpoint had already passed on.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from pipeline.keyed import KeyedReducer
+from pipeline.stage import SAME, Batch, Input
+from pipeline.state.spill import Sets, SpillReader
+
+
+class ResultsInput(Input):
+    name = "results"
+
+    def __init__(self, batches: Iterator[Batch], of: str):
+        super().__init__()
+        self.batches = batches
+        self.of = of
+        self.done = 0
+
+    def read(self) -> Iterator[Batch]:
+        skip = self.done
+        for batch in self.batches:
+            if skip >= len(batch):
+                skip -= len(batch)
+                continue
+            out = Batch(batch[skip:]) if skip else batch
+            skip = 0
+            self.done += len(out)  # the snapshot points after this batch
+            yield out
+
+    def snapshot(self) -> dict[str, int]:
+        return {"done": self.done}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.done = state["done"]
+
+    def resume_problem(self, saved_identity: Any, saved_state: Any) -> str | None:
+        return None  # the plan already checked that the results are the same
+
+    def where(self) -> str:
+        return f"record {self.done + 1:,} of {self.of}'s results"
+
+    def describe(self) -> str:
+        return f"{self.of} results"
+
+
+class Capture(KeyedReducer):
+    """Where a fork branch without a reducer ends inside a map task: its records, kept
+    in file order on disk until the branch's output runs (see plan.py)."""
+
+    name = "capture"
+    produces = SAME
+    spills = {"records": None}
+    phases = 0
+
+    def update(self, batch: Batch) -> None:
+        if batch:
+            self._writer().add_objects("records", 0, list(batch))
+
+
+class Results:
+    """What a leaf of the plan produces, read as batches by calling it: a keyed
+    reducer's results merged by key, a capture's records in file order, or a mergeable
+    reducer's finish(). `verify()` checks every frame on disk first, so that nothing is
+    output from state that turns out damaged halfway through."""
+
+    def __init__(self, read: Any, dirs: list[str] = (), sets: Sets | None = None):  # type: ignore[assignment]
+        self.read, self.dirs, self.sets = read, list(dirs), sets or {}
+
+    def __call__(self) -> Iterator[Batch]:
+        return self.read()
+
+    def verify(self) -> None:
+        if self.dirs:
+            SpillReader(self.dirs, self.sets).verify()
+
+
+def captured(dirs: list[str]) -> Iterator[Batch]:
+    """The records captured by map tasks (their directories in task order), in order."""
+    reader = SpillReader(dirs, Capture.all_sets())
+    for frame in reader.frames("records", 0):
+        yield Batch(frame)

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""How one run moves between the project's files: a call trace of the sample run.
+
+    python test_scripts/trace_files.py [-c CONFIG] [-f INPUT]
+
+It runs the pipeline in this process (one worker, no checkpoints kept) under a
+profiler hook that records, for every call and return between two of the project's
+files (pipeline/, stages/, main.py), which file it goes to. It prints the files
+entered, the crossings between files, how many of them return into a file the run had
+already left, the files returned to most often, and how many stage objects were built.
+A crossing from a file into the same file is not counted, and neither are the calls of
+a function called more than 100 times (a function per record or per line, such as
+msgspec calling a struct's __post_init__, would drown the structure of the run).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import io
+import os
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def ours(path: str) -> str | None:
+    path = os.path.abspath(path)
+    rel = os.path.relpath(path, ROOT)
+    if rel == "main.py" or rel.startswith(("pipeline" + os.sep, "stages" + os.sep)):
+        return rel
+    return None
+
+
+def trace(argv: list[str]) -> dict:
+    import main
+    from pipeline import Stage
+
+    built = collections.Counter()
+    real_init = Stage.__init__
+
+    def counting_init(self, **options):
+        built[type(self).__name__] += 1
+        real_init(self, **options)
+    Stage.__init__ = counting_init  # type: ignore[method-assign]
+    events: list[tuple[str, str | None, bool]] = []  # (function, file moved to, returning)
+    stack: list[tuple[str, str | None]] = []
+
+    def hook(frame, event, arg):  # noqa: ANN001
+        if event == "call":
+            f = ours(frame.f_code.co_filename)
+            key = f"{frame.f_code.co_filename}:{frame.f_code.co_firstlineno}"
+            stack.append((key, f))
+            events.append((key, f, False))
+        elif event == "return" and stack:
+            key, _ = stack.pop()
+            events.append((key, stack[-1][1] if stack else None, True))
+    sys.setprofile(hook)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            main.main(argv)
+    finally:
+        sys.setprofile(None)
+        Stage.__init__ = real_init  # type: ignore[method-assign]
+    calls = collections.Counter(k for k, _, ret in events if not ret)
+    current: str | None = None
+    visited: set[str] = set()
+    crossings = returns = 0
+    back: collections.Counter = collections.Counter()
+    for key, to, returning in events:
+        if calls[key] > 100 or to is None or to == current:
+            continue
+        crossings += 1
+        if returning and to in visited:
+            returns += 1
+            back[to] += 1
+        if current is not None:
+            visited.add(current)
+        current = to
+    return {"files": len(visited | {current} - {None}), "crossings": crossings,
+            "returns": returns, "back": back.most_common(6), "built": built}
+
+
+def main_() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("-c", "--config", default=os.path.join(ROOT, "configs", "summary.yaml"))
+    p.add_argument("-f", "--file", default=os.path.join(ROOT, "tests", "data", "sample",
+                                                         "input.jsonl"))
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as state:
+        r = trace(["-c", args.config, "-f", args.file, "--state-dir", state, "-w", "1"])
+    print(f"files entered: {r['files']}")
+    print(f"crossings between files: {r['crossings']}")
+    print(f"returns into a file already left: {r['returns']}")
+    print("returned to most: " + ", ".join(f"{f} {n}" for f, n in r["back"]))
+    print(f"stage objects built: {sum(r['built'].values())} ("
+          + ", ".join(f"{k} {v}" for k, v in sorted(r["built"].items())) + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_())
