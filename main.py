@@ -21,7 +21,10 @@ import os
 import sys
 from typing import Any
 
-from pipeline import EXIT_INTERRUPTED, EXIT_OK, Registry, SluiceError, load_config
+from pipeline import SluiceError
+from pipeline.config import load_config
+from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK
+from pipeline.registry import Registry
 from pipeline.engine import progress
 from pipeline.config import max_workers, override_option
 from pipeline.tools.describe import chain_text, graph_mermaid, graph_text, list_stages, show_stage
@@ -30,7 +33,7 @@ from pipeline.engine.job import run_job
 from pipeline.errors import Interrupted
 from pipeline.engine.options import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS,
                                      DEFAULT_MEMORY_MB, DEFAULT_STATE_DIR, JobOptions)
-from pipeline.tools.sidecar import run_tests
+from pipeline.tools.testcases import check_paths
 from stages import builtin_stages
 
 EPILOG = ("exit codes: 0 ok, 1 rejected line under --strict (or a failed test case, or a "
@@ -226,7 +229,7 @@ def cmd_test(argv: list[str]) -> int:
                                             "(or directories holding them).")
     p.add_argument("paths", nargs="+", metavar="PATH")
     args = p.parse_args(argv)
-    return run_tests(args.paths, build_registry(warn=True))
+    return check_paths(args.paths, build_registry(warn=True))
 
 
 def main(argv: list[str] | None = None) -> int:

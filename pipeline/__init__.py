@@ -1,45 +1,43 @@
-"""Sluice's engine: stages, registry, config, runner. It never imports `stages/`."""
+"""Sluice's public stage API: what a stage author may use, and nothing else.
+
+    from pipeline import Batch, Option, Processor, SAME
+
+Stages subclass Input, Processor, Reducer (or KeyedReducer) or Output and declare their
+options; `pipeline.outputs` has the file helpers outputs use, and `pipeline.testing` the
+check every stage should pass. The engine itself lives in subpackages (engine/,
+executors/, state/, tools/), which a stage never imports; `pipeline` never imports
+`stages/`.
+"""
 from pipeline import keys
-from pipeline.stage import AppendOnly, unwrap
-from pipeline.config import PipelineConfig, load_config, parse_config
-from pipeline.errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError,
-                             InputError, RejectedLine, SluiceError)
+from pipeline.errors import ConfigError, InputError, RejectedLine, SluiceError
 from pipeline.keyed import KeyedReducer, ReduceIO
-from pipeline.registry import Registry, check_stage_class
-from pipeline.stage import (ANY, KINDS, SAME, Batch, Input, InputChanged, Kind, Option, Output,
-                            Processor, Reducer, Stage, a_path, positive, positive_at_most)
+from pipeline.stage import (ANY, KINDS, SAME, AppendOnly, Batch, Fields, Input, InputChanged,
+                            Option, Output, Processor, Reducer, Role, Stage, a_path, positive,
+                            positive_at_most, unwrap)
 
 __all__ = [
     "ANY",
     "AppendOnly",
     "Batch",
     "ConfigError",
-    "EXIT_BAD_INPUT",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_USAGE",
+    "Fields",
     "Input",
     "InputChanged",
     "InputError",
     "KINDS",
     "KeyedReducer",
-    "Kind",
     "Option",
     "Output",
-    "PipelineConfig",
     "Processor",
     "ReduceIO",
     "Reducer",
-    "Registry",
     "RejectedLine",
+    "Role",
     "SAME",
     "SluiceError",
     "Stage",
     "a_path",
-        "check_stage_class",
     "keys",
-    "load_config",
-    "parse_config",
     "positive",
     "positive_at_most",
     "unwrap",

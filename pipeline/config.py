@@ -25,7 +25,7 @@ import yaml
 from pipeline.contracts import check_destinations, check_fields, check_kinds
 from pipeline.errors import ConfigError
 from pipeline.registry import Registry
-from pipeline.stage import Kind, Option, Stage
+from pipeline.stage import Role, Option, Stage
 from pipeline.yamlsafe import YamlDoc
 
 TOP_LEVEL = {
@@ -333,30 +333,30 @@ def check_wiring(cfg: PipelineConfig) -> None:
     processors and reducers come in between."""
     trunk = [cfg.stages[i] for i in cfg.trunk]
     first = trunk[0] if trunk else cfg.stages[0]
-    if first.cls.kind is not Kind.INPUT:
+    if first.cls.role is not Role.INPUT:
         raise ConfigError(f"the first stage must be an input; {first.name!r} is a "
-                          f"{first.cls.kind.value}", cfg.path, first.line)
+                          f"{first.cls.role.value}", cfg.path, first.line)
     if not cfg.branches:
         last = trunk[-1]
-        if len(trunk) < 2 or last.cls.kind is not Kind.OUTPUT:
+        if len(trunk) < 2 or last.cls.role is not Role.OUTPUT:
             raise ConfigError(f"the last stage must be an output; {last.name!r} is a "
-                              f"{last.cls.kind.value}", cfg.path, last.line)
+                              f"{last.cls.role.value}", cfg.path, last.line)
         middle = trunk[1:-1]
     else:
         middle = trunk[1:]
         for name, idx in cfg.branches.items():
             last = cfg.stages[idx[-1]]
-            if last.cls.kind is not Kind.OUTPUT:
+            if last.cls.role is not Role.OUTPUT:
                 raise ConfigError(f"fork branch {name!r} must end with an output; "
-                                  f"{last.name!r} is a {last.cls.kind.value}", cfg.path,
+                                  f"{last.name!r} is a {last.cls.role.value}", cfg.path,
                                   last.line)
             middle += [cfg.stages[i] for i in idx[:-1]]
     for spec in middle:
-        if spec.cls.kind in (Kind.INPUT, Kind.OUTPUT):
+        if spec.cls.role in (Role.INPUT, Role.OUTPUT):
             where = f"fork branch {spec.branch!r}: " if spec.branch else ""
             after = " (before a fork, every output goes at the end of a branch)" if \
-                cfg.branches and not spec.branch and spec.cls.kind is Kind.OUTPUT else ""
-            raise ConfigError(f"{where}stage {spec.name!r} is an {spec.cls.kind.value}; only "
+                cfg.branches and not spec.branch and spec.cls.role is Role.OUTPUT else ""
+            raise ConfigError(f"{where}stage {spec.name!r} is an {spec.cls.role.value}; only "
                               f"processors and reducers go between the input and the "
                               f"output{after}", cfg.path, spec.line)
 

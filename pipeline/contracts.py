@@ -10,7 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
-from pipeline.stage import ANY, Fields, Kind
+from pipeline.stage import ANY, Fields, Role
 
 if TYPE_CHECKING:  # config.py imports this module
     from pipeline.config import PipelineConfig, StageSpec
@@ -111,7 +111,7 @@ def check_destinations(cfg: PipelineConfig) -> None:
         if isinstance(path, str) and path != "-":
             seen[_key(path)] = source
     for spec in cfg.stages:
-        if spec.cls.kind is not Kind.OUTPUT:
+        if spec.cls.role is not Role.OUTPUT:
             continue
         for dest in spec.cls.destinations(spec.options):
             key = _key(dest)
@@ -121,7 +121,7 @@ def check_destinations(cfg: PipelineConfig) -> None:
             where = f"fork branch {spec.branch!r}: " if spec.branch else ""
             them = f"stage {other.name!r}" + (f" in fork branch {other.branch!r}"
                                                if other.branch else "")
-            if other.cls.kind is Kind.INPUT:
+            if other.cls.role is Role.INPUT:
                 why = f"{dest} is the input of {them} (line {other.line}): writing it " \
                       f"would destroy what is being read"
             elif dest == "-":

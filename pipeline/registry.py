@@ -18,11 +18,11 @@ from importlib import metadata
 from typing import Iterable
 
 from pipeline.errors import ConfigError
-from pipeline.stage import Input, Kind, Option, Output, Processor, Reducer, Stage
+from pipeline.stage import Input, Role, Option, Output, Processor, Reducer, Stage
 
 ENTRY_POINT_GROUP = "sluice.stages"
-_BASES = {Kind.INPUT: Input, Kind.PROCESSOR: Processor, Kind.REDUCER: Reducer,
-          Kind.OUTPUT: Output}
+_BASES = {Role.INPUT: Input, Role.PROCESSOR: Processor, Role.REDUCER: Reducer,
+          Role.OUTPUT: Output}
 
 
 def check_stage_class(obj: object) -> str | None:
@@ -31,9 +31,9 @@ def check_stage_class(obj: object) -> str | None:
         return f"{obj!r} is not a subclass of pipeline.Stage"
     if not obj.name or not isinstance(obj.name, str):
         return f"{obj.__qualname__} has no `name`"
-    kind = getattr(obj, "kind", None)
+    kind = getattr(obj, "role", None)
     if kind not in _BASES or not issubclass(obj, _BASES[kind]):
-        return f"{obj.__qualname__}.kind {kind!r} does not match its base class"
+        return f"{obj.__qualname__}.role {kind!r} does not match its base class"
     if not isinstance(obj.options, tuple) or not all(isinstance(o, Option)
                                                      for o in obj.options):
         return f"{obj.__qualname__}.options must be a tuple of pipeline.Option"

@@ -28,8 +28,9 @@ from itertools import accumulate
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Tuple
 
 
-class Kind(enum.Enum):
-    """Where a stage may run; the engine never has to guess."""
+class Role(enum.Enum):
+    """A stage's role in a pipeline, which says where it may run (the engine never has
+    to guess). Not to be confused with the kinds of records (KINDS) stages exchange."""
 
     INPUT = "input"          # yields batches; can be split into partitions
     PROCESSOR = "processor"  # stateless or per-partition: runs in every worker
@@ -152,7 +153,7 @@ class Stage:
     """
 
     name: ClassVar[str] = ""
-    kind: ClassVar[Kind]
+    role: ClassVar[Role]
     options: ClassVar[tuple[Option, ...]] = ()
     accepts: ClassVar[tuple[str, ...]] = (ANY,)
     produces: ClassVar[str] = ANY
@@ -222,7 +223,7 @@ class InputChanged(Exception):
 
 
 class Input(Stage):
-    kind = Kind.INPUT
+    role = Role.INPUT
     accepts = ()
 
     def read(self) -> Iterator[Batch]:
@@ -246,7 +247,7 @@ class Input(Stage):
         """After restore(): is there anything new to read?"""
         return True
 
-    def where(self) -> str:
+    def location(self) -> str:
         """Current position in words, e.g. 'line 10 (byte 512)'."""
         return ""
 
@@ -285,7 +286,7 @@ class Input(Stage):
 
 
 class Processor(Stage):
-    kind = Kind.PROCESSOR
+    role = Role.PROCESSOR
 
     def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         raise NotImplementedError
@@ -298,7 +299,7 @@ class Reducer(Processor):
     input in file order, so order-sensitive rules (first id wins) stay exact.
     """
 
-    kind = Kind.REDUCER
+    role = Role.REDUCER
 
     def update(self, batch: Batch) -> None:
         raise NotImplementedError
@@ -316,7 +317,7 @@ class Reducer(Processor):
 
 
 class Output(Stage):
-    kind = Kind.OUTPUT
+    role = Role.OUTPUT
     produces = ""
 
     @classmethod

@@ -57,7 +57,7 @@ def parse_metric(spec: Any) -> tuple[str, str | None] | str:
     return func, field
 
 
-def canonical(value: Any) -> str:
+def json_identity(value: Any) -> str:
     """The group's (or a distinct value's) identity: its JSON text, object keys sorted.
     Equal texts are equal values: 1, 1.0, "1" and true are four different values."""
     return _encode(value).decode()
@@ -67,7 +67,7 @@ def order_key(value: Any) -> tuple[Any, ...]:
     """The total order of values, across types: null < false < true < numbers <
     strings < arrays < objects. Numbers compare by value (an int and a float exactly);
     of two equal numbers the int comes first, and -0.0 before 0.0. Strings compare by
-    code point, arrays element by element, objects by their canonical JSON text."""
+    code point, arrays element by element, objects by their json_identity JSON text."""
     if value is None:
         return (0,)
     if value is True or value is False:
@@ -80,7 +80,7 @@ def order_key(value: Any) -> tuple[Any, ...]:
         return (3, value)
     if isinstance(value, (list, tuple)):
         return (4, tuple(map(order_key, value)))
-    return (5, canonical(value))
+    return (5, json_identity(value))
 
 
 def _extremes(i: int, least: bool, col: list[Any], gids: list[int],
@@ -335,7 +335,7 @@ class Aggregate(KeyedReducer):
 
     @staticmethod
     def _hashes(texts: list[str]) -> np.ndarray:
-        """A 64-bit hash of each canonical text's exact key (pipeline.keys); it only
+        """A 64-bit hash of each json_identity text's exact key (pipeline.keys); it only
         routes a group to its bucket."""
         words, tags, _ = keys.encode(texts)
         return keys.mix(words[:, 0], words[:, 1], tags)

@@ -16,7 +16,7 @@ KEY_ROW = np.dtype([("w0", "<u8"), ("w1", "<u8"), ("order", "<u8"), ("tag", "u1"
 NO_KEY = 3  # a record without the field: always kept
 
 
-def canonical(value: Any) -> str:
+def dedupe_key(value: Any) -> str:
     """A string that is equal for equal values: type first, an int as its decimal string."""
     if isinstance(value, str):
         return "s" + value
@@ -67,7 +67,7 @@ class Dedupe(KeyedReducer):
             return
         values = [self.get(r) for r in batch]
         present = [v is not MISSING for v in values]
-        words, tags, longs = keys.encode([canonical(v) if p else "" for v, p in
+        words, tags, longs = keys.encode([dedupe_key(v) if p else "" for v, p in
                                           zip(values, present)])
         rows = np.empty(n, KEY_ROW)
         rows["w0"], rows["w1"] = words[:, 0], words[:, 1]

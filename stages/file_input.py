@@ -363,9 +363,9 @@ class FileInput(Input):
         end = self.end if self.end is not None else self._size()
         return self.offset < end
 
-    def where(self) -> str:
+    def location(self) -> str:
         if self.follower is not None:
-            return self.follower.where()
+            return self.follower.location()
         prefix = f"{self.files[self.index]} " if len(self.files) > 1 else ""
         if self.start:  # a range's line numbers start at 1: only the byte is absolute
             return f"{prefix}byte {self.offset:,}"

@@ -59,7 +59,7 @@ class Follower:
             return "an input file is gone"
         return None
 
-    def where(self) -> str:
+    def location(self) -> str:
         return ", ".join(f"{f} line {n:,} (byte {o:,})" if len(self.files) > 1
                          else f"line {n:,} (byte {o:,})"
                          for f, n, o in zip(self.files, self.lines, self.offsets))

@@ -54,8 +54,8 @@ def _gz(data: bytes) -> bytes:
 
 # kind -> (file suffix, data maker given a size scale, whether every hostile line is
 # one no schema accepts: then the output must equal the good lines' output)
-Kind = tuple[str, Callable[[int], bytes], bool]
-KINDS: dict[str, Kind] = {
+KindSpec = tuple[str, Callable[[int], bytes], bool]
+KINDS: dict[str, KindSpec] = {
     "deep object": (".jsonl", lambda s: mixed([b'{"a":' * (100_000 // s) + b"1"
                                                + b"}" * (100_000 // s)]), False),
     "deep array": (".jsonl", lambda s: mixed([b"[" * (100_000 // s) + b"]" * (100_000 // s)]),

@@ -7,7 +7,8 @@ import pytest
 
 import main
 from conftest import SUMMARY
-from pipeline import ConfigError, load_config
+from pipeline import ConfigError
+from pipeline.config import load_config
 from pipeline.config import parse_config
 
 CPUS = os.cpu_count() or 1

@@ -9,7 +9,8 @@ import pytest
 
 import main
 from conftest import ROOT, cli
-from pipeline import ConfigError, Processor, load_config
+from pipeline import ConfigError, Processor
+from pipeline.config import load_config
 from pipeline.config import parse_config
 
 sys.path.insert(0, str(ROOT / "test_scripts"))

@@ -8,7 +8,8 @@ import pytest
 
 import main
 from conftest import ROOT, cli
-from pipeline import ANY, ConfigError, Kind, parse_config
+from pipeline import ANY, ConfigError, Role
+from pipeline.config import parse_config
 
 REGISTRY = main.build_registry()
 SAMPLE = (ROOT / "tests" / "data" / "sample" / "input.jsonl").read_bytes().split(b"\n")
@@ -43,9 +44,9 @@ def pairs():
     out = []
     for a, b in itertools.product(REGISTRY.names(), repeat=2):
         ca, cb = REGISTRY.get(a), REGISTRY.get(b)
-        if ca.kind is Kind.OUTPUT or cb.kind is Kind.INPUT:
+        if ca.role is Role.OUTPUT or cb.role is Role.INPUT:
             continue  # never neighbours: the wiring rules, not the contracts, say so
-        given = [None] if ca.kind is Kind.INPUT else (
+        given = [None] if ca.role is Role.INPUT else (
             list(MAKES) if ANY in ca.accepts else list(ca.accepts))
         for oa, ob, kind in itertools.product(VARIANTS[a], VARIANTS[b], given):
             out.append(pytest.param(a, oa, b, ob, kind, id=f"{a}>{b}-{kind or ''}-"
@@ -56,10 +57,10 @@ def pairs():
 def config(a, oa, b, ob, kind):
     chain = [] if kind is None else [("file-input", {"path": "in.jsonl"})] + MAKES[kind]
     chain += [(a, oa), (b, ob)]
-    if REGISTRY.get(b).kind is not Kind.OUTPUT:
+    if REGISTRY.get(b).role is not Role.OUTPUT:
         chain.append(("jsonl-output", {"path": "sink.jsonl"}))
     text = "pipeline:\n" + "".join(f"  - {name}: {json.dumps(opts)}\n" for name, opts in chain)
-    b_line = 2 + len(chain) - 1 - (REGISTRY.get(b).kind is not Kind.OUTPUT)  # one a line
+    b_line = 2 + len(chain) - 1 - (REGISTRY.get(b).role is not Role.OUTPUT)  # one a line
     return text, b_line
 
 

@@ -9,7 +9,8 @@ import pytest
 
 import main
 from conftest import ROOT, SUMMARY, cli, generate
-from pipeline import ConfigError, parse_config
+from pipeline import ConfigError
+from pipeline.config import parse_config
 from reference import parse, summarize
 
 REGISTRY = main.build_registry()

@@ -10,7 +10,8 @@ import pytest
 
 import main
 from conftest import ROOT, cli, rec
-from pipeline import Batch, ConfigError, Processor, parse_config
+from pipeline import Batch, ConfigError, Processor
+from pipeline.config import parse_config
 
 REG = main.build_registry()
 SAMPLE = ROOT / "tests" / "data" / "sample" / "input.jsonl"

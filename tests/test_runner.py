@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline import Batch, Input, Output, Processor
-from pipeline.engine.runner import Context, barrier, run_chain
+from pipeline.engine.runner import Context, barrier, flow
 
 EVENTS: list[str] = []
 
@@ -51,11 +51,11 @@ def test_every_generator_is_closed(fail_at, exc):
     sink = Sink()
     stages = [Source(), Step(fail_at, exc or RuntimeError), sink]
     if fail_at is None:
-        run_chain(stages, Context(None))
+        flow(stages, {}, Context(None))
         assert sink.got == [0, 10, 20, 30, 40]
     else:
         with pytest.raises(exc):
-            run_chain(stages, Context(None))
+            flow(stages, {}, Context(None))
     assert sorted(EVENTS) == ["source closed", "step closed"]
 
 

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 import main
-from pipeline import Batch, KeyedReducer, Kind
+from pipeline import Batch, KeyedReducer, Role
 from pipeline.keyed import reduce_buckets, result_batches
 from stages.file_input import FileInput
 from stages.json_decode import JsonDecode
@@ -170,7 +170,7 @@ def test_snapshot_restore_at_every_batch_boundary(name, log):
     assert name in SAMPLES, f"add a sample for stage {name!r} to SAMPLES"
     sample = SAMPLES[name]
     if sample is None:
-        assert REGISTRY.get(name).kind is Kind.OUTPUT
+        assert REGISTRY.get(name).role is Role.OUTPUT
         return
     kind, make, *rest = sample(log)
     if kind == "input":

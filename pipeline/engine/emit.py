@@ -30,7 +30,7 @@ def emit(job: Any, stages: list[Stage]) -> None:
     for stage in stages:
         if isinstance(stage, KeyedReducer) and stage.spill is not None:
             stage.spill.mark(durable=False)  # every row so far readable on disk
-    scratch = os.path.join(job.spec.slot, "emit")
+    scratch = os.path.join(job.settings.slot, "emit")
     shutil.rmtree(scratch, ignore_errors=True)
     streams: dict[tuple[int, int], Callable[[], Iterator[Batch]]] = {}
     for j, leaf in enumerate(seg.leaves):
@@ -47,12 +47,12 @@ def emit(job: Any, stages: list[Stage]) -> None:
         for phase in range(stage.phases):
             inputs.append(os.path.join(scratch, f"r{j}-{phase}"))
             reduce_buckets(stage, phase, range(stage.nbuckets), inputs[:-1], inputs[-1],
-                           job.spec.reduce_bytes)
+                           job.settings.reduce_bytes)
         streams[(0, j)] = (lambda stage=stage, last=inputs[-1]:
                            result_batches(stage, [last], stage.nbuckets))
     quiet = DeadLetter(None)  # the tails' rejects are kept by the final run only
     for tail in plan.tails:
-        job._tail(tail, streams.pop(tail.source), quiet, emitting=True)
+        job.tail(tail, streams.pop(tail.source), quiet, emitting=True)
     shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -30,15 +30,15 @@ from pipeline.engine.plan import layout, open_plan
 from pipeline.engine.progress import Progress
 from pipeline.engine.report import (RunReport, append_rejects, copy_rejects, resume_notice,
                                     stage_metrics)
-from pipeline.engine.runner import Context, run_stream
+from pipeline.engine.runner import Context, flow_results
 from pipeline.engine.signals import NeverSet, StopRequest, stop_on_signals
 from pipeline.errors import Stopped
 from pipeline.engine.report import Notices, add_counters, collect_counters
 from pipeline.state.slot import SlotLock, clear_slot, slot_dir
 from pipeline.stage import Batch, Input, InputChanged, Stage
-from pipeline.engine.streaming import run_straight
-from pipeline.engine.tasks import (STATE_VERSION, Env, JobSpec, MapTask, finished_map,
-                                   finished_reduce, leaf_position, load_state, run_task,
+from pipeline.engine.streaming import stream
+from pipeline.engine.tasks import (STATE_VERSION, Env, RunSettings, MapTask, finished_map,
+                                   finished_reduce, leaf_position, load_state, do_task,
                                    task_bytes)
 
 MIN_PARTITION_BYTES = 32 << 20  # below this a default run stays in one process
@@ -58,7 +58,7 @@ def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
     request = StopRequest()
     with stop_on_signals(request):
         try:
-            report = _run(cfg, opts, request)
+            report = _start(cfg, opts, request)
             for spec in cfg.stages:  # what the stages say they count, even if 0
                 for name in spec.cls.reports:
                     report.counters.setdefault(name, 0)
@@ -68,7 +68,7 @@ def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
                               exc.lines if request.armed else None) from None
 
 
-def _run(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunReport:
+def _start(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunReport:
     stages = cfg.build()
     source = stages[0]
     assert isinstance(source, Input)
@@ -86,7 +86,7 @@ def _run(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRepo
         damaged = False
         while True:
             try:
-                return run_straight(cfg, opts, stages, notices, enabled, request)
+                return stream(cfg, opts, stages, notices, enabled, request)
             except InputChanged as exc:  # while following
                 notices.append(f"{exc} while it was followed; starting over")
             except DamagedState as exc:  # an output file changed since its checkpoint
@@ -95,7 +95,7 @@ def _run(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRepo
                 damaged = True
                 notices.append(f"{exc}; starting the run over")
             opts.discard, stages = True, cfg.build()
-    return Job(cfg, opts, stages, notices, enabled, request).run()
+    return Job(cfg, opts, stages, notices, enabled, request).execute()
 
 
 class Job:
@@ -119,13 +119,13 @@ class Job:
         self.unemitted = 1 if self.following else 0
         self.last_emit = time.monotonic()
 
-    def run(self) -> RunReport:
+    def execute(self) -> RunReport:
         """Run; a followed input that is truncated or replaced starts the run over, and
         so does saved state found damaged (once: damage in a fresh run is an error)."""
         damaged = False
         while True:
             try:
-                return self._run()
+                return self._attempt()
             except InputChanged as exc:
                 self.notices.append(f"{exc} while it was followed; starting over")
             except DamagedState as exc:
@@ -137,7 +137,7 @@ class Job:
             self.counters, self.meters, self.records = {}, {}, 0
             self.checkpoint_failures = 0
 
-    def _run(self) -> RunReport:
+    def _attempt(self) -> RunReport:
         cfg, opts = self.cfg, self.opts
         kind = opts.executor or cfg.executor.get("type", "local")
         memory = opts.memory_mb or cfg.memory_mb or DEFAULT_MEMORY_MB
@@ -171,7 +171,7 @@ class Job:
                     f"cannot {'use saved state' if state else 'read input'} "
                     f"{exc.filename!r}: {reason(exc)}") from None
             every_r, every_s = every(cfg, opts)
-            spec = JobSpec(cfg, work, {"version": STATE_VERSION, "config": cfg.identity(),
+            settings = RunSettings(cfg, work, {"version": STATE_VERSION, "config": cfg.identity(),
                                        "input": None},
                            strict=opts.strict, checkpoint=self.enabled, every_records=every_r,
                            every_seconds=every_s, buffer_bytes=budget.buffer_bytes,
@@ -183,9 +183,9 @@ class Job:
                                      NeverSet() if self.following else self.request,
                                      opts.scheduler or cfg.executor.get("scheduler"))
             try:
-                executor.start(spec)
-                self.spec, self.executor, self.plan = spec, executor, plan
-                report = self._drive(budget)
+                executor.start(settings)
+                self.settings, self.executor, self.plan = settings, executor, plan
+                report = self._phases(budget)
             finally:
                 executor.close()
                 if not self.enabled:
@@ -194,7 +194,7 @@ class Job:
             return report
 
     # -- the phases of a run ----------------------------------------------------------
-    def _drive(self, budget: Budget) -> RunReport:
+    def _phases(self, budget: Budget) -> RunReport:
         plan, opts = self.plan, self.opts
         dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)
         dead.start(0)
@@ -223,7 +223,7 @@ class Job:
             for tail in plan.tails:  # nothing is output before all of it is verified
                 streams[tail.source].verify()
             for tail in plan.tails:
-                self._tail(tail, streams.pop(tail.source), dead)
+                self.tail(tail, streams.pop(tail.source), dead)
             lap("output")
         finally:
             dead.close()
@@ -262,7 +262,7 @@ class Job:
         """Segment 0: its map tasks over the input's ranges, on the executor."""
         tasks = self.plan.map_tasks(0)
         if self.following:  # its one map task resumes and goes on reading until stopped
-            result = run_task(self.spec, tasks[0], Env(stop=self.request, tick=self._tick))
+            result = do_task(self.settings, tasks[0], Env(stop=self.request, tick=self._tick))
             self._warn_tasks([result])
             self.counters = add_counters(self.counters, result["counters"])
             self.records = result["records"]
@@ -310,7 +310,7 @@ class Job:
         if result is None:
             stream = source()
             of = self.cfg.stages[reducer or 0].label
-            result = run_task(self.spec, task, Env(stop=self.request,
+            result = do_task(self.settings, task, Env(stop=self.request,
                                                    source=lambda: ResultsInput(stream, of)))
             self._warn_tasks([result])
         self.counters = add_counters(self.counters, result["counters"])
@@ -372,7 +372,7 @@ class Job:
         return Results(lambda: result_batches(stage, last, stage.nbuckets), last,
                        stage.all_sets())
 
-    def _tail(self, tail: Any, source: Callable[[], Iterator[Batch]], dead: DeadLetter,
+    def tail(self, tail: Any, source: Callable[[], Iterator[Batch]], dead: DeadLetter,
               emitting: bool | None = None) -> None:
         """The stages after a path's last reducer, here, ending in its output."""
         leaf = self.plan.segments[tail.source[0]].leaves[tail.source[1]]
@@ -380,7 +380,7 @@ class Job:
         ctx = Context(dead)
         ctx.emitting = self.following if emitting is None else emitting
         name = self.cfg.stages[leaf.stage].label if leaf.stage is not None else "capture"
-        run_stream(source(), name, stages, ctx)
+        flow_results(source(), name, stages, ctx)
         if emitting:
             return  # a live emission: counted once, at the end
         self.counters = add_counters(self.counters, collect_counters(stages))

@@ -36,7 +36,7 @@ from pipeline.state.checkpoint import read_checked_json, write_checked_json
 from pipeline.config import PipelineConfig
 from pipeline.errors import DamagedState
 from pipeline.keyed import KeyedReducer
-from pipeline.stage import Input, Kind
+from pipeline.stage import Input, Role
 from pipeline.engine.tasks import STATE_VERSION, Leaf, MapTask, ReduceTask
 
 PLAN = "plan.json"
@@ -63,7 +63,7 @@ class Tail:
 
 def _first_reducer(cfg: PipelineConfig, idx: list[int]) -> int | None:
     for n, i in enumerate(idx):
-        if cfg.stages[i].cls.kind is Kind.REDUCER:
+        if cfg.stages[i].cls.role is Role.REDUCER:
             return n
     return None
 
@@ -146,9 +146,9 @@ class Plan:
                   for j, lf in enumerate(seg.leaves)]
         nonce = self.data["nonce"]
         if seg.source is None:
-            return [MapTask(k, i, where, os.path.join(self.seg_dir(k), f"m{i:05d}"),
+            return [MapTask(k, i, piece, os.path.join(self.seg_dir(k), f"m{i:05d}"),
                             seg.stages, seg.branches, leaves, nonce)
-                    for i, where in enumerate(self.data["ranges"])]
+                    for i, piece in enumerate(self.data["ranges"])]
         return [MapTask(k, 0, None, os.path.join(self.seg_dir(k), "m00000"), seg.stages,
                         seg.branches, leaves, nonce)]
 
@@ -223,9 +223,9 @@ def open_plan(slot: str, cfg: PipelineConfig, source: Input, target_bytes: int,
             problem = "the config changed"
         else:
             problem = source.frontier_problem(saved["frontier"])
-        for where, identity in zip(saved["ranges"], saved["range_ids"]):
-            if problem is None and source.range_identity(where) != identity:
-                problem = f"the input changed (the bytes of its range {where} differ)"
+        for piece, identity in zip(saved["ranges"], saved["range_ids"]):
+            if problem is None and source.range_identity(piece) != identity:
+                problem = f"the input changed (the bytes of its range {piece} differ)"
         if problem is None:
             plan = Plan(slot, cfg, saved)
             more, frontier = source.ranges(target_bytes, saved["frontier"])

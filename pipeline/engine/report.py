@@ -104,7 +104,7 @@ def resume_notice(tasks: list[Any], results: list[dict[str, Any]],
         return None, None
     if len(tasks) == 1:
         r = results[0]
-        at = r["where"] if done else r["resumed_at"]
+        at = r["location"] if done else r["resumed_at"]
         text = f"resumed at {at}" + (" (already complete: nothing new to read)"
                                      if done else "")
     elif not pending:
@@ -126,7 +126,7 @@ def copy_rejects(tasks: list[Any], results: list[dict[str, Any]], dead: DeadLett
     """Each map task's rejected lines, in task order, with absolute line numbers."""
     base: dict[Any, int] = {}
     for task, r in zip(tasks, results):
-        f = task.where[0] if isinstance(task.where, (list, tuple)) else 0
+        f = task.piece[0] if isinstance(task.piece, (list, tuple)) else 0
         append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), r["dead_letter"], dead,
                        base.get(f, 0))
         base[f] = base.get(f, 0) + r["lines"]

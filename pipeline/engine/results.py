@@ -41,7 +41,7 @@ class ResultsInput(Input):
     def resume_problem(self, saved_identity: Any, saved_state: Any) -> str | None:
         return None  # the plan already checked that the results are the same
 
-    def where(self) -> str:
+    def location(self) -> str:
         return f"record {self.done + 1:,} of {self.of}'s results"
 
     def describe(self) -> str:

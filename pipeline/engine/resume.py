@@ -49,7 +49,7 @@ class Checkpointer:
         self.failing = False
         self.good: str | None = None  # where the last good checkpoint is
         if store.seq:  # resumed: that checkpoint, until a newer one is written
-            self.good = stages[0].where() or f"checkpoint {store.seq}"
+            self.good = stages[0].location() or f"checkpoint {store.seq}"
 
     def __call__(self, records: int, at_end: bool) -> None:
         self.pending += records
@@ -59,7 +59,7 @@ class Checkpointer:
 
     def save(self, complete: bool) -> bool:
         """Write a checkpoint now; False (after a warning) if it could not be written."""
-        where = self.stages[0].where()
+        where = self.stages[0].location()
         try:
             body = dict(self.header)
             body["complete"] = complete
@@ -105,7 +105,7 @@ def _resume(store: CheckpointStore, header: dict[str, Any], stages: list[Stage],
     elif tree["dead_letter"]["path"] != os.path.abspath(dead.path):
         problem = "the dead-letter file changed"
     elif "task" in header:  # a planned task: the plan has already checked the input
-        same = all(tree.get(k) == header[k] for k in ("task", "segment", "where", "plan"))
+        same = all(tree.get(k) == header[k] for k in ("task", "segment", "piece", "plan"))
         problem = None if same else "the plan changed"
     else:
         problem = source.resume_problem(tree["input"], tree["stages"][0])
@@ -120,7 +120,7 @@ def _resume(store: CheckpointStore, header: dict[str, Any], stages: list[Stage],
         notices.append(f"the checkpoint in {store.dir} is unusable ({exc}); starting over")
         return False
     dead.count = tree["dead_letter"]["count"]
-    notices.append(f"resumed at {source.where()}"
+    notices.append(f"resumed at {source.location()}"
                    + (" (already complete: nothing new to read)" if tree["complete"]
                       and not source.resume_has_more() else ""))
     return True

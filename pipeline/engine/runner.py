@@ -139,7 +139,7 @@ def barrier(batches: Iterator[Batch], hook: Hook | None,
         yield batch
 
 
-def _drive(head: Iterator[Batch], stages: list[Stage], ctx: Context,
+def _chain(head: Iterator[Batch], stages: list[Stage], ctx: Context,
            consume: Callable[[Iterator[Batch]], None], on_barrier: Hook | None) -> None:
     """stages[0] produced `head`; stages[1:-1] process it; consume() is the last stage.
 
@@ -177,7 +177,7 @@ def _consumer(stage: Stage) -> Callable[[Iterator[Batch]], None]:
     return fold
 
 
-def run_tree(trunk: list[Stage], branches: dict[str, list[Stage]], ctx: Context,
+def flow(trunk: list[Stage], branches: dict[str, list[Stage]], ctx: Context,
              on_barrier: Hook | None = None) -> None:
     """Run an input through `trunk` and then every fork branch to its last stage, which
     is an output or a reducer (left unfinished: the engine reduces it afterwards).
@@ -190,7 +190,7 @@ def run_tree(trunk: list[Stage], branches: dict[str, list[Stage]], ctx: Context,
     for stage in trunk + [s for b in branches.values() for s in b]:
         stage.open(ctx)
     if not branches:
-        _drive(source.read(), trunk, ctx, _consumer(trunk[-1]), on_barrier)
+        _chain(source.read(), trunk, ctx, _consumer(trunk[-1]), on_barrier)
         return
     ctx.branch_meters = {}
 
@@ -198,19 +198,14 @@ def run_tree(trunk: list[Stage], branches: dict[str, list[Stage]], ctx: Context,
         def consume(inbox: Iterator[Batch]) -> None:
             sub = Context(ctx.dead_letter, parent=ctx)
             try:
-                _drive(inbox, [_Named("fork"), *stages], sub, _consumer(stages[-1]), None)
+                _chain(inbox, [_Named("fork"), *stages], sub, _consumer(stages[-1]), None)
             finally:
                 ctx.branch_meters[name] = sub.meters[1:]
         return consume
     feeders = [(name, branch(name, stages)) for name, stages in branches.items()]
-    _drive(source.read(), [*trunk, _Named("fork")], ctx,
+    _chain(source.read(), [*trunk, _Named("fork")], ctx,
            lambda batches: fan_out(batches, feeders), on_barrier)
     ctx.meters = ctx.meters[:-1]
-
-
-def run_chain(stages: list[Stage], ctx: Context, on_barrier: Hook | None = None) -> None:
-    """Run input -> ... -> output to the end."""
-    run_tree(stages, {}, ctx, on_barrier)
 
 
 class _Named:
@@ -309,11 +304,11 @@ def _raise_first(inboxes: list[_Inbox]) -> None:
             raise RuntimeError("a fork branch stopped reading before its input ended")
 
 
-def run_stream(head: Iterator[Batch], name: str, rest: list[Stage], ctx: Context,
+def flow_results(head: Iterator[Batch], name: str, rest: list[Stage], ctx: Context,
                on_barrier: Hook | None = None) -> None:
     """Push a stream of batches (a reducer's results) through `rest`, ending in an output."""
     sink = rest[-1]
     assert isinstance(sink, Output)
     for stage in rest:
         stage.open(ctx)
-    _drive(head, [_Named(name), *rest], ctx, sink.write, on_barrier)  # type: ignore[list-item]
+    _chain(head, [_Named(name), *rest], ctx, sink.write, on_barrier)  # type: ignore[list-item]

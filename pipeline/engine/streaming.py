@@ -9,7 +9,7 @@ from pipeline.state.deadletter import DeadLetter
 from pipeline.engine.options import JobOptions, every
 from pipeline.engine.progress import Progress, chain_hooks
 from pipeline.engine.report import RunReport, stage_metrics
-from pipeline.engine.runner import Context, run_tree
+from pipeline.engine.runner import Context, flow
 from pipeline.engine.signals import StopRequest
 from pipeline.errors import Stopped
 from pipeline.engine.report import Notices, collect_counters
@@ -19,7 +19,7 @@ from pipeline.stage import Input, Stage
 from pipeline.engine.tasks import STATE_VERSION
 
 
-def run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
+def stream(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
                  notices: Notices, enabled: bool, request: StopRequest) -> RunReport:
     """input -> processors -> output (or a fork's outputs), here, in input order."""
     source = stages[0]
@@ -44,7 +44,7 @@ def run_straight(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
         request.arm()
         trunk = [stages[i] for i in cfg.trunk]
         branches = {name: [stages[i] for i in idx] for name, idx in cfg.branches.items()}
-        run_tree(trunk, branches, ctx, on_barrier=on_barrier)
+        flow(trunk, branches, ctx, on_barrier=on_barrier)
     try:
         if enabled:
             with SlotLock(slot_dir(opts.state_dir, cfg.path, source.describe())) as slot:

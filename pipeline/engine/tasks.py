@@ -9,7 +9,7 @@ A run is planned (pipeline/plan.py) as:
     the tail       results merged by key -> the stages after the reducer -> the output,
                    in the main process
 
-Executors (inline, local worker processes, Dask) only call `run_task(spec, task)`; all
+Executors (inline, local worker processes, Dask) only call `do_task(settings, task)`; all
 they exchange are these small records and small result dicts. Rows, partial states
 and rejected lines stay on disk in the task's directory.
 """
@@ -26,19 +26,19 @@ from pipeline.state.deadletter import DeadLetter
 from pipeline.errors import CheckpointFailed, DamagedState, RejectedLine, SluiceError
 from pipeline.engine.results import Capture
 from pipeline.keyed import KeyedReducer, reduce_buckets
-from pipeline.engine.runner import Context, run_tree
+from pipeline.engine.runner import Context, flow
 from pipeline.engine.signals import NeverSet
 from pipeline.errors import Stopped
 from pipeline.engine.report import collect_counters
 from pipeline.engine.resume import Checkpointer, open_slot, resumed_records
-from pipeline.stage import Input, Kind, Stage
+from pipeline.stage import Input, Role, Stage
 
 STATE_VERSION = 3  # 3: checksummed plan, results, spill frames and dead letters
 RESULT_FILE = "result.json"
 
 
 @dataclass
-class JobSpec:
+class RunSettings:
     """What every task of a run needs; sent to each worker once."""
 
     cfg: PipelineConfig
@@ -67,7 +67,7 @@ class Leaf:
 class MapTask:
     segment: int
     index: int                      # task number: the high bits of its rows' order keys
-    where: Any                      # the input range (the input's own descriptor)
+    piece: Any                      # its piece of the input (the input's own descriptor)
     dir: str
     stages: list[int]               # cfg.stages that follow the source
     branches: dict[str, list[int]]  # then each fork branch, up to its leaf
@@ -84,7 +84,7 @@ class MapTask:
 def task_bytes(task: Any) -> int:
     """How many input bytes a task reads, for progress: 0 if it is not known (an open
     end, stdin, a compressed file) or it is a reduce task."""
-    w = getattr(task, "where", None)
+    w = getattr(task, "piece", None)
     if isinstance(w, (list, tuple)) and len(w) == 3 and isinstance(w[2], int):
         return int(w[2]) - int(w[1])
     return 0
@@ -118,7 +118,7 @@ class Env:
     tick: Callable[[int, list[Stage]], None] | None = None
 
 
-def run_task(spec: JobSpec, task: Any, env: Env | None = None) -> dict[str, Any]:
+def do_task(settings: RunSettings, task: Any, env: Env | None = None) -> dict[str, Any]:
     """Run one task. Its directory is locked meanwhile: if Dask retries a task on
     another worker while a first attempt is still alive, the second waits for it."""
     import fcntl
@@ -129,16 +129,16 @@ def run_task(spec: JobSpec, task: Any, env: Env | None = None) -> dict[str, Any]
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         if isinstance(task, MapTask):
-            return run_map(spec, task, env)
-        return run_reduce(spec, task, env)
+            return _do_map(settings, task, env)
+        return _do_reduce(settings, task, env)
     finally:
         os.close(fd)
 
 
-def map_stages(spec: JobSpec, task: MapTask, source: Input
+def map_stages(settings: RunSettings, task: MapTask, source: Input
                ) -> tuple[list[Stage], list[Stage], dict[str, list[Stage]]]:
     """(every stage, flat, for checkpoints; the trunk; the branches) of a map task."""
-    stages = spec.cfg.stages
+    stages = settings.cfg.stages
     trunk = [source] + [stages[i].build() for i in task.stages]
     branches: dict[str, list[Stage]] = {}
     for j, leaf in enumerate(task.leaves):
@@ -151,12 +151,12 @@ def map_stages(spec: JobSpec, task: MapTask, source: Input
             branches[leaf.name] = part
             last = part[-1]
         if isinstance(last, KeyedReducer):
-            last.configure(task.leaf_dir(j), leaf.nbuckets, task.index, spec.buffer_bytes)
+            last.configure(task.leaf_dir(j), leaf.nbuckets, task.index, settings.buffer_bytes)
     flat = trunk + [s for part in branches.values() for s in part]
     return flat, trunk, branches
 
 
-def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
+def _do_map(settings: RunSettings, task: MapTask, env: Env) -> dict[str, Any]:
     """input range -> ... -> reducer.update(); leaves rows and state in task.dir."""
     shape: dict[str, Any] = {}
 
@@ -164,17 +164,17 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
         if env.source is not None:
             source = env.source()
         else:
-            source = spec.cfg.stages[0].build().part(task.where)  # type: ignore[attr-defined]
-        flat, shape["trunk"], shape["branches"] = map_stages(spec, task, source)
+            source = settings.cfg.stages[0].build().part(task.piece)  # type: ignore[attr-defined]
+        flat, shape["trunk"], shape["branches"] = map_stages(settings, task, source)
         return flat
-    header = {**spec.header, "task": task.index, "segment": task.segment, "plan": task.plan,
-              "where": list(task.where) if isinstance(task.where, tuple) else task.where}
-    dead = DeadLetter(os.path.join(task.dir, "dead_letter.jsonl"), strict=spec.strict)
+    header = {**settings.header, "task": task.index, "segment": task.segment, "plan": task.plan,
+              "piece": list(task.piece) if isinstance(task.piece, tuple) else task.piece}
+    dead = DeadLetter(os.path.join(task.dir, "dead_letter.jsonl"), strict=settings.strict)
     notices: list[str] = []
     stages, store, resumed = open_slot(task.dir, build, header, dead, notices)
     source = stages[0]
-    resumed_at = source.where() if resumed is not None else None
-    every = (spec.every_records, spec.every_seconds) if spec.checkpoint else (1 << 62, float("inf"))
+    resumed_at = source.location() if resumed is not None else None
+    every = (settings.every_records, settings.every_seconds) if settings.checkpoint else (1 << 62, float("inf"))
     warnings: list[str] = []  # a failed checkpoint: the parent tells the user, once
     ctx = Context(dead)
     ctx.records_base = resumed_records(store) if resumed is not None else 0
@@ -188,16 +188,16 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
         if env.tick is not None and not at_end:
             env.tick(records, stages)
         if not at_end and env.stop.is_set() and not following:
-            if spec.checkpoint:
+            if settings.checkpoint:
                 checkpointer.save(complete=False)
             raise Stopped(source.counters().get("lines", 0))
 
     following = getattr(source, "follower", None) is not None  # it ends when stopped
     ctx.stop = env.stop
-    if spec.checkpoint:  # an input that breaks off keeps what was read before it
+    if settings.checkpoint:  # an input that breaks off keeps what was read before it
         ctx.checkpoint = lambda: checkpointer.save(complete=False)
     try:
-        run_tree(shape["trunk"], shape["branches"], ctx, on_barrier=hook)
+        flow(shape["trunk"], shape["branches"], ctx, on_barrier=hook)
     except RejectedLine as exc:
         if exc.line is None:
             raise
@@ -209,18 +209,18 @@ def run_map(spec: JobSpec, task: MapTask, env: Env) -> dict[str, Any]:
             if isinstance(stage, KeyedReducer) and stage.spill is not None:
                 stage.spill.close()
     # a mergeable reducer's counts are taken once, after its states are merged
-    counted = [s for s in stages if s.kind is not Kind.REDUCER or isinstance(s, KeyedReducer)]
+    counted = [s for s in stages if s.role is not Role.REDUCER or isinstance(s, KeyedReducer)]
     result = {"counters": collect_counters(counted),
               "lines": source.counters().get("lines", 0), "resumed_lines": resumed,
-              "where": source.where(), "resumed_at": resumed_at, "notices": notices,
+              "location": source.location(), "resumed_at": resumed_at, "notices": notices,
               "rejected": dead.count, "plan": task.plan, "dead_letter": dead.seal(),
               "records": ctx.records(),
               "meters": [m.as_dict() for m in ctx.meters], "checkpoints": checkpointer.count,
               "branch_meters": {b: [m.as_dict() for m in ms]
                                 for b, ms in ctx.branch_meters.items()},
-              "warnings": warnings if spec.checkpoint else [],
-              "checkpoint_failures": checkpointer.failures if spec.checkpoint else 0}
-    _save_result(task, result, spec.checkpoint)
+              "warnings": warnings if settings.checkpoint else [],
+              "checkpoint_failures": checkpointer.failures if settings.checkpoint else 0}
+    _save_result(task, result, settings.checkpoint)
     return result
 
 
@@ -255,16 +255,16 @@ def finished_map(task: MapTask, notices: list[str]) -> dict[str, Any] | None:
     return _result(task, notices)
 
 
-def run_reduce(spec: JobSpec, task: ReduceTask, env: Env) -> dict[str, Any]:
-    stage = spec.cfg.stages[task.stage].build()
+def _do_reduce(settings: RunSettings, task: ReduceTask, env: Env) -> dict[str, Any]:
+    stage = settings.cfg.stages[task.stage].build()
     assert isinstance(stage, KeyedReducer)
     stage.nbuckets = task.nbuckets
     start = time.perf_counter()
     counters = reduce_buckets(stage, task.phase, task.buckets, task.inputs, task.dir,
-                              spec.reduce_bytes, durable=spec.durable, stop=env.stop)
+                              settings.reduce_bytes, durable=settings.durable, stop=env.stop)
     result = {"counters": counters, "generation": task.generation, "plan": task.plan,
               "seconds": time.perf_counter() - start, "buckets": task.buckets}
-    _save_result(task, result, spec.checkpoint)
+    _save_result(task, result, settings.checkpoint)
     return result
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from pipeline.errors import SluiceError
 from pipeline.engine.signals import FileFlag
 from pipeline.errors import Stopped
-from pipeline.engine.tasks import Env, JobSpec, run_task, task_bytes
+from pipeline.engine.tasks import Env, RunSettings, do_task, task_bytes
 
 CONNECT_TIMEOUT = 15  # seconds to reach a scheduler before giving up
 STOP_GRACE = 1.5
@@ -48,8 +48,8 @@ def _probe(address: str) -> None:
                           f"leave out --scheduler for a local cluster)") from None
 
 
-def _run_on_worker(spec: JobSpec, task: Any, stop_path: str) -> dict[str, Any]:
-    return run_task(spec, task, Env(stop=FileFlag(stop_path)))
+def _run_on_worker(settings: RunSettings, task: Any, stop_path: str) -> dict[str, Any]:
+    return do_task(settings, task, Env(stop=FileFlag(stop_path)))
 
 
 class DaskExecutor:
@@ -62,7 +62,7 @@ class DaskExecutor:
         self.client: Any = None
         self.cluster: Any = None
 
-    def start(self, spec: JobSpec) -> None:
+    def start(self, settings: RunSettings) -> None:
         try:
             from distributed import Client, LocalCluster
         except ImportError:
@@ -70,7 +70,7 @@ class DaskExecutor:
                               "pip install 'dask[distributed]'") from None
         if os.path.exists(self.stop_path):
             os.unlink(self.stop_path)
-        self.spec = spec
+        self.settings = settings
         # a stopped run cancels tasks: Dask would log each one on stderr
         logging.getLogger("distributed").setLevel(logging.ERROR)
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")  # the spawned workers
@@ -91,7 +91,7 @@ class DaskExecutor:
 
     def run(self, tasks: list[Any], progress: Callable[[int, int], None] | None = None
             ) -> list[dict[str, Any]]:
-        futures = [self.client.submit(_run_on_worker, self.spec, task, self.stop_path,
+        futures = [self.client.submit(_run_on_worker, self.settings, task, self.stop_path,
                                       key=f"sluice-{os.path.basename(task.dir)}-"
                                           f"{abs(hash(task.dir)):x}-{time.monotonic_ns()}",
                                       pure=False, retries=2)

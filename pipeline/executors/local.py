@@ -1,6 +1,6 @@
 """Executors run the planned tasks: in this process, or in local worker processes.
 
-Both only call `tasks.run_task`; neither knows what a task does. (The Dask executor,
+Both only call `tasks.do_task`; neither knows what a task does. (The Dask executor,
 in dask_executor.py, is the third.) `run(tasks)` returns the results in task order, or
 raises the error of the earliest failed task; tasks after a failed one are not started,
 tasks before it run to their end, so `--strict` reports the first bad line in file order.
@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from pipeline.errors import SluiceError
 from pipeline.errors import Stopped
-from pipeline.engine.tasks import Env, JobSpec, run_task, task_bytes
+from pipeline.engine.tasks import Env, RunSettings, do_task, task_bytes
 
 Progress = Callable[[int, int], None]  # (bytes, lines) read so far, over all tasks
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
@@ -43,14 +43,14 @@ class InlineExecutor:
 
     def __init__(self, stop: Any):
         self.stop_flag = stop
-        self.spec: JobSpec | None = None
+        self.settings: RunSettings | None = None
 
-    def start(self, spec: JobSpec) -> None:
-        self.spec = spec
+    def start(self, settings: RunSettings) -> None:
+        self.settings = settings
 
     def run(self, tasks: list[Any], progress: Progress | None = None,
             env: Env | None = None) -> list[dict[str, Any]]:
-        assert self.spec is not None
+        assert self.settings is not None
         results = []
         base = [0, 0]
 
@@ -62,7 +62,7 @@ class InlineExecutor:
                 raise Stopped(base[1])
             run_env = env or Env(stop=self.stop_flag, progress=each)
             try:
-                result = run_task(self.spec, task, run_env)
+                result = do_task(self.settings, task, run_env)
             except Stopped as exc:
                 raise Stopped(base[1] + exc.lines) from None
             base[0] += task_bytes(task)
@@ -87,7 +87,7 @@ class LocalExecutor:
         self.conns: list[Connection] = []
         self.logs: list[str] = []
 
-    def start(self, spec: JobSpec) -> None:
+    def start(self, settings: RunSettings) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
         for i in range(self.workers):
@@ -104,7 +104,7 @@ class LocalExecutor:
             self.conns.append(Connection(mine.detach()))
             self.logs.append(log)
         for conn in self.conns:
-            conn.send(spec)
+            conn.send(settings)
 
     def _died(self, i: int, task: Any) -> WorkerDied:
         proc = self.procs[i]

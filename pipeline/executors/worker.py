@@ -8,7 +8,7 @@ before any import that could take time, is to ask the kernel to kill it when its
 dies, and then to check that the parent has not died already: a SIGKILLed run leaves
 no worker behind, holding nothing.
 
-Messages on the socket are pickles: the parent sends the JobSpec once, then tasks (None
+Messages on the socket are pickles: the parent sends the RunSettings once, then tasks (None
 to finish); the worker answers ("progress", bytes, lines), ("ok", result) or ("error",
 exception, traceback text) for each task.
 """
@@ -47,7 +47,7 @@ def main() -> None:
     import traceback
     from multiprocessing.connection import Connection
 
-    from pipeline.engine.tasks import Env, run_task
+    from pipeline.engine.tasks import Env, do_task
 
     class Flag:
         def is_set(self) -> bool:
@@ -55,7 +55,7 @@ def main() -> None:
 
     conn = Connection(fd)
     try:
-        spec = conn.recv()
+        settings = conn.recv()
     except EOFError:
         return
     last = [0.0]
@@ -74,7 +74,7 @@ def main() -> None:
         if task is None:
             return
         try:
-            result = run_task(spec, task, Env(stop=Flag(), progress=progress))
+            result = do_task(settings, task, Env(stop=Flag(), progress=progress))
             conn.send(("ok", result))
         except BaseException as exc:  # everything goes back to the parent, which decides
             text = traceback.format_exc()

@@ -17,7 +17,7 @@ def first_line(cls: type[Stage]) -> str:
 
 def list_stages(registry: Registry) -> str:
     """One line per stage: name, kind, where it comes from, what it does."""
-    rows = [(n, registry.get(n).kind.value, registry.origin(n), first_line(registry.get(n)))
+    rows = [(n, registry.get(n).role.value, registry.origin(n), first_line(registry.get(n)))
             for n in registry.names()]
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{n:<{w}}  {k:<9}  {d}  [{o}]" for n, k, o, d in rows)
@@ -27,7 +27,7 @@ def show_stage(registry: Registry, name: str) -> str:
     """A stage's kind, docs, options table and YAML snippet."""
     cls = registry.get(name)
     doc = inspect.getdoc(cls) or ""
-    lines = [f"{name} ({cls.kind.value}, from {registry.origin(name)})", "", doc, ""]
+    lines = [f"{name} ({cls.role.value}, from {registry.origin(name)})", "", doc, ""]
     if cls.accepts:
         lines.append(f"accepts:  {', '.join(cls.accepts)} records")
     if cls.produces:
@@ -49,7 +49,7 @@ def show_stage(registry: Registry, name: str) -> str:
 
 def _line(spec: Any) -> str:
     opts = ", ".join(f"{k}={v!r}" for k, v in spec.options.items())
-    return f"{spec.name} [{spec.cls.kind.value}]" + (f" ({opts})" if opts else "")
+    return f"{spec.name} [{spec.cls.role.value}]" + (f" ({opts})" if opts else "")
 
 
 def graph_text(cfg: PipelineConfig) -> str:
@@ -76,7 +76,7 @@ def graph_mermaid(cfg: PipelineConfig) -> str:
     """The pipeline as a Mermaid flowchart: a chain, or a tree for a fork."""
     out = ["flowchart LR"]
     for i, spec in enumerate(cfg.stages):
-        label = f"{spec.name}<br/>{spec.cls.kind.value}".replace('"', "'")
+        label = f"{spec.name}<br/>{spec.cls.role.value}".replace('"', "'")
         out.append(f'    s{i}["{label}"]')
     kinds = edge_kinds(cfg)
     out += [f"    s{a} -->|{kinds[a]}| s{b}" for a, b in zip(cfg.trunk, cfg.trunk[1:])]

@@ -71,7 +71,7 @@ def _config_for(path: str, doc: dict[str, Any]) -> str:
     return os.path.join(here, base[: -len("_test.yaml")] + ".yaml")
 
 
-def run_case(config: str, registry: Registry, case: dict[str, Any]
+def case_output(config: str, registry: Registry, case: dict[str, Any]
              ) -> tuple[str, list[dict], dict[str, str | None]]:
     """(stdout, rejects, {file: its text or None}) of the pipeline on the case's input."""
     cfg = load_config(config, registry)
@@ -109,14 +109,14 @@ def _read(path: str) -> str | None:
         return None
 
 
-def run_file(path: str, registry: Registry) -> list[CaseResult]:
+def check_file(path: str, registry: Registry) -> list[CaseResult]:
     doc = _load(path)
     config = _config_for(path, doc)
     results = []
     for i, case in enumerate(doc["cases"], 1):
         name = str(case.get("name", f"case {i}"))
         try:
-            got, rejects, files = run_case(config, registry, case)
+            got, rejects, files = case_output(config, registry, case)
         except SluiceError as exc:
             results.append(CaseResult(path, name, False, f"error: {exc}"))
             continue
@@ -151,12 +151,12 @@ def find_tests(paths: list[str]) -> list[str]:
     return found
 
 
-def run_tests(paths: list[str], registry: Registry, out: Any = sys.stdout) -> int:
+def check_paths(paths: list[str], registry: Registry, out: Any = sys.stdout) -> int:
     """Run every case; print PASS/FAIL lines and a total. Exit 0, or 1 if any failed."""
     files = find_tests(paths)
     if not files:
         raise ConfigError(f"no *_test.yaml files in {' '.join(paths)}")
-    results = [r for f in files for r in run_file(f, registry)]
+    results = [r for f in files for r in check_file(f, registry)]
     for r in results:
         print(f"{'PASS' if r.ok else 'FAIL'} {r.file}: {r.name}", file=out)
         if not r.ok:
