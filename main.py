@@ -24,6 +24,7 @@ from typing import Any
 from pipeline import SluiceError
 from pipeline.config import load_config
 from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK
+from pipeline.executors import builtin_executors, resolve
 from pipeline.registry import Registry
 from pipeline.engine import progress
 from pipeline.config import max_workers, override_option
@@ -120,12 +121,14 @@ def parser() -> argparse.ArgumentParser:
                     help="with --follow, show the current result every SECONDS while new "
                          "lines arrive (default: the config's `emit`, else 10)")
     ex = p.add_argument_group("executors")
-    ex.add_argument("--executor", choices=("local", "dask"),
+    builtin = builtin_executors()
+    ex.add_argument("--executor", choices=[e.name for e in builtin],
                     help="local processes (default) or a Dask cluster")
-    ex.add_argument("--scheduler", metavar="ADDRESS",
-                    help="Dask scheduler, e.g. tcp://127.0.0.1:8786 (default: a LocalCluster)")
-    ex.add_argument("--partition-mb", type=positive_int, metavar="N",
-                    help="Dask partition size in MiB (default 64)")
+    for flag, opt in executor_flags(builtin).items():  # each executor's own options
+        ex.add_argument(flag, dest=f"x_{opt.name}", type=positive_int if opt.type is int
+                        else str, metavar="N" if opt.type is int else "VALUE",
+                        help=opt.doc + ("" if opt.default in (None, ...)
+                                        else f" (default {opt.default})"))
     ck = p.add_argument_group("checkpoints (on by default)")
     ck.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                     help=f"checkpoint every N records (default {DEFAULT_EVERY_RECORDS:,}, "
@@ -138,6 +141,11 @@ def parser() -> argparse.ArgumentParser:
                     help="exit 2 if any checkpoint could not be written (the run still "
                          "finishes; default: a warning, exit 0)")
     return p
+
+
+def executor_flags(executors: list[Any]) -> dict[str, Any]:
+    """`--scheduler`, `--partition-mb`: a flag for each option of the built-in executors."""
+    return {f"--{o.name.replace('_', '-')}": o for e in executors for o in e.options}
 
 
 def cmd_run(argv: list[str]) -> int:
@@ -156,7 +164,9 @@ def cmd_run(argv: list[str]) -> int:
                       every_records=args.checkpoint_every, workers=args.workers,
                       memory_mb=args.memory_mb, emit_every=args.emit_every,
                       progress=progress.wanted(args.quiet), executor=args.executor,
-                      scheduler=args.scheduler, partition_mb=args.partition_mb)
+                      executor_options={k[2:]: v for k, v in vars(args).items()
+                                        if k.startswith("x_") and v is not None})
+    resolve(cfg, opts.executor, opts.executor_options)  # its options checked before work
     report = run_job(cfg, opts)
     if args.stats:
         print(report.stats_table(), file=sys.stderr)
@@ -197,6 +207,7 @@ def cmd_validate(argv: list[str]) -> int:
                description="Check a config (options, types, wiring) without running it.")
     config = _config_argument(p, argv)
     cfg = load_config(config, build_registry(warn=True))
+    resolve(cfg)
     print(f"{config}: ok ({chain_text(cfg)})")
     return EXIT_OK
 

@@ -32,13 +32,12 @@ TOP_LEVEL = {
     "pipeline": "the stages, first an input, last an output",
     "workers": "worker processes for the partitioned part of the chain",
     "checkpoint": "{every_records: N, every_seconds: S, enabled: true, strict: false}",
-    "executor": "{type: local | dask, scheduler: tcp://HOST:PORT, partition_mb: 64}",
+    "executor": "{type: local | dask | package.module:Class, and the executor's options}",
     "memory_mb": "memory budget of the whole run, all processes together (default 512)",
     "emit": "{every_seconds: S}: how often a followed run shows its current result",
 }  # and keys starting with `x-`, ignored: a place for YAML anchors used below
 CHECKPOINT_KEYS = {"every_records": int, "every_seconds": (int, float), "enabled": bool,
                    "strict": bool}
-EXECUTOR_KEYS = {"type": str, "scheduler": str, "partition_mb": int}
 
 
 @dataclass
@@ -69,7 +68,8 @@ class PipelineConfig:
     workers: int | None = None
     memory_mb: int | None = None
     checkpoint: dict[str, Any] = field(default_factory=dict)
-    executor: dict[str, Any] = field(default_factory=dict)
+    executor: dict[str, Any] = field(default_factory=dict)  # checked by pipeline.executors
+    executor_lines: dict[str, int] = field(default_factory=dict)
     emit: dict[str, Any] = field(default_factory=dict)
     text: str = ""
     trunk: list[int] = field(default_factory=list)
@@ -86,7 +86,7 @@ class PipelineConfig:
 
 
 
-def _suggest(word: str, choices: Any) -> str:
+def suggest(word: str, choices: Any) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -106,19 +106,20 @@ def _type_ok(value: Any, t: type | tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
-def check_option(stage: str, opt: Option, value: Any) -> str | None:
-    """Why `value` is not acceptable for `opt`, or None."""
+def check_option(stage: str, opt: Option, value: Any, owner: str = "stage") -> str | None:
+    """Why `value` is not acceptable for `opt` of the stage (or other `owner`) named
+    `stage`, or None."""
     if not _type_ok(value, opt.type):
-        return (f"stage {stage!r}: option {opt.name!r} must be {_type_name(opt.type)}; "
+        return (f"{owner} {stage!r}: option {opt.name!r} must be {_type_name(opt.type)}; "
                 f"got {type(value).__name__} {value!r}")
     if opt.choices is not None and value not in opt.choices:
-        return (f"stage {stage!r}: option {opt.name!r} must be one of "
+        return (f"{owner} {stage!r}: option {opt.name!r} must be one of "
                 f"{', '.join(map(repr, opt.choices))}; got {value!r}"
-                f"{_suggest(str(value), opt.choices)}")
+                f"{suggest(str(value), opt.choices)}")
     if opt.check is not None:
         problem = opt.check(value)
         if problem:
-            return f"stage {stage!r}: option {opt.name!r} {problem}"
+            return f"{owner} {stage!r}: option {opt.name!r} {problem}"
     return None
 
 
@@ -127,7 +128,6 @@ LIMITS: dict[str, Bound] = {  # value ranges of the top-level numbers; see max_w
     "memory_mb": (1, 1 << 24),            # up to 16 TiB
     "every_records": (1, 1 << 62),
     "every_seconds": (1e-3, 1_000_000_000),
-    "partition_mb": (1, 1 << 20),
 }
 WORKERS_PER_CPU = 4
 
@@ -189,7 +189,7 @@ def _parse(ld: YamlDoc, registry: Registry) -> PipelineConfig:
         elif key == "checkpoint":
             cfg.checkpoint = _checkpoint(ld, value_node)
         elif key == "executor":
-            cfg.executor = _executor(ld, value_node)
+            _executor(ld, cfg, value_node)
         elif key.startswith("x-"):
             pass  # a place for YAML anchors (`x-defaults: &d {...}`), as in docker compose
         elif key == "emit":
@@ -197,7 +197,7 @@ def _parse(ld: YamlDoc, registry: Registry) -> PipelineConfig:
                                 lambda k, v: number_problem(k, v, (int, float),
                                                             LIMITS["every_seconds"]))
         else:
-            raise ld.fail(f"unknown top-level key {key!r}{_suggest(str(key), TOP_LEVEL)}; "
+            raise ld.fail(f"unknown top-level key {key!r}{suggest(str(key), TOP_LEVEL)}; "
                           f"expected {', '.join(TOP_LEVEL)}", key_node)
     if pipeline_node is None:
         raise ld.fail("missing `pipeline:` (a list of stages)", root)
@@ -255,7 +255,7 @@ def _section(ld: YamlDoc, node: yaml.Node, name: str, keys: dict[str, Any],
     for k_node, v_node in node.value:
         key = ld.key(k_node, f"a key of `{name}`")
         if key not in keys:
-            raise ld.fail(f"{name}: unknown key {key!r}{_suggest(key, keys)}", k_node)
+            raise ld.fail(f"{name}: unknown key {key!r}{suggest(key, keys)}", k_node)
         value = ld.value(v_node)
         bad = problem(key, value)
         if bad:
@@ -273,18 +273,18 @@ def _checkpoint(ld: YamlDoc, node: yaml.Node) -> dict[str, Any]:
     return _section(ld, node, "checkpoint", CHECKPOINT_KEYS, problem)
 
 
-def _executor(ld: YamlDoc, node: yaml.Node) -> dict[str, Any]:
-    def problem(key: str, value: Any) -> str | None:
-        if key == "partition_mb":
-            return number_problem(key, value, int, LIMITS[key])
-        if not _type_ok(value, EXECUTOR_KEYS[key]):
-            return f"{key!r} must be {_type_name(EXECUTOR_KEYS[key])}; got {value!r}"
-        if key == "type" and value not in ("local", "dask"):
-            return f"type must be 'local' or 'dask'; got {value!r}"
-        if "\0" in value:
-            return f"{key!r} must not hold a NUL character; got {value!r}"
-        return None
-    return _section(ld, node, "executor", EXECUTOR_KEYS, problem)
+def _executor(ld: YamlDoc, cfg: PipelineConfig, node: yaml.Node) -> None:
+    """`executor: {type: NAME, OPTION: value, ...}`: read here, with each key's line;
+    the executor (pipeline.executors) checks its own options before a run."""
+    if not isinstance(node, yaml.MappingNode):
+        raise ld.fail("`executor` must be a mapping", node)
+    for k_node, v_node in node.value:
+        key = ld.key(k_node, "a key of `executor`")
+        value = ld.value(v_node)
+        if key == "type" and not isinstance(value, str):
+            raise ld.fail(f"executor: 'type' must be str; got {value!r}", v_node)
+        cfg.executor[key] = value
+        cfg.executor_lines[key] = v_node.start_mark.line + 1
 
 
 def _stage(ld: YamlDoc, item: yaml.Node, registry: Registry) -> StageSpec:
@@ -310,7 +310,7 @@ def _stage(ld: YamlDoc, item: yaml.Node, registry: Registry) -> StageSpec:
             key = ld.key(k_node, f"an option name of stage {name!r}")
             if key not in declared:
                 raise ld.fail(f"stage {name!r}: unknown option {key!r}"
-                              f"{_suggest(key, declared)}", k_node)
+                              f"{suggest(key, declared)}", k_node)
             value = ld.value(v_node)
             problem = check_option(name, declared[key], value)
             if problem:

@@ -223,24 +223,51 @@ class InputChanged(Exception):
 
 
 class Input(Stage):
+    """Where records come from. The engine uses only what is declared here.
+
+    Reading. `read()` yields batches, and may be called on a fresh instance restored
+    from a snapshot: it goes on after what the snapshot covers. A *bounded* input (a
+    file) ends by itself. An *unbounded* one (`unbounded()` is True: a followed file, a
+    queue) ends only when the run's stop request is set: it finds that request as
+    `self.ctx.stop` (`is_set()`), given in `open(ctx)`, and must end its read after the
+    batch in hand once it is set. While it has nothing new, it yields an empty batch
+    now and then (say, every quarter second), so that the engine can checkpoint, emit
+    a followed run's current result, and notice the stop request between them.
+
+    Pieces. An input that can be read in pieces, in parallel, describes them with
+    `ranges()` (JSON-able descriptors, in input order), says how big each is
+    (`range_bytes()`), whose line numbers it continues (`numbering()`), and what it
+    holds (`range_identity()`); `part(piece)` is a reader of one piece. The default is
+    one piece: the whole input.
+
+    Resuming. `identity()` says what the input is; `resume_problem()` why a snapshot
+    taken of another cannot continue; `resumable` is False for an input that cannot be
+    read again after a kill (standard input): the run then takes no checkpoints.
+    """
+
     role = Role.INPUT
     accepts = ()
+    resumable = True  # False: it cannot be read again after a kill (stdin), so no checkpoints
 
     def read(self) -> Iterator[Batch]:
         raise NotImplementedError
 
+    def unbounded(self) -> bool:
+        """Whether it ends only when stopped (see the class docstring); such a run is
+        one process, with one reducer on each path, and emits as it goes."""
+        return False
+
     def identity(self) -> dict[str, Any]:
         """What the input is (path, inode, ...). A resume needs the same identity."""
         return {}
-
-    resumable = True  # False: it cannot be read again after a kill (stdin), so no checkpoints
 
     def resume_problem(self, saved_identity: dict[str, Any], saved_state: Any) -> str | None:
         """Why a checkpoint taken over `saved_identity` cannot continue here, or None."""
         return None if saved_identity == self.identity() else "the input changed"
 
     def lines_before(self) -> int:
-        """Lines in the source before this reader's range (for absolute line numbers)."""
+        """Lines in the source before this reader's piece (for absolute line numbers in
+        an error; it may read them)."""
         return 0
 
     def resume_has_more(self) -> bool:
@@ -248,12 +275,12 @@ class Input(Stage):
         return True
 
     def location(self) -> str:
-        """Current position in words, e.g. 'line 10 (byte 512)'."""
+        """Where it is, in words, e.g. 'line 10 (byte 512)'."""
         return ""
 
-    # -- planning (see pipeline/plan.py) ---------------------------------------------
+    # -- planning (engine/plan.py) ------------------------------------------------------
     def ranges(self, target_bytes: int, frontier: Any = None) -> tuple[list[Any], Any]:
-        """Picklable descriptions of pieces of the input, in order, each about
+        """JSON-able descriptions of pieces of the input, in order, each about
         `target_bytes`, that `part()` can read independently; only what lies beyond
         `frontier` (what an earlier plan covered). Also returns the new frontier.
         The default is one piece: the whole input, planned once."""
@@ -263,13 +290,23 @@ class Input(Stage):
         """Why a plan that covered `frontier` cannot go on with the input as it is now."""
         return None if frontier == self.identity() else "the input changed"
 
-    def range_identity(self, where: Any) -> Any:
-        """What the bytes of piece `where` are now, in a few words (say, hashes of its
-        first and last blocks): a finished task is only reused while it is unchanged.
+    def range_bytes(self, piece: Any) -> int:
+        """How many bytes a piece holds, for progress; 0 if that is not known."""
+        return 0
+
+    def numbering(self, piece: Any) -> str:
+        """Which numbering of lines a piece's lines belong to: the lines of pieces with
+        the same numbering are counted on from one piece to the next (a file's); a
+        rejected line's number is its line in that numbering."""
+        return ""
+
+    def range_identity(self, piece: Any) -> Any:
+        """What the bytes of a piece are now, in a few words (say, hashes of its first
+        and last blocks): a finished task is only reused while it is unchanged.
         JSON-able; None if the piece cannot be checked cheaply."""
         return None
 
-    def part(self, where: Any) -> "Input":
+    def part(self, piece: Any) -> "Input":
         """A reader of one piece that ranges() described."""
         return self
 
@@ -278,6 +315,7 @@ class Input(Stage):
         return None
 
     def total_bytes(self) -> int | None:
+        """How much this reader will read (for a progress bar), if known."""
         return None
 
     def position(self) -> int:
@@ -300,6 +338,7 @@ class Reducer(Processor):
     """
 
     role = Role.REDUCER
+    reduce_row_bytes: ClassVar[int] = 256  # memory a keyed reducer's row takes, reduced
 
     def update(self, batch: Batch) -> None:
         raise NotImplementedError

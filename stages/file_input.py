@@ -21,23 +21,6 @@ COMPRESSED_PIECE = 64 << 10
 RANGE_BLOCK = 64 << 10  # a range's identity: hashes of its first and last this many bytes  # compressed files are read this much at a time
 
 
-def is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def url_stat(path: str) -> Any:
-    """An os.stat_result look-alike for an fsspec URL (size, and an etag/mtime as inode)."""
-    import types
-
-    import fsspec
-
-    fs, _, (where,) = fsspec.get_fs_token_paths(path)
-    info = fs.info(where)
-    tag = str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or "")
-    return types.SimpleNamespace(st_size=int(info.get("size") or 0), st_dev=0,
-                                 st_ino=zlib.crc32(tag.encode()), st_mtime_ns=0)
-
-
 def _damaged(exc: BaseException, path: str) -> bool:
     """Whether a read error is damaged compressed data (not an I/O error of the disk)."""
     if not path.endswith((".gz", ".bz2")):
@@ -49,7 +32,7 @@ def expand(path: str | list[str]) -> list[str]:
     """The files a `path` option names: a path, "-", a glob, or a list of those."""
     out: list[str] = []
     for item in [path] if isinstance(path, str) else path:
-        if item != "-" and not is_url(item) and glob.has_magic(item):
+        if item != "-" and glob.has_magic(item):
             matches = sorted(glob.glob(item))
             if not matches:
                 raise InputError(f"no input file matches {item!r}")
@@ -119,8 +102,7 @@ class FileInput(Input):
     def plain(self) -> bool:
         """One regular, uncompressed file: can be split, resumed and grown."""
         f = self.files
-        return (len(f) == 1 and f[0] != "-" and not f[0].endswith((".gz", ".bz2"))
-                and not is_url(f[0]))
+        return len(f) == 1 and f[0] != "-" and not f[0].endswith((".gz", ".bz2"))
 
     # -- planning -------------------------------------------------------------------
     # A range is (file index, start, end): the lines that start in [start, end) of one
@@ -178,9 +160,19 @@ class FileInput(Input):
                 return "the input's last line, read without its newline, has grown"
         return None
 
-    def range_identity(self, where: Any) -> Any:
+    def unbounded(self) -> bool:
+        return self.follower is not None
+
+    def range_bytes(self, piece: Any) -> int:
+        i, start, end = piece
+        return end - start if isinstance(i, int) and end is not None else 0
+
+    def numbering(self, piece: Any) -> str:
+        return str(piece[0])  # each file numbers its lines from 1
+
+    def range_identity(self, piece: Any) -> Any:
         """Hashes of the first and last RANGE_BLOCK bytes of a range of a plain file."""
-        i, start, end = where
+        i, start, end = piece
         if not isinstance(i, int) or end is None or not self._splittable(self.files[i]):
             return None
         try:
@@ -194,13 +186,13 @@ class FileInput(Input):
 
     @staticmethod
     def _splittable(path: str) -> bool:
-        return not path.endswith((".gz", ".bz2")) and not is_url(path) and path != "-"
+        return not path.endswith((".gz", ".bz2")) and path != "-"
 
     def _file_state(self, i: int) -> dict[str, Any]:
         path = self.files[i]
-        st = url_stat(path) if is_url(path) else self._stat_of(path)
-        splittable = not path.endswith((".gz", ".bz2")) and not is_url(path)
-        state = {"path": path if is_url(path) else os.path.abspath(path),
+        st = self._stat_of(path)
+        splittable = self._splittable(path)
+        state = {"path": os.path.abspath(path),
                  "device": st.st_dev, "inode": st.st_ino, "size": st.st_size,
                  "splittable": splittable, "mtime_ns": st.st_mtime_ns}
         if not splittable:
@@ -241,13 +233,13 @@ class FileInput(Input):
         bounds.append(hi)
         return list(zip(bounds, bounds[1:]))
 
-    def part(self, where: tuple[int, int, int | None]) -> "FileInput":  # type: ignore[override]
+    def part(self, piece: tuple[int, int, int | None]) -> "FileInput":  # type: ignore[override]
         """A reader of one range that ranges() described."""
-        i, start, end = where
+        i, start, end = piece
         if i == "follow":
             return FileInput(path=self.path, block_size=self.block_size, follow=True)
         path = self.files[i]
-        if path != "-" and not is_url(path):
+        if path != "-":
             path = os.path.abspath(path)  # Dask workers may run elsewhere
         part = FileInput(path=path, block_size=self.block_size)
         part.start = part.offset = start
@@ -261,7 +253,7 @@ class FileInput(Input):
             return None
         total = 0
         for f in self.files:
-            size = (url_stat(f) if is_url(f) else self._stat_of(f)).st_size
+            size = self._stat_of(f).st_size
             total += size * 8 if f.endswith((".gz", ".bz2")) else size
         return total
 
@@ -306,8 +298,8 @@ class FileInput(Input):
     def _file_identity(path: str) -> dict[str, Any]:
         if path == "-":
             return {"path": "-"}
-        st = url_stat(path) if is_url(path) else os.stat(path)
-        return {"path": path if is_url(path) else os.path.abspath(path), "device": st.st_dev,
+        st = os.stat(path)
+        return {"path": os.path.abspath(path), "device": st.st_dev,
                 "inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
     def resume_problem(self, saved: dict[str, Any], state: dict[str, Any]) -> str | None:
@@ -385,8 +377,6 @@ class FileInput(Input):
     def _stat(self) -> Any:
         path = self.files[self.index]
         try:
-            if is_url(path):
-                return url_stat(path)
             return os.stat(path)
         except OSError as exc:
             raise InputError(f"cannot read input {path!r}: {exc.strerror or exc}") from None
@@ -398,13 +388,6 @@ class FileInput(Input):
         path = self.files[self.index]
         if path == "-":
             return open(sys.stdin.fileno(), "rb", closefd=False)
-        if is_url(path):
-            import fsspec  # comes with dask; s3://, hdfs://, ... need their own packages
-
-            try:
-                return fsspec.open(path, "rb", compression="infer").open()
-            except (OSError, ValueError, ImportError) as exc:
-                raise InputError(f"cannot read input {path!r}: {exc}") from None
         opener = {".gz": gzip.open, ".bz2": bz2.open}.get(os.path.splitext(path)[1], open)
         try:
             fh = opener(path, "rb")

@@ -114,9 +114,6 @@ CASES = [
     ("a huge block", GOOD.replace("{path: in.jsonl}", "{path: in.jsonl, block_size: 99999999999}"),
      "x.yaml:2: stage 'file-input': option 'block_size' must be at most 1,073,741,824; got "
      "99999999999"),
-    ("a huge partition", GOOD + "executor: {partition_mb: 99999999999}\n",
-     "x.yaml:6: executor: `partition_mb` must be a whole number from 1 to 1,048,576; got "
-     "99999999999"),
     # duplicate keys, at any depth
     ("a duplicate option", GOOD.replace("{path: in.jsonl}", "{path: in.jsonl, path: b.jsonl}"),
      "x.yaml:2: key 'path' is given twice in one mapping (first at line 2); YAML would "
@@ -146,6 +143,30 @@ class Picky(Processor):
 def test_each_config_problem_is_one_line(name, text, message):
     """Each class of config problem the fuzzer found is one exact line, FILE:LINE."""
     assert error(text) == message
+
+
+@pytest.mark.parametrize("section,message", [
+    ("{type: dask, partition_mb: 99999999999}",
+     "x.yaml:6: executor 'dask': option 'partition_mb' must be at most 1,048,576; got "
+     "99999999999"),
+    ("{partition_mb: 8}",
+     "x.yaml:6: executor: 'partition_mb' is not an option of executor 'local'; it takes none"),
+    ("{type: dask, schedular: x}",
+     "x.yaml:6: executor: 'schedular' is not an option of executor 'dask' (did you mean "
+     "'scheduler'?); it takes scheduler, partition_mb"),
+    ("{type: ray}",
+     "x.yaml:6: executor: unknown executor 'ray'; expected dask, local, or package.module:Class"),
+    ("{type: .x:Y}",
+     "x.yaml:6: executor: cannot import executor '.x:Y': expected an import path like "
+     "package.module:Class"),
+])
+def test_executor_options_are_checked_by_the_executor(section, message):
+    """The `executor:` section is checked against the chosen executor's own options."""
+    from pipeline.executors import resolve
+    cfg = parse_config(GOOD + f"executor: {section}\n", "x.yaml", REG)
+    with pytest.raises(ConfigError) as exc:
+        resolve(cfg)
+    assert str(exc.value) == message
 
 
 def test_merge_keys_and_x_keys_work():

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 from pipeline.config import PipelineConfig
 from pipeline.state.deadletter import DeadLetter
 from pipeline.errors import SluiceError
+from pipeline.executors import resolve
 from pipeline.engine.results import captured
 from pipeline.keyed import KeyedReducer, reduce_buckets, result_batches
 from pipeline.engine.options import JobOptions
@@ -58,9 +59,9 @@ def emit(job: Any, stages: list[Stage]) -> None:
 
 def check_follow(cfg: PipelineConfig, opts: JobOptions, segments: list[Any]) -> None:
     """A followed run is one process, with one reducer on each path."""
-    kind = opts.executor or cfg.executor.get("type", "local")
-    if kind == "dask":
-        raise SluiceError("--follow runs in one process: leave out --executor dask")
+    kind, _ = resolve(cfg, opts.executor, opts.executor_options)
+    if not kind.follows:
+        raise SluiceError(f"--follow runs in one process: leave out --executor {kind.name}")
     if (opts.workers or cfg.workers or 1) > 1:
         raise SluiceError("--follow runs in one process: leave out -w/--workers (and "
                           "`workers:` in the config), or set it to 1")

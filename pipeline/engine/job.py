@@ -20,7 +20,7 @@ from pipeline.engine.budget import Budget, own_rss
 from pipeline.config import PipelineConfig
 from pipeline.state.deadletter import DeadLetter
 from pipeline.errors import DamagedState, InputError, Interrupted, SluiceError, reason
-from pipeline.executors.local import make_executor
+from pipeline.executors import resolve
 from pipeline.engine.results import Capture, Results, captured
 from pipeline.keyed import KeyedReducer, result_batches
 from pipeline.engine.emit import check_follow, emit
@@ -38,20 +38,7 @@ from pipeline.state.slot import SlotLock, clear_slot, slot_dir
 from pipeline.stage import Batch, Input, InputChanged, Stage
 from pipeline.engine.streaming import stream
 from pipeline.engine.tasks import (STATE_VERSION, Env, RunSettings, MapTask, finished_map,
-                                   finished_reduce, leaf_position, load_state, do_task,
-                                   task_bytes)
-
-MIN_PARTITION_BYTES = 32 << 20  # below this a default run stays in one process
-MIN_TASK_BYTES = 256 << 10      # the smallest input range worth a map task
-
-
-def default_workers(cfg: PipelineConfig, opts: JobOptions, source: Input) -> int:
-    explicit = opts.workers or cfg.workers
-    if explicit:
-        return explicit
-    size = source.estimated_bytes() or 0
-    return max(1, min(os.cpu_count() or 1, size // MIN_PARTITION_BYTES))
-
+                                   finished_reduce, leaf_position, load_state, do_task)
 
 def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
     """Run the pipeline; SIGINT/SIGTERM stop it at a batch boundary, checkpointed."""
@@ -78,9 +65,8 @@ def _start(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRe
         notices.append(f"checkpoints are off: {source.describe()} cannot be read again "
                        f"after a kill")
         enabled = False
-    following = getattr(source, "follower", None) is not None
     segments, _ = layout(cfg)
-    if following:
+    if source.unbounded():
         check_follow(cfg, opts, segments)
     if not segments:  # no reducer on any path
         damaged = False
@@ -111,7 +97,7 @@ class Job:
         self.meters: dict[int, dict[str, Any]] = {}  # stage index -> summed metrics
         self.last_results = 0
         self.checkpoint_failures = 0
-        self.following = getattr(self.source, "follower", None) is not None
+        self.following = self.source.unbounded()
         self.emit_every = (opts.emit_every or cfg.emit.get("every_seconds")
                            or DEFAULT_EMIT_SECONDS)
         # records read since the last emission; a followed run shows what it has (saved
@@ -139,11 +125,12 @@ class Job:
 
     def _attempt(self) -> RunReport:
         cfg, opts = self.cfg, self.opts
-        kind = opts.executor or cfg.executor.get("type", "local")
+        kind, options = resolve(cfg, opts.executor, opts.executor_options)
         memory = opts.memory_mb or cfg.memory_mb or DEFAULT_MEMORY_MB
-        workers = default_workers(cfg, opts, self.source) if kind != "dask" else 1
+        size = self.source.estimated_bytes() or 0
+        workers = kind.workers_for(opts.workers or cfg.workers, size)
         budget = Budget.fit(memory, workers, own_rss())
-        if kind != "dask" and budget.workers < workers:
+        if budget.workers < workers:
             self.notices.append(f"--memory-mb {memory} fits {budget.workers} of "
                                 f"{workers} workers; using {budget.workers}")
         slot = os.path.abspath(slot_dir(opts.state_dir, cfg.path, self.source.describe()))
@@ -155,13 +142,7 @@ class Job:
                     self.notices.append("--fresh: discarded the saved state")
             if not self.enabled:
                 shutil.rmtree(work, ignore_errors=True)
-            if kind == "dask":
-                partition = (opts.partition_mb or cfg.executor.get("partition_mb", 64)) << 20
-            else:
-                # eight map tasks per worker keep them all busy to the end; one needs one
-                size = self.source.estimated_bytes() or 0
-                partition = (max(size, 1) if budget.workers == 1 else
-                             min(max(size // (8 * budget.workers), MIN_TASK_BYTES), 256 << 20))
+            partition = kind.piece_bytes(size, budget.workers, options)
             try:
                 plan = open_plan(work, cfg, self.source, partition, budget.reduce_bytes,
                                  self.notices)
@@ -171,17 +152,17 @@ class Job:
                     f"cannot {'use saved state' if state else 'read input'} "
                     f"{exc.filename!r}: {reason(exc)}") from None
             every_r, every_s = every(cfg, opts)
-            settings = RunSettings(cfg, work, {"version": STATE_VERSION, "config": cfg.identity(),
-                                       "input": None},
-                           strict=opts.strict, checkpoint=self.enabled, every_records=every_r,
-                           every_seconds=every_s, buffer_bytes=budget.buffer_bytes,
-                           reduce_bytes=budget.reduce_bytes, durable=self.enabled)
+            settings = RunSettings(cfg, work, {"version": STATE_VERSION,
+                                               "config": cfg.identity(), "input": None},
+                                   strict=opts.strict, checkpoint=self.enabled,
+                                   every_records=every_r, every_seconds=every_s,
+                                   buffer_bytes=budget.buffer_bytes,
+                                   reduce_bytes=budget.reduce_bytes, durable=self.enabled)
             # one map task keeps no worker busy: then starting workers only costs time
             workers = budget.workers if len(plan.map_tasks(0)) > 1 else 1
             # a followed run ends on a stop request with its final result: nothing stops that
-            executor = make_executor(kind, workers, work,
-                                     NeverSet() if self.following else self.request,
-                                     opts.scheduler or cfg.executor.get("scheduler"))
+            executor = kind.create(workers, work, NeverSet() if self.following else self.request,
+                                   **options)
             try:
                 executor.start(settings)
                 self.settings, self.executor, self.plan = settings, executor, plan
@@ -274,7 +255,7 @@ class Job:
             return resumed
         results = [finished_map(t, self.notices) for t in tasks]
         pending = [t for t, r in zip(tasks, results) if r is None]
-        total = sum(task_bytes(t) for t in pending)
+        total = sum(t.nbytes for t in pending)
         bar = Progress(total or None, self.opts.progress)
         try:
             fresh = self.executor.run(pending, progress=lambda b, n: bar.update(b, n))
@@ -347,7 +328,7 @@ class Job:
         stage = spec.build()
         assert isinstance(stage, KeyedReducer)
         stage.nbuckets = self.plan.nbuckets(seg.number, j)
-        groups = 4 * max(budget.workers, 1) if self.executor.name != "dask" else stage.nbuckets
+        groups = self.executor.reduce_groups(stage.nbuckets)
         results_count = 0
         for phase in range(stage.phases):
             rtasks = self.plan.reduce_tasks(seg.number, j, phase, groups)

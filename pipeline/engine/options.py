@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from pipeline.config import PipelineConfig
 
@@ -29,9 +29,8 @@ class JobOptions:
     memory_mb: int | None = None     # None: the config's `memory_mb`, else 512
     emit_every: float | None = None  # --follow: seconds between emissions; None: config / 10
     progress: bool = False           # draw a progress bar on stderr
-    executor: str | None = None      # "local" or "dask"; None: the config's, else local
-    scheduler: str | None = None     # dask scheduler address; None: a LocalCluster
-    partition_mb: int | None = None  # dask partition size
+    executor: str | None = None      # an executor's name; None: the config's, else local
+    executor_options: dict[str, Any] = field(default_factory=dict)  # its command-line flags
     notify: Callable[[str], None] = lambda text: print(f"sluice: {text}", file=sys.stderr)
 
     @property

@@ -147,8 +147,10 @@ class Plan:
         nonce = self.data["nonce"]
         if seg.source is None:
             return [MapTask(k, i, piece, os.path.join(self.seg_dir(k), f"m{i:05d}"),
-                            seg.stages, seg.branches, leaves, nonce)
-                    for i, piece in enumerate(self.data["ranges"])]
+                            seg.stages, seg.branches, leaves, nonce, nbytes, numbering)
+                    for i, (piece, nbytes, numbering) in enumerate(zip(
+                        self.data["ranges"], self.data["range_bytes"],
+                        self.data["numbering"]))]
         return [MapTask(k, 0, None, os.path.join(self.seg_dir(k), "m00000"), seg.stages,
                         seg.branches, leaves, nonce)]
 
@@ -187,16 +189,18 @@ def _sizes(cfg: PipelineConfig, seg: Segment, rows: int, reduce_bytes: int) -> l
         if leaf.stage is None:
             out.append(1)
         else:
-            row_bytes = getattr(cfg.stages[leaf.stage].cls, "reduce_row_bytes", 256)
+            row_bytes = cfg.stages[leaf.stage].cls.reduce_row_bytes
             out.append(bucket_count(rows, row_bytes, reduce_bytes))
     return out
 
 
-def _ranges(source: Input, ranges: list[Any]) -> tuple[list[Any], list[Any]]:
-    """The plan's form of ranges (JSON lists), and the identity of each (see
-    Input.range_identity)."""
-    ranges = [list(w) if isinstance(w, tuple) else w for w in ranges]
-    return ranges, [source.range_identity(w) for w in ranges]
+def _ranges(source: Input, pieces: list[Any]) -> dict[str, list[Any]]:
+    """What the plan keeps of each piece of the input: the piece (as JSON), its identity,
+    its size and its numbering (see Input)."""
+    pieces = [list(p) if isinstance(p, tuple) else p for p in pieces]
+    return {"ranges": pieces, "range_ids": [source.range_identity(p) for p in pieces],
+            "range_bytes": [source.range_bytes(p) for p in pieces],
+            "numbering": [source.numbering(p) for p in pieces]}
 
 
 def _saved(slot: str, notices: list[str]) -> dict[str, Any] | None:
@@ -230,9 +234,8 @@ def open_plan(slot: str, cfg: PipelineConfig, source: Input, target_bytes: int,
             plan = Plan(slot, cfg, saved)
             more, frontier = source.ranges(target_bytes, saved["frontier"])
             if more:
-                more, ids = _ranges(source, more)
-                saved["ranges"] += more
-                saved["range_ids"] += ids
+                for key, values in _ranges(source, more).items():
+                    saved[key] += values
                 saved["generation"] += 1
                 for k in list(saved["segments"]):
                     if k != "0":
@@ -244,13 +247,12 @@ def open_plan(slot: str, cfg: PipelineConfig, source: Input, target_bytes: int,
     if os.path.isdir(slot):
         shutil.rmtree(slot)
     os.makedirs(slot, mode=0o700)
-    ranges, frontier = source.ranges(target_bytes)
-    ranges, ids = _ranges(source, ranges)
+    pieces, frontier = source.ranges(target_bytes)
     est = source.estimated_bytes()
     rows = (est // LINE_BYTES_GUESS) if est is not None else 8_000_000
     segs, _ = layout(cfg)
     data = {"version": STATE_VERSION, "config": cfg.identity(), "frontier": frontier,
-            "nonce": secrets.token_hex(16), "ranges": ranges, "range_ids": ids,
+            "nonce": secrets.token_hex(16), **_ranges(source, pieces),
             "generation": 0, "reduce_bytes": reduce_bytes,
             "segments": {"0": {"after": 0, "nbuckets": _sizes(cfg, segs[0], rows,
                                                                reduce_bytes)}}}

@@ -124,12 +124,11 @@ def resume_notice(tasks: list[Any], results: list[dict[str, Any]],
 def copy_rejects(tasks: list[Any], results: list[dict[str, Any]], dead: DeadLetter
                  ) -> None:
     """Each map task's rejected lines, in task order, with absolute line numbers."""
-    base: dict[Any, int] = {}
+    base: dict[str, int] = {}  # lines before the task, in its numbering
     for task, r in zip(tasks, results):
-        f = task.piece[0] if isinstance(task.piece, (list, tuple)) else 0
         append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), r["dead_letter"], dead,
-                       base.get(f, 0))
-        base[f] = base.get(f, 0) + r["lines"]
+                       base.get(task.numbering, 0))
+        base[task.numbering] = base.get(task.numbering, 0) + r["lines"]
 
 
 def append_rejects(path: str, seal: dict[str, int], dead: DeadLetter,

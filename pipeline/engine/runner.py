@@ -151,8 +151,8 @@ def _chain(head: Iterator[Batch], stages: list[Stage], ctx: Context,
     gens: list[Any] = [head, metered(head, ctx.meters[0])]
     if on_barrier is not None:
         ctx.root.barrier = True
-        describe = getattr(stages[0], "describe", None)
-        ctx.source = f"input {describe()}" if describe else ctx.source
+        if isinstance(stages[0], Stage):  # not a reducer's results
+            ctx.source = f"input {stages[0].describe()}"
         gens.append(barrier(gens[-1], on_barrier, ctx))
     for stage, meter in zip(stages[1:-1], ctx.meters[1:]):
         gens.append(stage.process(gens[-1]))  # type: ignore[attr-defined]

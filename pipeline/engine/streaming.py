@@ -33,7 +33,7 @@ def stream(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
     def show(records: int, at_end: bool) -> None:
         src = stages[0]  # open_slot may have rebuilt the stages
         bar.update(src.position(), src.counters().get("lines", 0), force=at_end)  # type: ignore[attr-defined]
-        if request.is_set() and not at_end and getattr(src, "follower", None) is None:
+        if request.is_set() and not at_end and not src.unbounded():  # type: ignore[attr-defined]
             if checkpointer is not None:
                 checkpointer.save(complete=False)
             raise Stopped(src.counters().get("lines", 0))

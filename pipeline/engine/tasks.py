@@ -73,21 +73,14 @@ class MapTask:
     branches: dict[str, list[int]]  # then each fork branch, up to its leaf
     leaves: list[Leaf]
     plan: str = ""                  # the plan's nonce: state of another plan is not ours
+    nbytes: int = 0                 # bytes of input it reads (for progress), 0: not known
+    numbering: str = ""             # whose line numbers it continues (Input.numbering)
 
     def describe(self) -> str:
         return f"map task {self.index}"
 
     def leaf_dir(self, j: int) -> str:
         return self.dir if not self.branches else os.path.join(self.dir, f"leaf{j}")
-
-
-def task_bytes(task: Any) -> int:
-    """How many input bytes a task reads, for progress: 0 if it is not known (an open
-    end, stdin, a compressed file) or it is a reduce task."""
-    w = getattr(task, "piece", None)
-    if isinstance(w, (list, tuple)) and len(w) == 3 and isinstance(w[2], int):
-        return int(w[2]) - int(w[1])
-    return 0
 
 
 @dataclass
@@ -101,6 +94,7 @@ class ReduceTask:
     nbuckets: int
     generation: int = 0
     plan: str = ""
+    nbytes: int = 0                 # it reads no input
 
     def describe(self) -> str:
         return f"reduce phase {self.phase}, buckets {self.buckets[0]}-{self.buckets[-1]}"
@@ -192,7 +186,7 @@ def _do_map(settings: RunSettings, task: MapTask, env: Env) -> dict[str, Any]:
                 checkpointer.save(complete=False)
             raise Stopped(source.counters().get("lines", 0))
 
-    following = getattr(source, "follower", None) is not None  # it ends when stopped
+    following = source.unbounded()  # it ends when stopped
     ctx.stop = env.stop
     if settings.checkpoint:  # an input that breaks off keeps what was read before it
         ctx.checkpoint = lambda: checkpointer.save(complete=False)

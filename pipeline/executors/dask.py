@@ -21,7 +21,9 @@ from typing import Any, Callable
 from pipeline.errors import SluiceError
 from pipeline.engine.signals import FileFlag
 from pipeline.errors import Stopped
-from pipeline.engine.tasks import Env, RunSettings, do_task, task_bytes
+from pipeline.engine.tasks import Env, RunSettings, do_task
+from pipeline.executors import Executor
+from pipeline.stage import Option, positive_at_most
 
 CONNECT_TIMEOUT = 15  # seconds to reach a scheduler before giving up
 STOP_GRACE = 1.5
@@ -52,12 +54,35 @@ def _run_on_worker(settings: RunSettings, task: Any, stop_path: str) -> dict[str
     return do_task(settings, task, Env(stop=FileFlag(stop_path)))
 
 
-class DaskExecutor:
-    name = "dask"
-    workers = 1
+def _address(value: Any) -> str | None:
+    return None if "\0" not in value else f"must not hold a NUL character; got {value!r}"
 
-    def __init__(self, scheduler: str | None, slot: str, stop: Any):
-        self.scheduler, self.slot, self.stop_flag = scheduler, slot, stop
+
+class DaskExecutor(Executor):
+    """Map and reduce tasks on a Dask cluster: the one at `scheduler`, or a LocalCluster
+    of one single-threaded worker process per CPU, started and closed with the run."""
+
+    name = "dask"
+    options = (
+        Option("scheduler", str, None, "Dask scheduler, e.g. tcp://127.0.0.1:8786 (default: "
+                                       "a LocalCluster)", check=_address),
+        Option("partition_mb", int, 64, "Dask partition size in MiB",
+               check=positive_at_most(1 << 20)),
+    )
+
+    @classmethod
+    def workers_for(cls, requested: int | None, input_bytes: int) -> int:
+        return 1  # the cluster's workers are its own: the budget here is the client's
+
+    @classmethod
+    def piece_bytes(cls, input_bytes: int, workers: int, options: dict[str, Any]) -> int:
+        return int(options.get("partition_mb") or 64) << 20
+
+    def reduce_groups(self, nbuckets: int) -> int:
+        return nbuckets  # a task per bucket: the cluster spreads them
+
+    def __init__(self, workers: int, slot: str, stop: Any, **options: Any):
+        super().__init__(workers, slot, stop, **options)
         self.stop_path = os.path.join(slot, "STOP")
         self.client: Any = None
         self.cluster: Any = None
@@ -101,7 +126,7 @@ class DaskExecutor:
         pending = set(range(len(tasks)))
         stop_at = None
         while pending:
-            if self.stop_flag.is_set() and stop_at is None:
+            if self.stop.is_set() and stop_at is None:
                 stop_at = time.monotonic()
                 os.close(os.open(self.stop_path, os.O_WRONLY | os.O_CREAT, 0o600))
                 for i in pending:
@@ -127,10 +152,10 @@ class DaskExecutor:
                     continue
                 results[i] = f.result()
                 done_lines += results[i].get("lines", 0)
-                done_bytes += task_bytes(tasks[i])
+                done_bytes += tasks[i].nbytes
                 if progress is not None:
                     progress(done_bytes, done_lines)
-        if self.stop_flag.is_set() or any(r is None for r in results):
+        if self.stop.is_set() or any(r is None for r in results):
             raise Stopped(done_lines)
         return results
 

@@ -1,11 +1,11 @@
-"""Executors run the planned tasks: in this process, or in local worker processes.
+"""The local executor: tasks in N worker processes on this machine (`-w N`); with one
+worker, in this process (inline.py).
 
-Both only call `tasks.do_task`; neither knows what a task does. (The Dask executor,
-in dask_executor.py, is the third.) `run(tasks)` returns the results in task order, or
-raises the error of the earliest failed task; tasks after a failed one are not started,
-tasks before it run to their end, so `--strict` reports the first bad line in file order.
+`run(tasks)` returns the results in task order, or raises the error of the earliest
+failed task; tasks after a failed one are not started, tasks before it run to their
+end, so `--strict` reports the first bad line in file order.
 
-Local workers are plain subprocesses (`pipeline/worker.py`), not multiprocessing
+Local workers are plain subprocesses (`worker.py` beside this file), not multiprocessing
 children: they get no copy of this process's memory, locks or stdio, they die with it
 (PR_SET_PDEATHSIG, armed before anything else runs in them), and they stop at the next
 batch boundary when asked (SIGUSR1), writing a checkpoint first.
@@ -20,13 +20,13 @@ import sys
 import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable
+from typing import Any
 
-from pipeline.errors import SluiceError
-from pipeline.errors import Stopped
-from pipeline.engine.tasks import Env, RunSettings, do_task, task_bytes
+from pipeline.engine.tasks import RunSettings
+from pipeline.errors import SluiceError, Stopped
+from pipeline.executors import Executor, Progress
+from pipeline.executors.inline import InlineExecutor
 
-Progress = Callable[[int, int], None]  # (bytes, lines) read so far, over all tasks
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 STOP_GRACE = 1.5  # seconds a worker gets to checkpoint and stop before it is killed
 
@@ -35,54 +35,21 @@ class WorkerDied(SluiceError):
     exit_code = 1
 
 
-class InlineExecutor:
-    """Runs every task in this process, one after another (`-w 1`)."""
-
-    name = "inline"
-    workers = 1
-
-    def __init__(self, stop: Any):
-        self.stop_flag = stop
-        self.settings: RunSettings | None = None
-
-    def start(self, settings: RunSettings) -> None:
-        self.settings = settings
-
-    def run(self, tasks: list[Any], progress: Progress | None = None,
-            env: Env | None = None) -> list[dict[str, Any]]:
-        assert self.settings is not None
-        results = []
-        base = [0, 0]
-
-        def each(done: int, lines: int) -> None:
-            if progress is not None:
-                progress(base[0] + done, base[1] + lines)
-        for task in tasks:
-            if self.stop_flag.is_set():
-                raise Stopped(base[1])
-            run_env = env or Env(stop=self.stop_flag, progress=each)
-            try:
-                result = do_task(self.settings, task, run_env)
-            except Stopped as exc:
-                raise Stopped(base[1] + exc.lines) from None
-            base[0] += task_bytes(task)
-            base[1] += result.get("lines", 0)
-            results.append(result)
-        return results
-
-    def close(self) -> None:
-        pass
-
-
-class LocalExecutor:
+class LocalExecutor(Executor):
     """Runs tasks in N worker processes, handing each the next task when it is free."""
 
     name = "local"
+    follows = True  # with one worker, which a followed run needs: then it runs inline
 
-    def __init__(self, workers: int, log_dir: str, stop: Any):
-        self.workers = workers
-        self.log_dir = log_dir
-        self.stop_flag = stop
+    @classmethod
+    def create(cls, workers: int, slot: str, stop: Any, **options: Any) -> Executor:
+        if workers == 1:
+            return InlineExecutor(1, slot, stop, **options)
+        return cls(workers, slot, stop, **options)
+
+    def __init__(self, workers: int, slot: str, stop: Any, **options: Any):
+        super().__init__(workers, slot, stop, **options)
+        self.log_dir = slot
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
         self.logs: list[str] = []
@@ -134,7 +101,7 @@ class LocalExecutor:
         errors: dict[int, BaseException] = {}
         stop_sent = None
         while queue or busy:
-            stopping = self.stop_flag.is_set()
+            stopping = self.stop.is_set()
             while queue and idle and not stopping and (not errors or queue[0][0] < min(errors)):
                 w = idle.popleft()
                 n, task = queue.popleft()
@@ -169,7 +136,7 @@ class LocalExecutor:
                 idle.append(w)
                 if msg[0] == "ok":
                     results[n] = msg[1]
-                    done_bytes += task_bytes(task)
+                    done_bytes += task.nbytes
                     done_lines += msg[1].get("lines", 0)
                 else:
                     errors[n] = msg[1]
@@ -180,7 +147,7 @@ class LocalExecutor:
         real = {n: e for n, e in errors.items() if not isinstance(e, Stopped)}
         if real:
             raise real[min(real)]
-        if errors or self.stop_flag.is_set():
+        if errors or self.stop.is_set():
             raise Stopped(done_lines + sum(e.lines for e in errors.values()))  # type: ignore[attr-defined]
         return results
 
@@ -207,15 +174,3 @@ class LocalExecutor:
         for conn in self.conns:
             conn.close()
         self.procs, self.conns = [], []
-
-
-def make_executor(kind: str, workers: int, slot: str, stop: Any, scheduler: str | None
-                  ) -> Any:
-    """The executor a run asked for: Dask, N local workers, or this process."""
-    if kind == "dask":
-        from pipeline.executors.dask import DaskExecutor  # only where Dask is wanted
-
-        return DaskExecutor(scheduler, slot, stop)
-    if workers == 1:
-        return InlineExecutor(stop)
-    return LocalExecutor(workers, slot, stop)
