@@ -40,6 +40,9 @@ CHECKPOINT_KEYS = {"every_records": int, "every_seconds": (int, float), "enabled
                    "strict": bool}
 
 
+_INSTANCES: dict[int, tuple["StageSpec", Stage]] = {}  # StageSpec.instance()'s, this process
+
+
 @dataclass
 class StageSpec:
     name: str
@@ -50,7 +53,17 @@ class StageSpec:
     branch: str | None = None  # the fork branch it is in, if any
 
     def build(self) -> Stage:
+        """A new instance, for work that keeps state (a map task's stages, an output)."""
         return self.cls(**self.options)
+
+    def instance(self) -> Stage:
+        """One instance per process, built on first use, for what needs none of its
+        state: describing the input and splitting it, reducing buckets (a keyed
+        reducer's reduce() works from its options alone)."""
+        cached = _INSTANCES.get(id(self))
+        if cached is None or cached[0] is not self:
+            cached = _INSTANCES[id(self)] = (self, self.build())
+        return cached[1]
 
     @property
     def label(self) -> str:

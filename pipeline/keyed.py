@@ -162,26 +162,37 @@ class KeyedReducer(Reducer):
 
     def finish(self) -> Iterator[Batch]:
         """Reduce this reducer's own spill in this process (a stage used on its own)."""
+        try:
+            yield from self._reduce_here(256 << 20, count=True)
+        finally:
+            if self._scratch:
+                self.spill.close()  # type: ignore[union-attr]
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch, self.spill = None, None
+
+    def current(self, memory_bytes: int) -> Iterator[Batch]:
+        """The result so far: every row spilled until now, reduced into scratch files;
+        the spill itself is only flushed, and goes on growing."""
+        yield from self._reduce_here(memory_bytes, count=False)
+
+    def _reduce_here(self, memory_bytes: int, count: bool) -> Iterator[Batch]:
         writer = self._writer()
-        writer.mark(durable=False)
-        scratch = tempfile.mkdtemp(prefix=f"sluice-{self.name}-reduce-")
+        writer.mark(durable=False)  # every row so far readable on disk
+        scratch = tempfile.mkdtemp(prefix=f"sluice-{self.name}-reduce-",
+                                   dir=os.path.dirname(writer.dir))
         try:
             dirs = [writer.dir]
             for phase in range(self.phases):
                 out = os.path.join(scratch, f"p{phase}")
                 made = reduce_buckets(self, phase, range(self.nbuckets), dirs, out,
-                                      memory_bytes=256 << 20)
+                                      memory_bytes=memory_bytes)
                 for key, n in made.items():
-                    if not key.startswith("_"):
+                    if count and not key.startswith("_"):
                         self.reduced[key] = self.reduced.get(key, 0) + n
                 dirs.append(out)
             yield from result_batches(self, dirs[-1:], self.nbuckets)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-            if self._scratch:
-                self.spill.close()  # type: ignore[union-attr]
-                shutil.rmtree(self._scratch, ignore_errors=True)
-                self._scratch, self.spill = None, None
 
     def counters(self) -> dict[str, int]:
         return dict(self.reduced)

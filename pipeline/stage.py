@@ -165,6 +165,7 @@ class Stage:
         return given if cls.produces == SAME else cls.produces
 
     def __init__(self, **options: Any):
+        self._options = dict(options)  # as configured: what a copy of it is built with
         declared = {o.name: o for o in self.options}
         for key, value in options.items():
             if key not in declared:
@@ -348,6 +349,16 @@ class Reducer(Processor):
 
     def finish(self) -> Iterator[Batch]:
         raise NotImplementedError
+
+    def current(self, memory_bytes: int) -> Iterator[Batch]:
+        """The result so far, as finish() would give it now, leaving the state as it is:
+        a followed run shows it every --emit-every seconds. By default, finish() of a
+        copy of this reducer (made with snapshot() and restore())."""
+        import pickle
+
+        copy = type(self)(**self._options)
+        copy.restore(pickle.loads(pickle.dumps(self.snapshot())))
+        yield from copy.finish()
 
     def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         for batch in batches:

@@ -11,6 +11,9 @@ already left, the files returned to most often, and how many stage objects were 
 A crossing from a file into the same file is not counted, and neither are the calls of
 a function called more than 100 times (a function per record or per line, such as
 msgspec calling a struct's __post_init__, would drown the structure of the run).
+"Weaving" counts the returns into a file already left from a call that itself went
+into other files: the run bouncing between the files that direct it, rather than a
+caller using a helper (a leaf call) and going on.
 """
 from __future__ import annotations
 
@@ -45,18 +48,22 @@ def trace(argv: list[str]) -> dict:
         built[type(self).__name__] += 1
         real_init(self, **options)
     Stage.__init__ = counting_init  # type: ignore[method-assign]
-    events: list[tuple[str, str | None, bool]] = []  # (function, file moved to, returning)
-    stack: list[tuple[str, str | None]] = []
+    events: list[tuple[str, str | None, bool, bool]] = []  # (function, to, returning, leaf)
+    stack: list[list] = []  # [function, its file, whether it called into another file]
 
     def hook(frame, event, arg):  # noqa: ANN001
         if event == "call":
             f = ours(frame.f_code.co_filename)
             key = f"{frame.f_code.co_filename}:{frame.f_code.co_firstlineno}"
-            stack.append((key, f))
-            events.append((key, f, False))
+            if stack and f is not None and f != stack[-1][1]:
+                for entry in stack:
+                    if entry[1] is not None and entry[1] != f:
+                        entry[2] = True
+            stack.append([key, f, False])
+            events.append((key, f, False, False))
         elif event == "return" and stack:
-            key, _ = stack.pop()
-            events.append((key, stack[-1][1] if stack else None, True))
+            key, _, wove = stack.pop()
+            events.append((key, stack[-1][1] if stack else None, True, not wove))
     sys.setprofile(hook)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -64,23 +71,26 @@ def trace(argv: list[str]) -> dict:
     finally:
         sys.setprofile(None)
         Stage.__init__ = real_init  # type: ignore[method-assign]
-    calls = collections.Counter(k for k, _, ret in events if not ret)
+    calls = collections.Counter(k for k, _, ret, _ in events if not ret)
     current: str | None = None
     visited: set[str] = set()
-    crossings = returns = 0
+    crossings = returns = weaving = 0
     back: collections.Counter = collections.Counter()
-    for key, to, returning in events:
+    for key, to, returning, leaf in events:
         if calls[key] > 100 or to is None or to == current:
             continue
         crossings += 1
         if returning and to in visited:
             returns += 1
-            back[to] += 1
+            if not leaf:
+                weaving += 1
+                back[to] += 1
         if current is not None:
             visited.add(current)
         current = to
     return {"files": len(visited | {current} - {None}), "crossings": crossings,
-            "returns": returns, "back": back.most_common(6), "built": built}
+            "returns": returns, "weaving": weaving, "back": back.most_common(6),
+            "built": built}
 
 
 def main_() -> int:
@@ -93,8 +103,9 @@ def main_() -> int:
         r = trace(["-c", args.config, "-f", args.file, "--state-dir", state, "-w", "1"])
     print(f"files entered: {r['files']}")
     print(f"crossings between files: {r['crossings']}")
-    print(f"returns into a file already left: {r['returns']}")
-    print("returned to most: " + ", ".join(f"{f} {n}" for f, n in r["back"]))
+    print(f"returns into a file already left: {r['returns']}, of them weaving (from a "
+          f"call that went into other files): {r['weaving']}")
+    print("woven back into most: " + ", ".join(f"{f} {n}" for f, n in r["back"]))
     print(f"stage objects built: {sum(r['built'].values())} ("
           + ", ".join(f"{k} {v}" for k, v in sorted(r["built"].items())) + ")")
     return 0

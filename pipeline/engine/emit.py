@@ -8,9 +8,6 @@ the summary on stdout is printed again, followed by an empty line.
 """
 from __future__ import annotations
 
-import os
-import pickle
-import shutil
 from typing import Any, Callable, Iterator
 
 from pipeline.config import PipelineConfig
@@ -18,7 +15,6 @@ from pipeline.state.deadletter import DeadLetter
 from pipeline.errors import SluiceError
 from pipeline.executors import resolve
 from pipeline.engine.results import captured
-from pipeline.keyed import KeyedReducer, reduce_buckets, result_batches
 from pipeline.engine.options import JobOptions
 from pipeline.stage import Batch, Stage
 from pipeline.engine.tasks import leaf_position
@@ -26,35 +22,20 @@ from pipeline.engine.tasks import leaf_position
 
 def emit(job: Any, stages: list[Stage]) -> None:
     """Show the current result of `job`, whose one map task holds `stages`."""
-    plan, cfg = job.plan, job.cfg
+    plan = job.plan
     task, seg = plan.map_tasks(0)[0], plan.segments[0]
-    for stage in stages:
-        if isinstance(stage, KeyedReducer) and stage.spill is not None:
-            stage.spill.mark(durable=False)  # every row so far readable on disk
-    scratch = os.path.join(job.settings.slot, "emit")
-    shutil.rmtree(scratch, ignore_errors=True)
     streams: dict[tuple[int, int], Callable[[], Iterator[Batch]]] = {}
     for j, leaf in enumerate(seg.leaves):
-        if leaf.stage is None:
+        live = stages[leaf_position(task, j)]
+        if leaf.stage is None:  # a capture: its records so far
+            live.spill.mark(durable=False)  # type: ignore[attr-defined]
             streams[(0, j)] = lambda j=j: captured([task.leaf_dir(j)])
-            continue
-        stage = cfg.stages[leaf.stage].build()
-        if not isinstance(stage, KeyedReducer):  # a copy of the live state, finished
-            stage.restore(pickle.loads(pickle.dumps(stages[leaf_position(task, j)].snapshot())))
-            streams[(0, j)] = stage.finish  # type: ignore[attr-defined]
-            continue
-        stage.nbuckets = plan.nbuckets(0, j)
-        inputs = [task.leaf_dir(j)]
-        for phase in range(stage.phases):
-            inputs.append(os.path.join(scratch, f"r{j}-{phase}"))
-            reduce_buckets(stage, phase, range(stage.nbuckets), inputs[:-1], inputs[-1],
-                           job.settings.reduce_bytes)
-        streams[(0, j)] = (lambda stage=stage, last=inputs[-1]:
-                           result_batches(stage, [last], stage.nbuckets))
+        else:  # the reducer's own view of its result so far
+            streams[(0, j)] = (lambda live=live: live.current(  # type: ignore[attr-defined]
+                job.settings.reduce_bytes))
     quiet = DeadLetter(None)  # the tails' rejects are kept by the final run only
     for tail in plan.tails:
         job.tail(tail, streams.pop(tail.source), quiet, emitting=True)
-    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def check_follow(cfg: PipelineConfig, opts: JobOptions, segments: list[Any]) -> None:

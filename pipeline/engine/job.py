@@ -56,8 +56,7 @@ def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
 
 
 def _start(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunReport:
-    stages = cfg.build()
-    source = stages[0]
+    source = cfg.stages[0].instance()
     assert isinstance(source, Input)
     notices = Notices(opts.notify)
     enabled = checkpoint_enabled(cfg, opts)
@@ -72,7 +71,7 @@ def _start(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRe
         damaged = False
         while True:
             try:
-                return stream(cfg, opts, stages, notices, enabled, request)
+                return stream(cfg, opts, notices, enabled, request)
             except InputChanged as exc:  # while following
                 notices.append(f"{exc} while it was followed; starting over")
             except DamagedState as exc:  # an output file changed since its checkpoint
@@ -80,18 +79,18 @@ def _start(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRe
                     raise
                 damaged = True
                 notices.append(f"{exc}; starting the run over")
-            opts.discard, stages = True, cfg.build()
-    return Job(cfg, opts, stages, notices, enabled, request).execute()
+            opts.discard = True
+    return Job(cfg, opts, source, notices, enabled, request).execute()
 
 
 class Job:
     """A run of a chain with reducers: see plan.py for its shape."""
 
-    def __init__(self, cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
+    def __init__(self, cfg: PipelineConfig, opts: JobOptions, source: Input,
                  notices: Notices, enabled: bool, request: StopRequest):
         self.cfg, self.opts, self.notices = cfg, opts, notices
         self.enabled, self.request = enabled, request
-        self.source = stages[0]
+        self.source = source
         self.counters: dict[str, int] = {}
         self.records = 0  # what the map tasks' first stage passed on, over all runs
         self.meters: dict[int, dict[str, Any]] = {}  # stage index -> summed metrics
@@ -325,7 +324,7 @@ class Job:
             self.counters = add_counters(self.counters, collect_counters([reducer]))
             self.last_results = len(reducer) if hasattr(reducer, "__len__") else 0
             return Results(reducer.finish)  # type: ignore[attr-defined]
-        stage = spec.build()
+        stage = spec.instance()
         assert isinstance(stage, KeyedReducer)
         stage.nbuckets = self.plan.nbuckets(seg.number, j)
         groups = self.executor.reduce_groups(stage.nbuckets)

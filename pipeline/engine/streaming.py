@@ -19,10 +19,11 @@ from pipeline.stage import Input, Stage
 from pipeline.engine.tasks import STATE_VERSION
 
 
-def stream(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
-                 notices: Notices, enabled: bool, request: StopRequest) -> RunReport:
+def stream(cfg: PipelineConfig, opts: JobOptions, notices: Notices, enabled: bool,
+           request: StopRequest) -> RunReport:
     """input -> processors -> output (or a fork's outputs), here, in input order."""
-    source = stages[0]
+    source = cfg.stages[0].instance()  # what the input is; the run reads with its own
+    stages: list[Stage] = [source]
     assert isinstance(source, Input)
     dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)
     header = {"version": STATE_VERSION, "config": cfg.identity(), "input": source.identity()}
@@ -62,6 +63,7 @@ def stream(cfg: PipelineConfig, opts: JobOptions, stages: list[Stage],
                 run(chain_hooks(checkpointer, show))
         else:
             dead.start(0)
+            stages[:] = cfg.build()
             run(show)
     finally:
         bar.close()

@@ -158,7 +158,7 @@ def _do_map(settings: RunSettings, task: MapTask, env: Env) -> dict[str, Any]:
         if env.source is not None:
             source = env.source()
         else:
-            source = settings.cfg.stages[0].build().part(task.piece)  # type: ignore[attr-defined]
+            source = settings.cfg.stages[0].instance().part(task.piece)  # type: ignore[attr-defined]
         flat, shape["trunk"], shape["branches"] = map_stages(settings, task, source)
         return flat
     header = {**settings.header, "task": task.index, "segment": task.segment, "plan": task.plan,
@@ -250,7 +250,7 @@ def finished_map(task: MapTask, notices: list[str]) -> dict[str, Any] | None:
 
 
 def _do_reduce(settings: RunSettings, task: ReduceTask, env: Env) -> dict[str, Any]:
-    stage = settings.cfg.stages[task.stage].build()
+    stage = settings.cfg.stages[task.stage].instance()
     assert isinstance(stage, KeyedReducer)
     stage.nbuckets = task.nbuckets
     start = time.perf_counter()
