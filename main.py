@@ -22,18 +22,16 @@ import sys
 from typing import Any
 
 from pipeline import SluiceError
-from pipeline.config import load_config
-from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK
-from pipeline.executors import builtin_executors, resolve
-from pipeline.registry import Registry
+from pipeline.config import load_config, max_workers, override_option
 from pipeline.engine import progress
-from pipeline.config import max_workers, override_option
-from pipeline.tools.describe import chain_text, graph_mermaid, graph_text, list_stages, show_stage
-from pipeline.errors import EXIT_USAGE, OutputClosed, PathError, reason, writable_problem
 from pipeline.engine.job import run_job
-from pipeline.errors import Interrupted
 from pipeline.engine.options import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS,
                                      DEFAULT_MEMORY_MB, DEFAULT_STATE_DIR, JobOptions)
+from pipeline.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, OutputClosed,
+                             PathError, reason, writable_problem)
+from pipeline.executors import builtin_executors, resolve
+from pipeline.registry import Registry
+from pipeline.tools.describe import chain_text, graph_mermaid, graph_text, list_stages, show_stage
 from pipeline.tools.testcases import check_paths
 from stages import builtin_stages
 

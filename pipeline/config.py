@@ -68,7 +68,7 @@ class StageSpec:
     @property
     def label(self) -> str:
         """The stage's name, with its branch: `statuses/where`."""
-        return f"{self.branch}/{self.name}" if self.branch else self.name
+        return self.name if self.branch is None else f"{self.branch}/{self.name}"
 
 
 @dataclass

@@ -7,13 +7,31 @@ from __future__ import annotations
 
 import difflib
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pipeline.errors import ConfigError
 from pipeline.stage import ANY, Fields, Role
 
-if TYPE_CHECKING:  # config.py imports this module
-    from pipeline.config import PipelineConfig, StageSpec
+
+
+class StageSpec(Protocol):
+    """What these checks read of a configured stage (pipeline.config.StageSpec)."""
+
+    name: str
+    cls: type[Any]
+    options: dict[str, Any]
+    line: int
+    branch: str | None
+
+
+class PipelineConfig(Protocol):
+    """What these checks read of a config (pipeline.config.PipelineConfig): the config
+    module uses them, so they name only what they need."""
+
+    path: str
+    stages: list[Any]
+    trunk: list[int]
+    branches: dict[str, list[int]]
 
 
 def _kinds_text(kinds: tuple[str, ...]) -> str:

@@ -83,6 +83,15 @@ class DamagedState(SluiceError):
         return (self.__class__, (self.path, self.why))
 
 
+class OldState(SluiceError):
+    """Saved state written by another version of Sluice (its layout, or the classes its
+    checkpoints name, differ): refused, never guessed at."""
+
+    def __init__(self, path: str):
+        super().__init__(f"saved state {path} was written by another version of Sluice; "
+                         f"rerun with --fresh to discard it and start over")
+
+
 class UntrustedState(SluiceError):
     """Saved state that another user could have written: it is never unpickled."""
 

@@ -31,8 +31,8 @@ import numpy as np
 
 from pipeline import keys
 from pipeline.errors import Stopped
-from pipeline.state.spill import Sets, SpillReader, SpillWriter
 from pipeline.stage import Batch, Reducer
+from pipeline.state.spill import Sets, SpillReader, SpillWriter
 
 ORDER_BITS = 40
 RESULT = "__result__"   # the object set holding a last phase's (key, record) pairs
@@ -76,7 +76,7 @@ class ReduceIO:
         one digest never stands for two strings."""
         table = keys.StringTable()
         for frame in self.frames(name, bucket):
-            table.add(((w0, w1), text) for w0, w1, text in frame)
+            table.add([((w0, w1), text) for w0, w1, text in frame])
         return table
 
 

@@ -134,6 +134,14 @@ def decode(w0: int, w1: int, tag: int, strings: "StringTable | None" = None) -> 
     return strings[(int(w0), int(w1))]
 
 
+def decode_all(w0: Any, w1: Any, tags: Any, strings: "StringTable | None" = None
+               ) -> list[str]:
+    """decode() of every key in the columns (one call for many keys)."""
+    return [decode(a, b, t, strings) for a, b, t in zip(np.asarray(w0).tolist(),
+                                                        np.asarray(w1).tolist(),
+                                                        np.asarray(tags).tolist())]
+
+
 class StringTable(dict):
     """LONG key -> string, checked: one key never stands for two strings."""
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from array import array
-from itertools import accumulate
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Tuple
+from typing import Any, Callable, ClassVar, Iterator, Optional, Tuple
+
+from pipeline.batch import Batch
 
 
 class Role(enum.Enum):
@@ -36,61 +37,6 @@ class Role(enum.Enum):
     PROCESSOR = "processor"  # stateless or per-partition: runs in every worker
     REDUCER = "reducer"      # per-partition partial state, combined with merge()
     OUTPUT = "output"        # runs once, after everything upstream has finished
-
-
-class Batch(list):
-    """A list of records, and where each came from in the input.
-
-    An input that yields raw lines sets `first_line` (1-based) and `first_offset` (the
-    byte offset of the first line); the records are then consecutive lines. A stage
-    that turns lines into records (json-decode) gives its batch `origins`: each
-    record's line number and byte offset, as two arrays. A processor that keeps some
-    records passes them on with `batch.take(indices)`, so that a stage further on that
-    rejects a record still names its line: `ctx.reject(..., at=batch.locate(i))`.
-    """
-
-    __slots__ = ("first_line", "first_offset", "source", "origins", "_starts")
-
-    def __init__(self, records: Iterable[Any] = (), first_line: int | None = None,
-                 first_offset: int | None = None, source: str | None = None,
-                 origins: tuple[Any, Any] | None = None):
-        super().__init__(records)
-        self.first_line = first_line
-        self.first_offset = first_offset
-        self.source = source  # the file it came from, when the input reads several
-        self.origins = origins  # (line numbers, byte offsets), one of each per record
-        self._starts: list[int] | None = None
-
-    def locate(self, i: int) -> tuple[int | None, int | None]:
-        """(line number, byte offset) of record i; (None, None) if not known."""
-        if self.origins is not None:
-            return int(self.origins[0][i]), int(self.origins[1][i])
-        if self.first_line is None or self.first_offset is None:
-            return None, None
-        if self._starts is None:  # once per batch, at its first reject: rejects are rare
-            self._starts = list(accumulate(map(len, self), lambda a, n: a + n + 1,
-                                           initial=self.first_offset))
-        return self.first_line + i, self._starts[i]
-
-    def line_origins(self, keep: Any) -> tuple[Any, Any]:
-        """Of a raw-line batch: the (line numbers, byte offsets) of lines `keep` (an
-        array of indices), for the records made of them."""
-        import numpy as np
-
-        lengths = np.fromiter(map(len, self), np.int64, len(self)) + 1
-        starts = np.empty(len(self) + 1, np.int64)
-        starts[0] = self.first_offset or 0
-        np.cumsum(lengths, out=starts[1:])
-        starts[1:] += starts[0]
-        return (keep + (self.first_line or 1)), starts[keep]
-
-    def take(self, indices: Any) -> "Batch":
-        """A batch of records `indices` (in that order), with their origins."""
-        idx = list(indices)
-        out = Batch([self[i] for i in idx], source=self.source)
-        if self.origins is not None:
-            out.origins = (self.origins[0][idx], self.origins[1][idx])
-        return out
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ class CsvOutput(Output):
 
     A dict or struct record is read by column name; a tuple or list record fills the
     columns in order. Cells: a string as itself, null or a missing field as an empty
-    cell, anything else as its JSON text (`true`, `1.5`, `[1,"a"]`, `{"x":1}`). Written and checkpointed like
-    jsonl-output: `PATH.partial`, cut back on resume, renamed at the end.
+    cell, anything else as its JSON text (`true`, `1.5`, `[1,"a"]`, `{"x":1}`). Written
+    and checkpointed like jsonl-output: `PATH.partial`, cut back on resume, renamed at
+    the end.
     """
 
     name = "csv-output"

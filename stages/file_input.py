@@ -17,8 +17,8 @@ from .follow import Follower
 
 BOM = b"\xef\xbb\xbf"
 FINGERPRINT_BYTES = 1024
-COMPRESSED_PIECE = 64 << 10
-RANGE_BLOCK = 64 << 10  # a range's identity: hashes of its first and last this many bytes  # compressed files are read this much at a time
+COMPRESSED_PIECE = 64 << 10  # compressed files are read this much at a time
+RANGE_BLOCK = 64 << 10  # a range's identity: hashes of its first and last this many bytes
 
 
 def _damaged(exc: BaseException, path: str) -> bool:

@@ -28,8 +28,8 @@ import numpy as np
 
 from pipeline import keys
 from pipeline.keyed import KeyedReducer, ReduceIO, split_frames
-from pipeline.state.spill import SpillReader, SpillWriter
 from pipeline.stage import Batch
+from pipeline.state.spill import SpillReader, SpillWriter
 
 from .site_event import ONLINE, OFFLINE, Status
 from .site_timeline import Timeline, classify_messages, sorted_unique
@@ -195,7 +195,7 @@ def _summarize_rows(rows: np.ndarray, strings: keys.StringTable) -> list[tuple[s
     stag, ftag = (code >> SITE_TAG) & 3, (code >> FROM_TAG) & 3
     s0, s1 = rows["s0"], rows["s1"]
     site, nsites, first = keys.groups(keys.mix(s0, s1, stag), s0, s1, stag)
-    names = [keys.decode(s0[i], s1[i], stag[i], strings) for i in first.tolist()]
+    names = keys.decode_all(s0[first], s1[first], stag[first], strings)
     f0, f1 = rows["f0"], rows["f1"]
     is_status = (kind != 0).astype(np.uint8)
     # distinct senders: group (site, from, status or message) exactly

@@ -3,9 +3,10 @@
 
     python test_scripts/trace_files.py [-c CONFIG] [-f INPUT]
 
-It runs the pipeline in this process (one worker, no checkpoints kept) under a
-profiler hook that records, for every call and return between two of the project's
-files (pipeline/, stages/, main.py), which file it goes to. It prints the files
+It runs the pipeline in this process (one worker) and, from the moment the run
+starts (the engine's run_job; loading the config is not counted), records under a
+profiler hook, for every call and return between two of the project's files
+(pipeline/, stages/, main.py), which file it goes to. It prints the files
 entered, the crossings between files, how many of them return into a file the run had
 already left, the files returned to most often, and how many stage objects were built.
 A crossing from a file into the same file is not counted, and neither are the calls of
@@ -64,12 +65,23 @@ def trace(argv: list[str]) -> dict:
         elif event == "return" and stack:
             key, _, wove = stack.pop()
             events.append((key, stack[-1][1] if stack else None, True, not wove))
-    sys.setprofile(hook)
+    import importlib
+    job = importlib.import_module("pipeline.engine.job" if os.path.isdir(
+        os.path.join(ROOT, "pipeline", "engine")) else "pipeline.job")
+    real_run = job.run_job
+
+    def traced(*args, **kw):  # noqa: ANN002, ANN003
+        sys.setprofile(hook)
+        try:
+            return real_run(*args, **kw)
+        finally:
+            sys.setprofile(None)
+    main.run_job = traced
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             main.main(argv)
     finally:
-        sys.setprofile(None)
+        main.run_job = real_run
         Stage.__init__ = real_init  # type: ignore[method-assign]
     calls = collections.Counter(k for k, _, ret, _ in events if not ret)
     current: str | None = None

@@ -1,8 +1,8 @@
 """Showing a followed run's current result, while it goes on reading (`--follow`).
 
 At a batch boundary, when new lines have come in and `--emit-every` seconds have
-passed, the job calls `emit()`: every reducer's state so far is reduced afresh into a
-scratch directory (the state itself is not changed), and the tails run into fresh
+passed, the job calls `emit()`: every reducer gives its result so far
+(`Reducer.current()`, which leaves its state as it is), and the tails run into fresh
 outputs, which replace what they showed last time: a file is rewritten atomically,
 the summary on stdout is printed again, followed by an empty line.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 from pipeline.config import PipelineConfig
-from pipeline.state.deadletter import DeadLetter
+from pipeline.engine.options import JobOptions
+from pipeline.engine.results import captured
+from pipeline.engine.tasks import leaf_position
 from pipeline.errors import SluiceError
 from pipeline.executors import resolve
-from pipeline.engine.results import captured
-from pipeline.engine.options import JobOptions
 from pipeline.stage import Batch, Stage
-from pipeline.engine.tasks import leaf_position
+from pipeline.state.deadletter import DeadLetter
 
 
 def emit(job: Any, stages: list[Stage]) -> None:

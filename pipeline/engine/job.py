@@ -16,29 +16,27 @@ import shutil
 import time
 from typing import Any, Callable, Iterator
 
-from pipeline.engine.budget import Budget, own_rss
 from pipeline.config import PipelineConfig
-from pipeline.state.deadletter import DeadLetter
-from pipeline.errors import DamagedState, InputError, Interrupted, SluiceError, reason
-from pipeline.executors import resolve
-from pipeline.engine.results import Capture, Results, captured
-from pipeline.keyed import KeyedReducer, result_batches
+from pipeline.engine.budget import Budget, own_rss
 from pipeline.engine.emit import check_follow, emit
 from pipeline.engine.options import (DEFAULT_EMIT_SECONDS, DEFAULT_MEMORY_MB, JobOptions,
                                      checkpoint_enabled, every)
 from pipeline.engine.plan import layout, open_plan
 from pipeline.engine.progress import Progress
-from pipeline.engine.report import (RunReport, append_rejects, copy_rejects, resume_notice,
-                                    stage_metrics)
+from pipeline.engine.report import (Notices, RunReport, add_counters, append_rejects,
+                                    collect_counters, copy_rejects, resume_notice, stage_metrics)
+from pipeline.engine.results import Capture, Results, captured
 from pipeline.engine.runner import Context, flow_results
 from pipeline.engine.signals import NeverSet, StopRequest, stop_on_signals
-from pipeline.errors import Stopped
-from pipeline.engine.report import Notices, add_counters, collect_counters
-from pipeline.state.slot import SlotLock, clear_slot, slot_dir
-from pipeline.stage import Batch, Input, InputChanged, Stage
 from pipeline.engine.streaming import stream
 from pipeline.engine.tasks import (STATE_VERSION, Env, RunSettings, MapTask, finished_map,
                                    finished_reduce, leaf_position, load_state, do_task)
+from pipeline.errors import DamagedState, InputError, Interrupted, SluiceError, Stopped, reason
+from pipeline.executors import resolve
+from pipeline.keyed import KeyedReducer, result_batches
+from pipeline.stage import Batch, Input, InputChanged, Stage
+from pipeline.state.deadletter import DeadLetter
+from pipeline.state.slot import SlotLock, clear_slot, slot_dir
 
 def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
     """Run the pipeline; SIGINT/SIGTERM stop it at a batch boundary, checkpointed."""
@@ -222,9 +220,10 @@ class Job:
             self.notices.append(f"warning: {said[0]}{more}")
 
     def _meter(self, index: int, m: dict[str, Any]) -> None:
-        have = self.meters.setdefault(index, {"stage": self.cfg.stages[index].label,
-                                              "records_in": 0, "records_out": 0,
-                                              "seconds": 0.0})
+        have = self.meters.get(index)
+        if have is None:
+            have = self.meters[index] = {"stage": self.cfg.stages[index].label,
+                                         "records_in": 0, "records_out": 0, "seconds": 0.0}
         for k in ("records_in", "records_out", "seconds"):
             have[k] += m[k]
 

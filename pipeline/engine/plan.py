@@ -26,18 +26,19 @@ the config changed, the run starts over.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.state.checkpoint import read_checked_json, write_checked_json
 from pipeline.config import PipelineConfig
-from pipeline.errors import DamagedState
+from pipeline.engine.tasks import STATE_VERSION, Leaf, MapTask, ReduceTask
+from pipeline.errors import DamagedState, OldState
 from pipeline.keyed import KeyedReducer
 from pipeline.stage import Input, Role
-from pipeline.engine.tasks import STATE_VERSION, Leaf, MapTask, ReduceTask
+from pipeline.state.checkpoint import read_checked_json, write_checked_json
 
 PLAN = "plan.json"
 MAX_BUCKETS = 4096
@@ -209,11 +210,25 @@ def _saved(slot: str, notices: list[str]) -> dict[str, Any] | None:
     try:
         saved = read_checked_json(path)
     except DamagedState as exc:
+        if _written_before(path):
+            raise OldState(slot) from None
         notices.append(f"{exc}; starting over")
         return None
+    if saved is not None and saved.get("version") != STATE_VERSION:
+        raise OldState(slot)
     if saved is None and os.path.isdir(slot) and os.listdir(slot):
         notices.append(f"saved state {slot} has no {PLAN}; starting over")
     return saved
+
+
+def _written_before(path: str) -> bool:
+    """A plan.json of a Sluice before checksums: plain JSON with a `version`."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "version" in doc and "sha256" not in doc
 
 
 def open_plan(slot: str, cfg: PipelineConfig, source: Input, target_bytes: int,
@@ -223,7 +238,7 @@ def open_plan(slot: str, cfg: PipelineConfig, source: Input, target_bytes: int,
     saved = _saved(slot, notices)
     if saved is not None:
         problem = None
-        if saved.get("version") != STATE_VERSION or saved.get("config") != cfg.identity():
+        if saved.get("config") != cfg.identity():
             problem = "the config changed"
         else:
             problem = source.frontier_problem(saved["frontier"])

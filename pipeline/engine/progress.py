@@ -1,7 +1,8 @@
 """A progress bar on stderr: bytes read of the total, lines/s and ETA (tqdm).
 
 Shown only when stderr is a terminal and --quiet is not given, so logs and pipes stay
-clean. Workers publish their positions in shared memory; the parent draws the bar.
+clean. Local workers send their positions to the parent over their socket, Dask tasks
+as they finish; the parent draws the bar.
 """
 from __future__ import annotations
 

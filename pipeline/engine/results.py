@@ -68,8 +68,8 @@ class Results:
     reducer's finish(). `verify()` checks every frame on disk first, so that nothing is
     output from state that turns out damaged halfway through."""
 
-    def __init__(self, read: Any, dirs: list[str] = (), sets: Sets | None = None):  # type: ignore[assignment]
-        self.read, self.dirs, self.sets = read, list(dirs), sets or {}
+    def __init__(self, read: Any, dirs: list[str] | None = None, sets: Sets | None = None):
+        self.read, self.dirs, self.sets = read, list(dirs or []), sets or {}
 
     def __call__(self) -> Iterator[Batch]:
         return self.read()

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from pipeline.errors import CheckpointFailed, DamagedState, reason
+from pipeline.errors import CheckpointFailed, DamagedState, OldState, reason
 from pipeline.stage import Input, Stage
 from pipeline.state.checkpoint import CheckpointStore, CorruptCheckpoint
 from pipeline.state.deadletter import DeadLetter
@@ -100,7 +100,9 @@ def _resume(store: CheckpointStore, header: dict[str, Any], stages: list[Stage],
         return False
     source = stages[0]
     assert isinstance(source, Input)
-    if tree.get("version") != header.get("version") or tree.get("config") != header["config"]:
+    if tree.get("version") != header.get("version"):
+        raise OldState(store.dir)
+    if tree.get("config") != header["config"]:
         problem = "the config changed"
     elif tree["dead_letter"]["path"] != os.path.abspath(dead.path):
         problem = "the dead-letter file changed"

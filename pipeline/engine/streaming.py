@@ -5,18 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import PipelineConfig
-from pipeline.state.deadletter import DeadLetter
 from pipeline.engine.options import JobOptions, every
 from pipeline.engine.progress import Progress, chain_hooks
-from pipeline.engine.report import RunReport, stage_metrics
+from pipeline.engine.report import Notices, RunReport, collect_counters, stage_metrics
+from pipeline.engine.resume import Checkpointer, open_slot, resumed_records
 from pipeline.engine.runner import Context, flow
 from pipeline.engine.signals import StopRequest
-from pipeline.errors import Stopped
-from pipeline.engine.report import Notices, collect_counters
-from pipeline.engine.resume import Checkpointer, open_slot, resumed_records
-from pipeline.state.slot import SlotLock, slot_dir
-from pipeline.stage import Input, Stage
 from pipeline.engine.tasks import STATE_VERSION
+from pipeline.errors import Stopped
+from pipeline.stage import Input, Stage
+from pipeline.state.deadletter import DeadLetter
+from pipeline.state.slot import SlotLock, slot_dir
 
 
 def stream(cfg: PipelineConfig, opts: JobOptions, notices: Notices, enabled: bool,

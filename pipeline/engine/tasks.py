@@ -1,6 +1,6 @@
 """The tasks of a run, and the code that runs one, wherever it runs.
 
-A run is planned (pipeline/plan.py) as:
+A run is planned (engine/plan.py) as:
 
     map tasks      an input range -> processors -> the first reducer's update(), which
                    spills key-partitioned rows; one checkpoint slot per task
@@ -20,20 +20,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pipeline.state.checkpoint import CheckpointStore, read_checked_json, write_checked_json
 from pipeline.config import PipelineConfig
-from pipeline.state.deadletter import DeadLetter
-from pipeline.errors import CheckpointFailed, DamagedState, RejectedLine, SluiceError
+from pipeline.engine.report import collect_counters
 from pipeline.engine.results import Capture
-from pipeline.keyed import KeyedReducer, reduce_buckets
+from pipeline.engine.resume import Checkpointer, open_slot, resumed_records
 from pipeline.engine.runner import Context, flow
 from pipeline.engine.signals import NeverSet
-from pipeline.errors import Stopped
-from pipeline.engine.report import collect_counters
-from pipeline.engine.resume import Checkpointer, open_slot, resumed_records
+from pipeline.errors import CheckpointFailed, DamagedState, RejectedLine, SluiceError, Stopped
+from pipeline.keyed import KeyedReducer, reduce_buckets
 from pipeline.stage import Input, Role, Stage
+from pipeline.state.checkpoint import CheckpointStore, read_checked_json, write_checked_json
+from pipeline.state.deadletter import DeadLetter
 
-STATE_VERSION = 3  # 3: checksummed plan, results, spill frames and dead letters
+STATE_VERSION = 4  # 3: checksums everywhere; 4: the engine's subpackages
 RESULT_FILE = "result.json"
 
 
@@ -168,7 +167,8 @@ def _do_map(settings: RunSettings, task: MapTask, env: Env) -> dict[str, Any]:
     stages, store, resumed = open_slot(task.dir, build, header, dead, notices)
     source = stages[0]
     resumed_at = source.location() if resumed is not None else None
-    every = (settings.every_records, settings.every_seconds) if settings.checkpoint else (1 << 62, float("inf"))
+    every = ((settings.every_records, settings.every_seconds) if settings.checkpoint
+             else (1 << 62, float("inf")))
     warnings: list[str] = []  # a failed checkpoint: the parent tells the user, once
     ctx = Context(dead)
     ctx.records_base = resumed_records(store) if resumed is not None else 0

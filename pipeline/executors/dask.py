@@ -18,11 +18,10 @@ import os
 import time
 from typing import Any, Callable
 
-from pipeline.errors import SluiceError
 from pipeline.engine.signals import FileFlag
-from pipeline.errors import Stopped
 from pipeline.engine.tasks import Env, RunSettings, do_task
-from pipeline.executors import Executor
+from pipeline.errors import SluiceError, Stopped
+from pipeline.executors.base import Executor
 from pipeline.stage import Option, positive_at_most
 
 CONNECT_TIMEOUT = 15  # seconds to reach a scheduler before giving up

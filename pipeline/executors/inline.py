@@ -6,7 +6,7 @@ from typing import Any
 
 from pipeline.engine.tasks import Env, do_task
 from pipeline.errors import Stopped
-from pipeline.executors import Executor, Progress
+from pipeline.executors.base import Executor, Progress
 
 
 class InlineExecutor(Executor):

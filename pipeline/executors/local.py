@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline.engine.tasks import RunSettings
 from pipeline.errors import SluiceError, Stopped
-from pipeline.executors import Executor, Progress
+from pipeline.executors.base import Executor, Progress
 from pipeline.executors.inline import InlineExecutor
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")

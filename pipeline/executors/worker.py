@@ -1,15 +1,16 @@
-"""A worker process: `python pipeline/worker.py FD PARENT_PID`.
+"""A worker process: `python pipeline/executors/worker.py FD PARENT_PID`.
 
-Run as a script, not as `-m pipeline.worker`, so that nothing (not even the package's
-__init__) runs before the parent-death signal is armed. Started by pipeline/workers.py
-with the parent's sys.path as PYTHONPATH, with stdin and stdout on /dev/null, stderr on a log file
-in the state directory, and one socket (FD) to the parent. The first thing it does,
+Run as a script, not as `-m pipeline.executors.worker`, so that nothing (not even the
+package's __init__) runs before the parent-death signal is armed. Started by the local
+executor (local.py) with the parent's sys.path as PYTHONPATH, with stdin and stdout on
+/dev/null, stderr on a log file in the state directory, and one socket (FD) to the
+parent. The first thing it does,
 before any import that could take time, is to ask the kernel to kill it when its parent
 dies, and then to check that the parent has not died already: a SIGKILLed run leaves
 no worker behind, holding nothing.
 
-Messages on the socket are pickles: the parent sends the RunSettings once, then tasks (None
-to finish); the worker answers ("progress", bytes, lines), ("ok", result) or ("error",
+Messages on the socket are pickles: the parent sends the RunSettings once, then tasks
+(None to finish); the worker answers ("progress", bytes, lines), ("ok", result) or ("error",
 exception, traceback text) for each task.
 """
 import os

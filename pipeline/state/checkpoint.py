@@ -35,11 +35,12 @@ import zlib
 from array import array
 from typing import Any, Callable
 
-from pipeline.errors import CheckpointFailed, DamagedState, reason
+from pipeline.errors import CheckpointFailed, DamagedState, OldState, reason
 from pipeline.stage import AppendOnly
 from pipeline.state.trust import check_trusted, make_private_dirs, open_private
 
-MAGIC = b"SLUICE-CHECKPOINT-1\n"
+MAGIC = b"SLUICE-CHECKPOINT-2\n"  # 2: the classes a manifest names moved (engine/...)
+OLD = b"SLUICE-CHECKPOINT-"
 KEEP = 2  # manifests kept: the newest and one fallback
 
 
@@ -177,6 +178,8 @@ class CheckpointStore:
         check_trusted(path, "checkpoint")
         with open(path, "rb") as fh:
             raw = fh.read()
+        if raw.startswith(OLD) and not raw.startswith(MAGIC):
+            raise OldState(self.dir)
         if not raw.startswith(MAGIC):
             raise CorruptCheckpoint("bad header" if raw else "empty file")
         digest, body = raw[len(MAGIC):len(MAGIC) + 32], raw[len(MAGIC) + 32:]

@@ -12,9 +12,9 @@ import os
 import zlib
 from typing import Any, BinaryIO
 
-from pipeline.state.trust import make_private_dirs, open_private
 from pipeline.errors import (CheckpointFailed, DamagedState, PathError, RejectedLine, WriteFailed,
                              reason, writable_problem)
+from pipeline.state.trust import make_private_dirs, open_private
 
 WHAT = "dead-letter file"
 

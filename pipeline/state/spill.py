@@ -42,9 +42,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline.errors import CheckpointFailed, DamagedState, WriteFailed, reason
 from pipeline.state.checkpoint import CorruptCheckpoint, read_checked_json, write_checked_json
 from pipeline.state.trust import check_trusted, make_private_dirs, open_private
-from pipeline.errors import CheckpointFailed, DamagedState, WriteFailed, reason
 
 INDEX = np.dtype([("set", "u1"), ("bucket", "<u4"), ("offset", "<u8"), ("nbytes", "<u8"),
                   ("nrows", "<u8"), ("crc", "<u4")])

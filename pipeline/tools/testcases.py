@@ -32,9 +32,9 @@ from typing import Any
 import yaml
 
 from pipeline.config import load_config, override_option
-from pipeline.errors import ConfigError, SluiceError
 from pipeline.engine.job import run_job
 from pipeline.engine.options import JobOptions
+from pipeline.errors import ConfigError, SluiceError
 from pipeline.registry import Registry
 
 
