@@ -26,6 +26,7 @@ import msgspec
 
 from pipeline.errors import (CheckpointFailed, DamagedState, OutputClosed, PathError, WriteFailed,
                              reason, writable_problem)
+from pipeline.state.trust import fsync_path
 
 WHAT = "output file"
 _json = msgspec.json.Encoder()
@@ -90,8 +91,8 @@ class ResumableFile:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             if length:
-                if not _holds(self.partial, length, crc):
-                    if not _holds(self.path, length, crc):
+                if not holds(self.partial, length, crc):
+                    if not holds(self.path, length, crc):
                         raise DamagedState(self.path, f"its first {length:,} bytes are not "
                                                       f"what the last checkpoint recorded")
                     shutil.copyfile(self.path, self.partial)  # a finished run, resumed
@@ -138,11 +139,7 @@ class ResumableFile:
         self.fh = None
         try:
             os.replace(self.partial, self.path)
-            fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(os.path.dirname(os.path.abspath(self.path)))
         except OSError as exc:
             raise self._failed(exc, self.path, "commit") from None
 
@@ -155,9 +152,12 @@ class ResumableFile:
                 pass  # only reached when the run is already failing or stopping
 
 
-def _holds(path: str, length: int, crc: int) -> bool:
-    """Whether `path` starts with `length` bytes whose CRC-32 is `crc`."""
+def holds(path: str, length: int, crc: int, exact: bool = False) -> bool:
+    """Whether `path` starts with `length` bytes whose CRC-32 is `crc` (and, if
+    `exact`, holds nothing more)."""
     try:
+        if exact and os.path.getsize(path) != length:
+            return False
         with open(path, "rb") as fh:
             value = 0
             left = length

@@ -17,10 +17,12 @@ def builtin_stages() -> list[type[Stage]]:
     from .json_decode import JsonDecode
     from .jsonl_output import JsonlOutput
     from .mutate import Mutate
+    from .parquet_output import ParquetOutput
     from .site_state_reducer import SiteStateReducer
     from .sorted_stdout_output import SortedStdoutOutput
     from .summary_json_output import SummaryJsonOutput
     from .where import Where
 
     return [FileInput, JsonDecode, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
-            SortedStdoutOutput, SummaryJsonOutput, JsonlOutput, CsvOutput]
+            SortedStdoutOutput, SummaryJsonOutput, JsonlOutput, CsvOutput,
+            ParquetOutput]

@@ -14,6 +14,19 @@ from pipeline.outputs import NEW, ResumableFile, Stdout, cell, encode_text
 TUPLES = ("summary-row", "count-row")
 
 
+def columns_problem(cols: list[str], given: tuple[str, ...], kind: str) -> str | None:
+    """What is wrong with an output's `columns` for the fields its records have (a
+    table output's check_fields): a column no record has, or, for records that are
+    tuples (written by position), a different number of columns."""
+    if kind in TUPLES:  # written by position: the columns only name them
+        if len(cols) != len(given):
+            return (f"{kind} records are {len(given)} values ({', '.join(given)}): give "
+                    f"{len(given)} columns, got {len(cols)}")
+        return None
+    missing = missing_fields(cols, given)
+    return f"column {missing}" if missing else None
+
+
 class CsvOutput(Output):
     """Write records as CSV with a header row.
 
@@ -43,14 +56,7 @@ class CsvOutput(Output):
     @classmethod
     def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
                      kind: str) -> str | None:
-        cols = options.get("columns", [])
-        if kind in TUPLES:  # written by position: the columns only name them
-            if len(cols) != len(given):
-                return (f"{kind} records are {len(given)} values ({', '.join(given)}): give "
-                        f"{len(given)} columns, got {len(cols)}")
-            return None
-        missing = missing_fields(cols, given)
-        return f"column {missing}" if missing else None
+        return columns_problem(options.get("columns", []), given, kind)
 
     def __init__(self, **options: Any):
         super().__init__(**options)

@@ -33,6 +33,8 @@ def path_of(name: str) -> tuple[str, ...]:
 
 def _step(value: Any, name: str, cache: dict[type, str | None]) -> Any:
     """The field `name` of one value (dict or struct), or _MISSING for anything else."""
+    if value is _MISSING:
+        return _MISSING
     if isinstance(value, dict):
         return value.get(name, _MISSING)
     cls = type(value)
@@ -90,12 +92,22 @@ def column(field: str) -> Callable[[list[Any]], list[Any]]:
     """A function batch -> [value of `field` in each record, or MISSING]; the same
     values as `getter(field)` record by record, read with C-level maps where the
     batch's record classes allow (dicts; structs, whose field or tag is per class)."""
+    if "." in field:  # a path: one name at a time, each over the whole column
+        steps = [column(name) for name in path_of(field)]
+
+        def along(batch: list[Any]) -> list[Any]:
+            values = batch
+            for step in steps:
+                values = step(values)
+            return values
+
+        return along
     get = getter(field)
-    if "." in field:
-        return lambda batch: list(map(get, batch))
     how: dict[type, tuple[str, Any]] = {}
 
     def kind(cls: type) -> tuple[str, Any]:
+        if cls is object:  # MISSING, where a path went through a missing field
+            return ("const", _MISSING)
         if issubclass(cls, dict):
             return ("dict", None)
         if issubclass(cls, msgspec.Struct):

@@ -28,6 +28,8 @@ VARIANTS = {  # the options each built-in is tried with
     "summary-json-output": [{"path": "out.json"}],
     "jsonl-output": [{"path": "out.jsonl"}],
     "csv-output": [{"path": "out.csv", "columns": ["type", "site_id", "n"]}],
+    "parquet-output": [{"path": "out.parquet", "columns": {"type": "json", "site_id": "json",
+                                                           "n": "auto"}}],
 }
 MAKES = {  # how to get records of each kind before the stage under test
     "lines": [],

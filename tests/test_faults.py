@@ -160,7 +160,7 @@ def inject(monkeypatch, point: str, fail: set[int], err: int) -> None:
         if calls[0] in fail:
             raise OSError(err, os.strerror(err))
     real_write, real_replace = ck.CheckpointStore._write_durably, os.replace
-    real_sync = ck._fsync_dir
+    real_sync = ck.fsync_path
 
     def write(self, path, pieces):
         if ((point == "segment" and "/seg-" in path)
@@ -179,7 +179,7 @@ def inject(monkeypatch, point: str, fail: set[int], err: int) -> None:
         return real_sync(path)
     monkeypatch.setattr(ck.CheckpointStore, "_write_durably", write)
     monkeypatch.setattr(ck.os, "replace", replace)
-    monkeypatch.setattr(ck, "_fsync_dir", sync)
+    monkeypatch.setattr(ck, "fsync_path", sync)
 
 
 @pytest.mark.parametrize("point, err, what", [

@@ -26,7 +26,8 @@ def test_builtins_are_registered_by_name():
     assert {n: reg.get(n).role.value for n in reg.names()} == {
         "aggregate": "reducer", "count": "reducer", "csv-output": "output",
         "dedupe": "reducer", "file-input": "input", "json-decode": "processor",
-        "jsonl-output": "output", "mutate": "processor", "site-state-reducer": "reducer",
+        "jsonl-output": "output", "mutate": "processor", "parquet-output": "output",
+        "site-state-reducer": "reducer",
         "sorted-stdout-output": "output", "summary-json-output": "output",
         "where": "processor"}
 

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from pipeline.errors import CheckpointFailed, DamagedState, OldState, reason
 from pipeline.stage import AppendOnly
-from pipeline.state.trust import check_trusted, make_private_dirs, open_private
+from pipeline.state.trust import check_trusted, fsync_path, make_private_dirs, open_private
 
 MAGIC = b"SLUICE-CHECKPOINT-2\n"  # 2: the classes a manifest names moved (engine/...)
 OLD = b"SLUICE-CHECKPOINT-"
@@ -55,14 +55,6 @@ class _Ref:
 
 class CorruptCheckpoint(Exception):
     pass
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointStore:
@@ -130,7 +122,7 @@ class CheckpointStore:
                 step("rename", "checkpoint file", final + ".tmp")
                 os.replace(final + ".tmp", final)
                 step("sync", "checkpoint directory", self.dir)
-                _fsync_dir(self.dir)
+                fsync_path(self.dir)
         finally:
             for piece in pieces:  # release the views so the arrays may grow again
                 if isinstance(piece, memoryview):
@@ -281,7 +273,7 @@ def write_checked_json(path: str, value: Any, durable: bool = True) -> None:
         os.replace(tmp, path)
         if durable:
             step("sync", "checkpoint directory", directory)
-            _fsync_dir(directory)
+            fsync_path(directory)
 
 
 def read_checked_json(path: str) -> Any:

@@ -58,3 +58,10 @@ def check_trusted(path: str, what: str) -> None:
             raise untrusted(w, p, problem)
 
 
+def fsync_path(path: str) -> None:
+    """fsync a file or a directory (after a rename in it) by its path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
