@@ -130,10 +130,13 @@ class KeyedReducer(Reducer):
         set `name`, each to the bucket its row went to; `io.strings()` reads them back."""
         if not longs:
             return
+        rows = np.flatnonzero(tags == keys.LONG)
+        triples = np.empty(len(rows), [("w0", "<u8"), ("w1", "<u8"), ("b", "<i8")])
+        triples["w0"], triples["w1"] = words[rows, 0], words[rows, 1]
+        triples["b"] = buckets[rows]
         by_bucket: dict[int, list[tuple[int, int, str]]] = {}
-        for i in np.flatnonzero(tags == keys.LONG).tolist():
-            key = (int(words[i, 0]), int(words[i, 1]))
-            by_bucket.setdefault(int(buckets[i]), []).append((*key, longs[key]))
+        for w0, w1, b in np.unique(triples).tolist():  # each string once per bucket
+            by_bucket.setdefault(b, []).append((w0, w1, longs[(w0, w1)]))
         for b, items in by_bucket.items():
             self._writer().add_objects(name, b, items)
 

@@ -100,9 +100,16 @@ def encode(values: list[str]) -> tuple[np.ndarray, np.ndarray, dict[tuple[int, i
         w, ok = _uuid_rows(text, len(u))
         words[u] = w
         tags[u] = np.where(ok, UUID, LONG)
-    for i in np.flatnonzero((blens > SHORT_MAX) & (tags != UUID)).tolist():
-        tags[i] = LONG
-        words[i] = _long(values[i], longs)
+    long_rows = np.flatnonzero((blens > SHORT_MAX) & (tags != UUID))
+    if len(long_rows):
+        tags[long_rows] = LONG
+        memo: dict[str, tuple[int, int]] = {}  # a batch repeats its long keys (groups)
+        for i in long_rows.tolist():
+            text = values[i]
+            key = memo.get(text)
+            if key is None:
+                key = memo[text] = _long(text, longs)
+            words[i] = key
     return words, tags, longs
 
 

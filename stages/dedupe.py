@@ -16,19 +16,25 @@ KEY_ROW = np.dtype([("w0", "<u8"), ("w1", "<u8"), ("order", "<u8"), ("tag", "u1"
 NO_KEY = 3  # a record without the field: always kept
 
 
-def dedupe_key(value: Any) -> str:
-    """A string that is equal for equal values: type first, an int as its decimal string."""
+TYPED = 0x80  # in a key row's tag: the key is a typed text below, not a string's own text
+
+
+def dedupe_key(value: Any) -> tuple[str, bool]:
+    """(text, typed): equal for equal values. A string (and an integer, as its decimal
+    string) is its own text, so an id that is a UUID keeps the compact UUID key; any
+    other value is a typed text (`f1.5`, `btrue`, `n`, `j[1]`) marked as typed, so that
+    it never equals a string with the same text."""
     if isinstance(value, str):
-        return "s" + value
+        return value, False
     if isinstance(value, bool):
-        return "b" + str(value)
+        return "b" + str(value), True
     if isinstance(value, int):
-        return "s" + str(value)
+        return str(value), False
     if isinstance(value, float):
-        return "f" + repr(value)
+        return "f" + repr(value), True
     if value is None:
-        return "n"
-    return "j" + msgspec.json.encode(value, order="sorted").decode()
+        return "n", True
+    return "j" + msgspec.json.encode(value, order="sorted").decode(), True
 
 
 class Dedupe(KeyedReducer):
@@ -67,11 +73,16 @@ class Dedupe(KeyedReducer):
             return
         values = [self.get(r) for r in batch]
         present = [v is not MISSING for v in values]
-        words, tags, longs = keys.encode([dedupe_key(v) if p else "" for v, p in
-                                          zip(values, present)])
+        if set(map(type, values)) == {str}:  # the usual case: string ids
+            texts, typed = values, np.zeros(n, np.uint8)
+        else:
+            pairs = [dedupe_key(v) if p else ("", False) for v, p in zip(values, present)]
+            texts = [t for t, _ in pairs]
+            typed = np.array([t for _, t in pairs], np.uint8) * np.uint8(TYPED)
+        words, tags, longs = keys.encode(texts)
         rows = np.empty(n, KEY_ROW)
         rows["w0"], rows["w1"] = words[:, 0], words[:, 1]
-        rows["tag"] = np.where(present, tags, NO_KEY)
+        rows["tag"] = np.where(present, tags | typed, NO_KEY)
         rows["order"] = order = self.orders(n)
         h = keys.mix(words[:, 0], words[:, 1], rows["tag"])
         h = np.where(present, h, keys.mix(order))  # spread records without the field

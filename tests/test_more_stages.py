@@ -123,3 +123,41 @@ def test_no_file_matches_glob(tmp_path):
     p = cli("-c", SUMMARY, "-f", str(tmp_path / "*.jsonl"), "--state-dir", str(tmp_path))
     assert p.returncode == 2
     assert p.stderr == f"sluice: error: no input file matches '{tmp_path / '*.jsonl'}'\n"
+
+
+DEDUPE_VALUES = [  # (value, the class it is equal to)
+    ("f1.5", "s:f1.5"), (1.5, "f:1.5"), ("n", "s:n"), (None, "null"), (5, "s:5"),
+    ("5", "s:5"), (True, "b:true"), ("bTrue", "s:bTrue"), ([1], "j:[1]"), ("j[1]", "s:j[1]"),
+    ({"b": 1, "a": 2}, "j:ab"), ({"a": 2, "b": 1}, "j:ab"), (-0.0, "f:-0.0"), (0.0, "f:0.0"),
+    ("b2e0af3e-1783-de60-5fa0-87d53ba1501c", "uuid"), ("B2E0AF3E-1783-DE60-5FA0-87D53BA1501C",
+                                                       "uuid-upper"),
+    ("x" * 40, "long"), ("x" * 40 + "y", "long2"), ("\U0001F600" * 5, "emoji"),
+    (2**70, "s:big"), (str(2**70), "s:big"),
+]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_dedupe_keeps_types_apart_against_a_plain_reference(tmp_path, seed):
+    """Strings keep their own text (UUIDs their compact key); other types are typed
+    texts that never equal a string: "f1.5" and 1.5, "n" and null, "bTrue" and true stay
+    apart, 5 and "5" are one value, objects compare with sorted keys. Checked against
+    a plain first-occurrence reference, in mixed and in all-string batches."""
+    import random
+    rnd = random.Random(seed)
+    picks = [rnd.randrange(len(DEDUPE_VALUES)) for _ in range(300)]
+    lines = [json.dumps({"n": i, "id": DEDUPE_VALUES[k][0]}) for i, k in enumerate(picks)]
+    strings = [i for i, k in enumerate(picks) if isinstance(DEDUPE_VALUES[k][0], str)]
+    lines += [json.dumps({"n": 1000 + i, "id": DEDUPE_VALUES[picks[i]][0]}) for i in strings]
+    seen, expected = set(), []
+    for line in lines:
+        rec = json.loads(line)
+        cls = next(c for v, c in DEDUPE_VALUES if v == rec["id"] and type(v) is type(rec["id"])
+                   and (not isinstance(v, float) or str(v) == str(rec["id"])))
+        if cls not in seen:
+            seen.add(cls)
+            expected.append(rec["n"])
+    cfg = pipeline(tmp_path, "  - json-decode: {schema: object}\n  - dedupe: {field: id}\n"
+                             "  - jsonl-output: {path: '-'}\n")
+    p = cli("-c", cfg, "-f", write(tmp_path, lines), "--state-dir", str(tmp_path / "s"))
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(x)["n"] for x in p.stdout.splitlines()] == expected

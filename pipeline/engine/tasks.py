@@ -32,7 +32,7 @@ from pipeline.stage import Input, Role, Stage
 from pipeline.state.checkpoint import CheckpointStore, read_checked_json, write_checked_json
 from pipeline.state.deadletter import DeadLetter
 
-STATE_VERSION = 4  # 3: checksums everywhere; 4: the engine's subpackages
+STATE_VERSION = 5  # 3: checksums; 4: the engine's subpackages; 5: dedupe's string keys
 RESULT_FILE = "result.json"
 
 
