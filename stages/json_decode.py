@@ -15,7 +15,7 @@ from pipeline import Batch, Option, Processor
 
 from .site_event import SITE_EVENT_FIELDS, SiteEventType
 
-CHUNK = 512  # lines decoded by one C-level map; a chunk with a bad line goes line by line
+CHUNK = 512  # lines decoded by one C-level map; after a bad line, the map goes on
 SCHEMAS: dict[str, Any] = {"site-event": SiteEventType, "object": dict}
 _AT = re.compile(r"^(.*?)(?: - at `\$((?:\.[^`]*)|(?:\[[^`]*))`)?$", re.S)
 _MISSING = re.compile(r"Object missing required field `([^`]*)`(?: - at `\$(.*)`)?")
@@ -155,8 +155,7 @@ class JsonDecode(Processor):
     def _decode(self, batch: Batch, out: list[Any], keep: list[Any]) -> None:
         """Blank lines and lines of invalid UTF-8 are found first (cheap C-level scans)
         and handled one by one; the lines between them are decoded in chunks by a
-        C-level map, each line on its own. A chunk that holds a bad line is decoded
-        again line by line, so only that line is rejected."""
+        C-level map, each line on its own; only a bad line is decoded by itself."""
         n = len(batch)
         # C-level scans (map/compress): a Python loop over every line costs more
         special = list(compress(range(n), map(not_, batch)))  # empty lines
@@ -175,15 +174,25 @@ class JsonDecode(Processor):
         self._span(batch, lo, n, out, keep)
 
     def _span(self, batch: Batch, lo: int, hi: int, out: list[Any], keep: list[Any]) -> None:
-        """Lines lo..hi, none of them blank or invalid UTF-8."""
+        """Lines lo..hi, none of them blank or invalid UTF-8. A C-level map decodes a
+        chunk into `out`; when a line fails, the lines before it are kept (extend()
+        appends as it goes), that line is decoded on its own (and rejected), and the map
+        goes on after it."""
         decode = self._one.decode
-        for a in range(lo, hi, CHUNK):
+        a = lo
+        while a < hi:
             b = min(a + CHUNK, hi)
+            start = len(out)
             try:
-                out += list(map(decode, batch[a:b]))  # all or nothing: a list first
+                out.extend(map(decode, batch[a:b]))
                 keep.append(np.arange(a, b, dtype=np.int64))
+                a = b
             except (msgspec.DecodeError, RecursionError):
-                keep.append([i for i in range(a, b) if self._decode_line(batch, i, out)])
+                bad = a + len(out) - start  # lines a..bad-1 were decoded
+                keep.append(np.arange(a, bad, dtype=np.int64))
+                if self._decode_line(batch, bad, out):
+                    keep.append([bad])
+                a = bad + 1
 
     def _decode_line(self, batch: Batch, i: int, out: list[Any]) -> bool:
         """Decode line i into `out`, or reject it; whether it became a record."""

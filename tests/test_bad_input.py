@@ -171,6 +171,39 @@ def test_many_bad_lines_in_one_block_keep_their_positions(run):
     assert r.out == f"1,messages=0,emails={300 - len(offsets)},operators=0,visitors=1\n"
 
 
+@pytest.mark.parametrize("bad_at", [
+    [0], [511], [512], [0, 1, 2], [5, 511, 512, 513, 1023, 1024, 1499], [1499],
+    list(range(0, 1500, 97)), list(range(700, 760))])
+def test_bad_lines_at_chunk_edges_keep_every_record_and_its_line(tmp_path, capsys, bad_at):
+    """json-decode maps 512 lines at a time and goes on after a bad line: bad lines
+    first, last, adjacent or at chunk edges lose no neighbour, and every record keeps
+    its own line, as a later stage's reject shows (mutate refuses odd timestamps)."""
+    lines = [f"bad {i}" if i in bad_at else
+             json.dumps({"id": i, "timestamp": "x" if i % 2 else i}) for i in range(1500)]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("pipeline:\n  - file-input: {path: in.jsonl}\n"
+                   "  - json-decode: {schema: object}\n"
+                   "  - mutate: {convert: {timestamp: int}}\n"
+                   f"  - jsonl-output: {{path: '{tmp_path / 'out.jsonl'}'}}\n")
+    assert main.main(["-c", str(cfg), "-f", str(tmp_path / "in.jsonl"),
+                      "--state-dir", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    out = [json.loads(x)["id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert out == [i for i in range(1500) if i not in bad_at and i % 2 == 0]
+    dead = [json.loads(x) for x in (tmp_path / "s" / "dead_letter.jsonl").read_text()
+            .splitlines()]
+    assert sorted(d["line"] for d in dead) == [i + 1 for i in range(1500)
+                                               if i in bad_at or i % 2]
+    for d in dead:
+        line = lines[d["line"] - 1]
+        if d["stage"] == "json-decode":
+            assert d["raw"] == line
+        else:  # mutate writes the record it was given
+            assert (d["stage"], json.loads(d["raw"])) == ("mutate", json.loads(line))
+        assert d["offset"] == sum(len(x) + 1 for x in lines[:d["line"] - 1])
+
+
 def test_strict_stops_at_first_rejected_line(run):
     """--strict: the first rejected line stops the run with exit 1, naming line and reason."""
     r = run([GOOD[0], GOOD[1], "[1]", "{"], "--strict")
