@@ -32,7 +32,7 @@ import numpy as np
 from pipeline import keys
 from pipeline.errors import Stopped
 from pipeline.stage import Batch, Reducer
-from pipeline.state.spill import Sets, SpillReader, SpillWriter
+from pipeline.state.spill import Codec, Sets, SpillReader, SpillWriter  # noqa: F401 (Codec: for reducers)
 
 ORDER_BITS = 40
 RESULT = "__result__"   # the object set holding a last phase's (key, record) pairs
@@ -83,7 +83,7 @@ class ReduceIO:
 class KeyedReducer(Reducer):
     """Base of reducers whose state lives in spill files; see the module docstring.
 
-    Declare `spills` (set name -> numpy dtype, or None for pickled objects), `phases`
+    Declare `spills` (set name -> numpy dtype, a Codec, or None: pickled), `phases`
     (reduce passes; a phase may read the sets of the map side and of earlier phases) and
     `reduce_row_bytes` (peak memory per spilled row while one bucket is reduced, which
     sizes the buckets). `snapshot()`/`restore()` already cover the spill files; a
@@ -91,6 +91,8 @@ class KeyedReducer(Reducer):
     """
 
     spills: ClassVar[Sets] = {}
+    result_codec: ClassVar[Any] = None  # how the last phase's (key, record) pairs are
+    #                                     stored: a Codec, or None (pickled)
     phases: ClassVar[int] = 1
     reduce_row_bytes: ClassVar[int] = 256
 
@@ -116,7 +118,7 @@ class KeyedReducer(Reducer):
 
     @classmethod
     def all_sets(cls) -> Sets:
-        return {**cls.spills, RESULT: None}
+        return {**cls.spills, RESULT: cls.result_codec}
 
     def _writer(self) -> SpillWriter:
         if self.spill is None:  # used on its own (tests): a private scratch directory

@@ -8,10 +8,55 @@ import numpy as np
 
 from pipeline import SAME, Batch, Option, keys
 from pipeline.contracts import missing_fields
-from pipeline.keyed import KeyedReducer, ReduceIO
+from pipeline.keyed import Codec, KeyedReducer, ReduceIO
 
 from .fields import MISSING, getter
+from .site_event import Message, SiteEventType, Status
 
+class Records(Codec):
+    """A bucket's records: site-event structs as typed msgpack (a fifth of the time a
+    pickle of them takes, both ways, and exact: the same structs come back), anything
+    else (object records, a plugin's records, a timestamp beyond 64 bits) pickled."""
+
+    _pack = msgspec.msgpack.Encoder().encode
+    _unpack = msgspec.msgpack.Decoder(list[SiteEventType]).decode
+
+    def encode(self, objects: list[Any]) -> bytes:
+        if set(map(type, objects)) <= _STRUCTS:
+            try:
+                return b"M" + self._pack(objects)
+            except (OverflowError, TypeError, ValueError):
+                pass
+        return b"P" + super().encode(objects)
+
+    def decode(self, data: bytes) -> list[Any]:
+        view = memoryview(data)[1:]
+        return self._unpack(view) if data[:1] == b"M" else super().decode(view)
+
+
+class Results(Codec):
+    """The (file order, record) pairs dedupe's reduce keeps: the orders as one uint64
+    array, the records as Records stores them."""
+
+    def encode(self, pairs: list[Any]) -> bytes:
+        try:
+            orders = np.fromiter((k for k, _ in pairs), np.uint64, len(pairs))
+        except (OverflowError, TypeError, ValueError):
+            return b"P" + super().encode(pairs)
+        return (b"O" + len(pairs).to_bytes(8, "little") + orders.tobytes()
+                + _RECORDS.encode([r for _, r in pairs]))
+
+    def decode(self, data: bytes) -> list[Any]:
+        view = memoryview(data)
+        if data[:1] != b"O":
+            return super().decode(view[1:])
+        n = int.from_bytes(view[1:9], "little")
+        orders = np.frombuffer(view[9:9 + 8 * n], np.uint64).tolist()
+        return list(zip(orders, _RECORDS.decode(view[9 + 8 * n:])))
+
+
+_STRUCTS = {Message, Status}
+_RECORDS = Records()
 KEY_ROW = np.dtype([("w0", "<u8"), ("w1", "<u8"), ("order", "<u8"), ("tag", "u1")])
 NO_KEY = 3  # a record without the field: always kept
 
@@ -53,7 +98,8 @@ class Dedupe(KeyedReducer):
     accepts = ("object", "site-event")
     produces = SAME
     options = (Option("field", str, doc="field whose repeats are dropped"),)
-    spills = {"keys": KEY_ROW, "records": None, "longs": None}
+    spills = {"keys": KEY_ROW, "records": _RECORDS, "longs": None}
+    result_codec = Results()
     reports = ("duplicates",)
     reduce_row_bytes = 800
 

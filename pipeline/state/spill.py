@@ -11,7 +11,7 @@ and then appends one *frame* per (set, bucket) to its data file:
                     index up to there (checksummed JSON)
 
 A *set* is one kind of row (the summary reducer writes "ids" and "sites"); each set
-has a numpy dtype, or None for pickled Python objects. Every map task and every reduce
+has a numpy dtype, or None for pickled Python objects (or a Codec of its own). Every map task and every reduce
 task has its own writer, and a writer only appends, so the files are their own
 checkpoint: `mark()` flushes and fsyncs both and returns their lengths, a checkpoint
 records them, and `restore(mark)` cuts the files back after a crash. Nothing is ever
@@ -49,7 +49,29 @@ from pipeline.state.trust import check_trusted, make_private_dirs, open_private
 INDEX = np.dtype([("set", "u1"), ("bucket", "<u4"), ("offset", "<u8"), ("nbytes", "<u8"),
                   ("nrows", "<u8"), ("crc", "<u4")])
 DATA, IDX, SEAL = "spill.dat", "spill.idx", "spill.seal"
-Sets = dict[str, Any]  # set name -> numpy dtype, or None for pickled objects
+Sets = dict[str, Any]  # set name -> numpy dtype, a Codec, or None for pickled objects
+
+
+class Codec:
+    """How an object set's frames are stored: by default, the list pickled. A reducer
+    may declare a set with its own codec (a compact form for its usual records); its
+    frames are still read only from a trusted file, since a codec may fall back on a
+    pickle."""
+
+    def encode(self, objects: list[Any]) -> bytes:
+        return pickle.dumps(objects, protocol=5)
+
+    def decode(self, data: bytes) -> list[Any]:
+        return pickle.loads(data)
+
+
+PICKLE = Codec()
+
+
+def _set_kinds(sets: Sets) -> dict[str, Any]:
+    """Each set's numpy dtype, or its Codec (PICKLE for None)."""
+    return {name: PICKLE if dt is None else dt if isinstance(dt, Codec) else np.dtype(dt)
+            for name, dt in sets.items()}
 
 
 class SpillWriter:
@@ -58,8 +80,9 @@ class SpillWriter:
     def __init__(self, directory: str, sets: Sets, nbuckets: int,
                  buffer_bytes: int = 8 << 20):
         self.dir = directory
-        self.sets = {name: (np.dtype(dt) if dt is not None else None) for name, dt in sets.items()}
+        self.sets = _set_kinds(sets)
         self.set_ids = {name: i for i, name in enumerate(self.sets)}
+        self.codecs = {i: kind for i, kind in enumerate(self.sets.values())}
         self.nbuckets = nbuckets
         self.buffer_bytes = buffer_bytes
         self.pending: dict[tuple[int, int], list[Any]] = {}
@@ -155,7 +178,7 @@ class SpillWriter:
                     nrows = sum(len(p) for p in pieces)
                 else:
                     objects = [o for p in pieces for o in p]
-                    data, nrows = pickle.dumps(objects, protocol=5), len(objects)
+                    data, nrows = self.codecs[sid].encode(objects), len(objects)
                 fh.write(data)
                 entries[i] = (sid, bucket, offset, len(data), nrows, zlib.crc32(data))
                 offset += len(data)
@@ -212,7 +235,7 @@ class SpillReader:
     writer's seal (its last mark) covers, verified (see the module docstring)."""
 
     def __init__(self, directories: list[str], sets: Sets):
-        self.sets = {name: (np.dtype(dt) if dt is not None else None) for name, dt in sets.items()}
+        self.sets = _set_kinds(sets)
         self.set_ids = {name: i for i, name in enumerate(self.sets)}
         self.writers: list[tuple[str, np.ndarray]] = []
         self.trusted: set[str] = set()
@@ -265,14 +288,15 @@ class SpillReader:
         """Each frame of one bucket in order: a numpy array, or a list of objects."""
         dtype = self.sets[name]
         for path, hit in self._entries(name, bucket):
-            if dtype is None and path not in self.trusted:  # pickles: see the docstring
+            objects = isinstance(dtype, Codec)
+            if objects and path not in self.trusted:  # pickles: see the docstring
                 check_trusted(path, "spill file")
                 self.trusted.add(path)
             with open(path, "rb") as fh:
                 for e in hit:
                     data = _frame(fh, path, e)
-                    if dtype is None:
-                        yield pickle.loads(data)
+                    if objects:
+                        yield dtype.decode(data)
                     elif len(data) != int(e["nrows"]) * dtype.itemsize:
                         raise DamagedState(path, f"the frame at byte {int(e['offset']):,} "
                                                  f"does not hold {int(e['nrows']):,} rows")
@@ -292,7 +316,7 @@ class SpillReader:
         """All rows of one bucket: one array (or one list), writers in order."""
         dtype = self.sets[name]
         parts = list(self.frames(name, bucket))
-        if dtype is None:
+        if isinstance(dtype, Codec):
             return [o for p in parts for o in p]
         if not parts:
             return np.zeros(0, dtype)
