@@ -237,12 +237,14 @@ def reduce_buckets(stage: KeyedReducer, phase: int, buckets: Iterable[int], inpu
             if last and result is not None:
                 chunk: list[Any] = []
                 for pair in result:
-                    io.count("_results", 1)
                     chunk.append(pair)
                     if len(chunk) >= RESULT_FRAME:
+                        io.count("_results", len(chunk))
                         writer.add_objects(RESULT, b, chunk)
                         writer.flush()
                         chunk = []
+                if chunk:
+                    io.count("_results", len(chunk))
                 writer.add_objects(RESULT, b, chunk)
                 writer.flush()
         writer.mark(durable=durable)

@@ -10,7 +10,7 @@ from pipeline import SAME, Batch, Option, keys
 from pipeline.contracts import missing_fields
 from pipeline.keyed import Codec, KeyedReducer, ReduceIO
 
-from .fields import MISSING, getter
+from .fields import MISSING, column
 from .site_event import Message, SiteEventType, Status
 
 class Records(Codec):
@@ -111,13 +111,13 @@ class Dedupe(KeyedReducer):
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.get = getter(self.field)
+        self.values = column(self.field)
 
     def update(self, batch: Batch) -> None:
         n = len(batch)
         if not n:
             return
-        values = [self.get(r) for r in batch]
+        values = self.values(batch)
         present = [v is not MISSING for v in values]
         if set(map(type, values)) == {str}:  # the usual case: string ids
             texts, typed = values, np.zeros(n, np.uint8)
@@ -152,4 +152,5 @@ class Dedupe(KeyedReducer):
                                   w0[keyed], w1[keyed], tag[keyed])
         keep[keyed[first]] = True  # rows are in file order: the earliest of each value
         io.count("duplicates", len(rows) - int(keep.sum()))
-        return [(int(rows["order"][i]), records[i]) for i in np.flatnonzero(keep).tolist()]
+        kept = np.flatnonzero(keep)
+        return list(zip(rows["order"][kept].tolist(), map(records.__getitem__, kept.tolist())))
