@@ -32,7 +32,7 @@ import numpy as np
 from pipeline import keys
 from pipeline.errors import Stopped
 from pipeline.stage import Batch, Reducer
-from pipeline.state.spill import Codec, Sets, SpillReader, SpillWriter  # noqa: F401 (Codec: for reducers)
+from pipeline.state.spill import Codec, Sets, SpillReader, SpillWriter  # noqa: F401 (Codec)
 
 ORDER_BITS = 40
 RESULT = "__result__"   # the object set holding a last phase's (key, record) pairs

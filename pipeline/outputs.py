@@ -40,10 +40,16 @@ def cell(value: Any) -> str:
         return value
     if value is None:
         return ""
+    return json_text(value)
+
+
+def json_text(value: Any) -> str:
+    """A value's compact JSON text (`[1,"a"]`, a string quoted); text UTF-8 cannot hold
+    (a lone surrogate) is written escaped, `"\\udc80"`, which JSON reads back as it was."""
     try:
         return _json.encode(value).decode("utf-8")
     except (TypeError, UnicodeEncodeError, OverflowError):  # a lone surrogate inside
-        return json.dumps(msgspec.to_builtins(value), ensure_ascii=True)
+        return json.dumps(msgspec.to_builtins(value), ensure_ascii=True, separators=(",", ":"))
 
 
 def encode_text(text: str) -> bytes:
@@ -152,24 +158,29 @@ class ResumableFile:
                 pass  # only reached when the run is already failing or stopping
 
 
+def file_crc(path: str, length: int | None = None) -> tuple[int, int]:
+    """(bytes read, CRC-32 of them): the first `length` bytes of `path`, or all of it;
+    fewer bytes read than `length` means the file is shorter."""
+    value = read = 0
+    with open(path, "rb") as fh:
+        while length is None or read < length:
+            block = fh.read(1 << 20 if length is None else min(length - read, 1 << 20))
+            if not block:
+                break
+            value = zlib.crc32(block, value)
+            read += len(block)
+    return read, value
+
+
 def holds(path: str, length: int, crc: int, exact: bool = False) -> bool:
     """Whether `path` starts with `length` bytes whose CRC-32 is `crc` (and, if
     `exact`, holds nothing more)."""
     try:
         if exact and os.path.getsize(path) != length:
             return False
-        with open(path, "rb") as fh:
-            value = 0
-            left = length
-            while left:
-                block = fh.read(min(left, 1 << 20))
-                if not block:
-                    return False
-                value = zlib.crc32(block, value)
-                left -= len(block)
+        return file_crc(path, length) == (length, crc)
     except FileNotFoundError:
         return False
-    return value == crc
 
 
 class Stdout:

@@ -55,6 +55,26 @@ class Option:
         return self.default is ...
 
 
+def bind_options(target: Any, declared: tuple[Option, ...], given: dict[str, Any],
+                 owner: str) -> list[Option]:
+    """Set each given option as an attribute of `target` (an option not declared is a
+    TypeError naming `owner`) and each absent one to its default; returns the required
+    options that were not given (their attributes are left unset)."""
+    names = {o.name for o in declared}
+    for key, value in given.items():
+        if key not in names:
+            raise TypeError(f"{owner}: unknown option {key!r}")
+        setattr(target, key, value)
+    missing = []
+    for opt in declared:
+        if opt.name not in given:
+            if opt.required:
+                missing.append(opt)
+            else:
+                setattr(target, opt.name, opt.default)
+    return missing
+
+
 def positive(value: Any) -> str | None:
     return None if value > 0 else f"must be > 0; got {value!r}"
 
@@ -112,16 +132,9 @@ class Stage:
 
     def __init__(self, **options: Any):
         self._options = dict(options)  # as configured: what a copy of it is built with
-        declared = {o.name: o for o in self.options}
-        for key, value in options.items():
-            if key not in declared:
-                raise TypeError(f"stage {self.name!r}: unknown option {key!r}")
-            setattr(self, key, value)
-        for opt in self.options:
-            if opt.name not in options:
-                if opt.required:
-                    raise TypeError(f"stage {self.name!r}: missing option {opt.name!r}")
-                setattr(self, opt.name, opt.default)
+        missing = bind_options(self, self.options, options, f"stage {self.name!r}")
+        if missing:
+            raise TypeError(f"stage {self.name!r}: missing option {missing[0].name!r}")
         self.ctx: Any = None
 
     @classmethod

@@ -11,7 +11,7 @@ import msgspec
 
 from pipeline import Batch, Option, Output, a_path, positive_at_most
 from pipeline.errors import DamagedState, PathError, WriteFailed, reason, writable_problem
-from pipeline.outputs import fsync_path, holds, json_lines
+from pipeline.outputs import file_crc, fsync_path, holds, json_lines, json_text
 
 from .csv_output import columns_problem
 from .fields import MISSING, column, json_type
@@ -39,57 +39,31 @@ def _arrow_type(name: str) -> Any:
             "float": pa.float64(), "bool": pa.bool_()}[name]
 
 
-def infer(values: list[Any]) -> str:
-    """The type of a column from its values (None: null or missing, skipped): bool,
-    int (every value an integer within int64), float (numbers, the integers among them
-    exact as doubles), string, else json; AUTO while there is no value yet."""
-    kinds = {v.__class__ for v in values} - {None.__class__, MISSING.__class__}
-    if not kinds:
-        return AUTO
-    if kinds == {bool}:
-        return "bool"
-    if kinds == {str}:
-        return "string"
-    if kinds <= {int, float}:
-        ints = [v for v in values if v.__class__ is int]
-        if kinds == {int} and all(INT64[0] <= v <= INT64[1] for v in ints):
-            return "int"
-        if all(-EXACT_FLOAT <= v <= EXACT_FLOAT for v in ints):
-            return "float"
-    return "json"
-
-
-def _fits(kind: str, v: Any) -> bool:
-    """Whether a value (not null) can be stored in a column of type `kind` exactly."""
-    cls = v.__class__
-    if kind == "json":
-        return True
-    if kind == "string":
-        return cls is str
-    if kind == "bool":
-        return cls is bool
-    if kind == "int":
-        return cls is int and INT64[0] <= v <= INT64[1]
-    return cls is float or (cls is int and -EXACT_FLOAT <= v <= EXACT_FLOAT)
-
-
 _NULLS = {None.__class__, MISSING.__class__}
-_ONLY = {"string": {str} | _NULLS, "bool": {bool} | _NULLS, "float": {float} | _NULLS}
 
 
-def _all_fit(kind: str, values: list[Any]) -> bool:
-    """Whether every value of a column fits its type: one look at the classes, but
-    for integers (whose range matters)."""
+def fits(kind: str, values: list[Any]) -> bool:
+    """Whether a column of type `kind` holds every value exactly (nulls and missing
+    fields always fit): one look at the classes, and at the range of the integers."""
     if kind == "json":
         return True
-    classes = {v.__class__ for v in values}
-    if kind in _ONLY and classes <= _ONLY[kind]:
-        return True
-    if kind in ("string", "bool") or not classes <= ({int, float} if kind == "float" else {int}) | _NULLS:
+    classes = {v.__class__ for v in values} - _NULLS
+    if kind in ("string", "bool"):
+        return classes <= {str if kind == "string" else bool}
+    if not classes <= ({int, float} if kind == "float" else {int}):
         return False
     ints = [v for v in values if v.__class__ is int]
     lo, hi = (-EXACT_FLOAT, EXACT_FLOAT) if kind == "float" else INT64
     return not ints or (lo <= min(ints) and max(ints) <= hi)
+
+
+def infer(values: list[Any]) -> str:
+    """The type of a column from its values: the first of bool, string, int (every
+    value an integer within int64), float (numbers, the integers among them exact as
+    doubles) that holds them all, else json; AUTO while there is no value yet."""
+    if not {v.__class__ for v in values} - _NULLS:
+        return AUTO
+    return next((k for k in ("bool", "string", "int", "float") if fits(k, values)), "json")
 
 
 def _describe(kind: str) -> str:
@@ -120,8 +94,8 @@ class ParquetOutput(Output):
     drops any later one, so no row is written twice. At the end the parts are merged
     into one file of `row_group_rows`-row groups, whose bytes do not depend on where a
     run was stopped, and renamed to PATH; PATH is never touched before. With `--follow`
-    the file appears when the run stops. Standard output is not possible: Parquet's
-    footer comes last.
+    the file appears at each emission of a reducer before it, and when the run stops.
+    Standard output is not possible: Parquet's footer comes last.
     """
 
     name = "parquet-output"
@@ -239,7 +213,7 @@ class ParquetOutput(Output):
         os.makedirs(self.dir)
         dest = os.path.join(self.dir, _part(0))
         shutil.copyfile(self.path, dest)
-        self.state["parts"] = [(_part(0), *_size_crc(dest))]
+        self.state["parts"] = [(_part(0), *file_crc(dest))]
 
     # --- rows --------------------------------------------------------------------
 
@@ -260,10 +234,10 @@ class ParquetOutput(Output):
                 if kind == AUTO:
                     continue
                 self.types[j] = kind
-            if _all_fit(kind, values):
+            if fits(kind, values):
                 continue
             for i, v in enumerate(values):
-                if i not in bad and v is not None and v is not MISSING and not _fits(kind, v):
+                if i not in bad and not fits(kind, [v]):
                     got = json_type(v, article=True)
                     if v.__class__ is int and kind in ("int", "float"):
                         got = f"{v}, " + ("beyond int64" if kind == "int" else
@@ -299,7 +273,7 @@ class ParquetOutput(Output):
                 converted.append(values)
                 continue
             if kind == "json":
-                values = json_texts(values)
+                values = [None if v is None else json_text(v) for v in values]
             elif kind == "float":
                 values = [float(v) if v.__class__ is int else v for v in values]
             try:
@@ -350,7 +324,7 @@ class ParquetOutput(Output):
         try:
             writer.close()
             fsync_path(path)
-            self.state["parts"] = self.state["parts"] + [(self.writer_name, *_size_crc(path))]
+            self.state["parts"] = self.state["parts"] + [(self.writer_name, *file_crc(path))]
         except OSError as exc:
             raise self._failed(exc, path) from None
 
@@ -409,16 +383,6 @@ class ParquetOutput(Output):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def json_texts(values: list[Any]) -> list[str | None]:
-    """Each value's JSON text, for a `json` column (a string is quoted: `"a"`)."""
-    encode = _encoder.encode
-    try:
-        return [None if v is None else encode(v).decode() for v in values]
-    except (TypeError, UnicodeEncodeError, OverflowError):  # a lone surrogate inside
-        return [None if v is None else json_lines([v]).rstrip(b"\n").decode()
-                for v in values]
-
-
 def _content(rows: list[tuple[Any, ...]], crc: int) -> int:
     """The CRC-32 of rows as JSON text, each followed by a comma, after conversion to
     the column types: what a finished file is checked against (its rows read back are
@@ -426,11 +390,3 @@ def _content(rows: list[tuple[Any, ...]], crc: int) -> int:
     if not rows:
         return crc
     return zlib.crc32(_encoder.encode(rows)[1:-1] + b",", crc)
-
-
-def _size_crc(path: str) -> tuple[int, int]:
-    crc = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            crc = zlib.crc32(block, crc)
-        return fh.tell(), crc

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, ClassVar
 
-from pipeline.stage import Option
+from pipeline.stage import Option, bind_options
 
 Progress = Callable[[int, int], None]  # (bytes, lines) read so far, over all tasks
 MIN_PARTITION_BYTES = 32 << 20  # below this a default run stays in one process
@@ -22,14 +22,8 @@ class Executor:
         self.workers = workers
         self.slot = slot      # the run's state directory: for logs and stop files
         self.stop = stop      # the run's stop request: `stop.is_set()`
-        declared = {o.name: o for o in self.options}
-        for key, value in options.items():
-            if key not in declared:
-                raise TypeError(f"executor {self.name!r}: unknown option {key!r}")
-            setattr(self, key, value)
-        for opt in self.options:
-            if opt.name not in options:
-                setattr(self, opt.name, None if opt.required else opt.default)
+        for opt in bind_options(self, self.options, options, f"executor {self.name!r}"):
+            setattr(self, opt.name, None)  # a required option not given: unset
 
     # -- sizing -------------------------------------------------------------------------
     @classmethod
