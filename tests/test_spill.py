@@ -67,3 +67,32 @@ def test_restore_refuses_files_shorter_than_the_mark(tmp_path):
     with pytest.raises(CorruptCheckpoint, match=r"spill.dat has 5 bytes; the checkpoint "
                                                 r"recorded 36"):
         SpillWriter(str(tmp_path), SETS, 1).restore(mark)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_merging_result_frames_gives_heapq_merge_order(seed):
+    """Result frames of all buckets merge, a frame at a time, into exactly the order a
+    pair-at-a-time heapq.merge gives: keys unique across buckets, repeated within one,
+    empty frames and empty buckets, frames cut anywhere."""
+    import heapq
+    import random
+    from operator import itemgetter
+
+    from pipeline.keyed import merge_sorted_frames
+
+    rnd = random.Random(seed)
+    pool = rnd.sample(range(1000), 200)
+    streams = []
+    for s in range(rnd.randint(0, 6)):
+        own = sorted(pool[s::6] * rnd.randint(1, 2))  # a key in one stream only
+        pairs = [(k, (s, i)) for i, k in enumerate(own)]
+        frames, i = [], 0
+        while i < len(pairs):
+            n = rnd.randint(0, 5)
+            frames.append(pairs[i:i + n])
+            i += n
+        streams.append(frames)
+    want = list(heapq.merge(*[(p for f in fr for p in f) for fr in streams],
+                            key=itemgetter(0)))
+    got = [p for out in merge_sorted_frames([iter(fr) for fr in streams]) for p in out]
+    assert got == want
