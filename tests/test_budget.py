@@ -83,3 +83,30 @@ def test_memory_budget_too_small_is_one_line(tmp_path):
                                "needs about ")
     assert p.stderr.endswith(" MB here\n")
     assert not os.path.exists(tmp_path / "dead_letter.jsonl")
+
+
+def test_a_run_collects_garbage_less_often_and_puts_the_thresholds_back(run):
+    """While a run (and each task) works, the cyclic collector runs at GC_THRESHOLDS;
+    afterwards a program that ran it in-process has its own thresholds again."""
+    import gc
+
+    from pipeline.engine import budget
+
+    seen = []
+    real = budget.Budget.fit
+
+    def fit(*args, **kw):  # called inside the run
+        seen.append(gc.get_threshold())
+        return real(*args, **kw)
+    before = gc.get_threshold()
+    gc.set_threshold(1234, 5, 6)
+    try:
+        budget.Budget.fit = fit
+        result = run([json.dumps({"id": "a", "type": "message", "site_id": "1", "from": "v",
+                                  "timestamp": 1, "data": {"message": "m"}})])
+        assert result.rc == 0, result.err
+        assert seen == [budget.GC_THRESHOLDS]
+        assert gc.get_threshold() == (1234, 5, 6)
+    finally:
+        budget.Budget.fit = real
+        gc.set_threshold(*before)

@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from pipeline.config import PipelineConfig
-from pipeline.engine.budget import Budget, own_rss
+from pipeline.engine.budget import Budget, fewer_collections, own_rss
 from pipeline.engine.emit import check_follow, emit
 from pipeline.engine.options import (DEFAULT_EMIT_SECONDS, DEFAULT_MEMORY_MB, JobOptions,
                                      checkpoint_enabled, every)
@@ -41,7 +41,7 @@ from pipeline.state.slot import SlotLock, clear_slot, slot_dir
 def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
     """Run the pipeline; SIGINT/SIGTERM stop it at a batch boundary, checkpointed."""
     request = StopRequest()
-    with stop_on_signals(request):
+    with stop_on_signals(request), fewer_collections():
         try:
             report = _start(cfg, opts, request)
             for spec in cfg.stages:  # what the stages say they count, even if 0

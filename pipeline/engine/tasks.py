@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pipeline.config import PipelineConfig
+from pipeline.engine.budget import fewer_collections
 from pipeline.engine.report import collect_counters
 from pipeline.engine.results import Capture
 from pipeline.engine.resume import Checkpointer, open_slot, resumed_records
@@ -121,11 +122,13 @@ def do_task(settings: RunSettings, task: Any, env: Env | None = None) -> dict[st
     fd = os.open(task.dir + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        if isinstance(task, MapTask):
-            return _do_map(settings, task, env)
-        return _do_reduce(settings, task, env)
+        with fewer_collections():  # in a worker process too
+            if isinstance(task, MapTask):
+                return _do_map(settings, task, env)
+            return _do_reduce(settings, task, env)
     finally:
         os.close(fd)
+
 
 
 def map_stages(settings: RunSettings, task: MapTask, source: Input
