@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from pipeline.contracts import check_destinations, check_fields, check_kinds
+from pipeline.contracts import check_destinations, check_fields, check_kinds, given_kinds
 from pipeline.errors import ConfigError
 from pipeline.registry import Registry
-from pipeline.stage import Role, Option, Stage
+from pipeline.stage import ANY, Role, Option, Stage
 from pipeline.yamlsafe import YamlDoc
 
 TOP_LEVEL = {
@@ -51,10 +51,13 @@ class StageSpec:
     line: int
     option_lines: dict[str, int] = field(default_factory=dict)
     branch: str | None = None  # the fork branch it is in, if any
+    given: str = ANY  # the kind of records it is given, as the loader worked it out
 
     def build(self) -> Stage:
         """A new instance, for work that keeps state (a map task's stages, an output)."""
-        return self.cls(**self.options)
+        stage = self.cls(**self.options)
+        stage.given = self.given
+        return stage
 
     def instance(self) -> Stage:
         """One instance per process, built on first use, for what needs none of its
@@ -228,6 +231,8 @@ def _parse(ld: YamlDoc, registry: Registry) -> PipelineConfig:
             cfg.stages.append(_stage(ld, item, registry))
     check_wiring(cfg)
     check_kinds(cfg)
+    for i, kind in given_kinds(cfg).items():
+        cfg.stages[i].given = kind
     check_fields(cfg)
     check_destinations(cfg)
     return cfg

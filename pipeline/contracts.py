@@ -51,6 +51,12 @@ def edge_kinds(cfg: PipelineConfig) -> dict[int, str]:
     return _walk(cfg, lambda spec, given: spec.cls.output_kind(spec.options, given), ANY)
 
 
+def given_kinds(cfg: PipelineConfig) -> dict[int, str]:
+    """The kind of records each stage but the input is given (by index)."""
+    produced = edge_kinds(cfg)
+    return {i: produced[before] for before, i in _pairs(cfg)}
+
+
 def check_kinds(cfg: PipelineConfig) -> None:
     """Each stage accepts what the stage before it produces, or the config is refused."""
     produced = edge_kinds(cfg)

@@ -102,7 +102,8 @@ ANY, SAME = "any", "same"
 Fields = Optional[Tuple[str, ...]]  # the fields of records, when a config tells them
 KINDS = {
     "lines": "raw lines of text, as bytes (file-input)",
-    "object": "decoded JSON objects, as dicts",
+    "object": "decoded JSON objects: dicts of JSON values (str, int, float, bool, None, "
+              "list, dict)",
     "site-event": "chat-log records (json-decode's site-event schema)",
     "summary-row": "(site_id, messages, emails, operators, visitors) tuples",
     "count-row": "(value, count) tuples",
@@ -124,6 +125,7 @@ class Stage:
     accepts: ClassVar[tuple[str, ...]] = (ANY,)
     produces: ClassVar[str] = ANY
     reports: ClassVar[tuple[str, ...]] = ()  # counters the final line shows, even at 0
+    given: str = ANY  # the kind of records it is given in this pipeline, set by the engine
 
     @classmethod
     def output_kind(cls, options: dict[str, Any], given: str) -> str:

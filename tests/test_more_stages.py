@@ -161,3 +161,43 @@ def test_dedupe_keeps_types_apart_against_a_plain_reference(tmp_path, seed):
     p = cli("-c", cfg, "-f", write(tmp_path, lines), "--state-dir", str(tmp_path / "s"))
     assert p.returncode == 0, p.stderr
     assert [json.loads(x)["n"] for x in p.stdout.splitlines()] == expected
+
+
+VALUES = [  # every JSON type, nested, at the edges of msgpack's and JSON's ranges
+    -0.0, 0.0, 1.5e300, -(2**63), 2**64 - 1, None, True, False, "", "\U0001F600 é",
+    "x" * 5000, [], {}, [1, [2.5, None, {"k": "v"}]], {"z": 1, "a": {"b": [True, -0.0]}},
+]
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_dedupe_gives_back_object_records_exactly(tmp_path, big):
+    """Object records come out of dedupe exactly as they went in, value for value and
+    type for type, through its spills (msgpack for JSON values; with an integer beyond
+    64 bits in a batch, that batch's frames are pickled): the same text as writing the
+    first occurrences without dedupe."""
+    import random
+    rnd = random.Random(7)
+    lines = []
+    for i in range(3000):
+        record = {"id": f"k{rnd.randrange(2000)}", "n": i,
+                  "v": rnd.choice(VALUES), "w": {"x": rnd.choice(VALUES)}}
+        if big and i % 1000 == 999:
+            record["w"]["x"] = 2**70 + i
+        lines.append(json.dumps(record))
+    seen, first = set(), []
+    for line in lines:
+        key = json.loads(line)["id"]
+        if key not in seen:
+            seen.add(key)
+            first.append(line)
+    out = "  - jsonl-output: {path: '-'}\n"
+    deduped = cli("-c", pipeline(tmp_path, "  - json-decode: {schema: object}\n"
+                                           "  - dedupe: {field: id}\n" + out),
+                  "-f", write(tmp_path, lines), "--state-dir", str(tmp_path / "s"),
+                  env={"SLUICE_TEST_BUCKET_KB": "64"})
+    (tmp_path / "first").mkdir()
+    plain = cli("-c", pipeline(tmp_path / "first", "  - json-decode: {schema: object}\n" + out),
+                "-f", write(tmp_path / "first", first), "--state-dir", str(tmp_path / "p"))
+    assert deduped.returncode == plain.returncode == 0, deduped.stderr + plain.stderr
+    assert deduped.stdout == plain.stdout
+    assert len(deduped.stdout.splitlines()) == len(first)
