@@ -1,8 +1,24 @@
 #!/usr/bin/env python3
-"""Benchmark the summary job against DuckDB on the same generated log, in one run.
+"""Benchmark Sluice's jobs against DuckDB on the same generated log, in one run.
 
     python test_scripts/benchmark.py                            # 1M, 10M; realistic log
     python test_scripts/benchmark.py --sizes 1M,10M,50M --executor dask
+    python test_scripts/benchmark.py --jobs aggregate,count,filter --sizes 1M --pairs 3
+
+`--jobs` picks what is measured (default: summary):
+
+    summary     configs/summary.yaml                against test_scripts/duckdb_summary.py
+    aggregate   configs/aggregate.yaml: dedupe by id, aggregate by [site_id, type] with
+                count, count_distinct(from), min/max(timestamp), CSV out
+    count       configs/count_by_type.yaml: dedupe by id, count by type, CSV out
+    filter      where type is message, mutate (configs/mutate.yaml's reshaping), JSON
+                lines to a file: reported as input MB/s too
+
+Each framework job (aggregate, count, filter) is a Sluice run with default settings
+against DuckDB answering the same question (a query from test_scripts/duckdb_jobs.py
+writing the same kind of file), in --pairs alternating pairs (Sluice, DuckDB, Sluice,
+...); its ratio is the median of the pairs' ratios, and every output is compared with
+DuckDB's (rows, numbers as numbers).
 
 For each size it generates (or reuses) a log with generate.py: by default a realistic
 one, 3,000,000 distinct visitors over 2,000 sites (`--visitors`, `--sites`). Then it runs,
@@ -23,6 +39,7 @@ size's. Outputs must be byte-identical to each other, and to tests/reference.py 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -120,8 +137,89 @@ def reference_output(log: str) -> bytes:
         return summarize(fh.read()).encode()
 
 
+FRAMEWORK = {  # job: (config, where Sluice writes, what the output holds)
+    "aggregate": ("configs/aggregate.yaml", "-", "csv"),
+    "count": ("configs/count_by_type.yaml", "-", "csv"),
+    "filter": (None, "out.jsonl", "ids"),
+}
+FILTER_CONFIG = """\
+pipeline:
+  - file-input: {{path: {log}}}
+  - json-decode: {{schema: object}}
+  - where: {{field: type, equals: message}}
+  - mutate:
+      rename: {{from: sender, data.status: status}}
+      remove: [data]
+      set: {{source: chat-log}}
+      convert: {{site_id: str}}
+  - jsonl-output: {{path: {out}}}
+"""
+
+
+def framework_output(kind: str, path: str) -> list:
+    """What a job's output file holds, comparable across Sluice and DuckDB: CSV rows
+    (the header, then the rows sorted, numbers as floats), or the ids in order."""
+    import csv
+    import json
+
+    if kind == "ids":
+        with open(path, "rb") as fh:
+            return [json.loads(line)["id"] for line in fh if line.strip()]
+
+    def cell(text: str) -> object:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    return rows[:1] + sorted(([cell(c) for c in r] for r in rows[1:]), key=repr)
+
+
+def run_framework(job: str, log: str, workdir: str, pairs: int, sluice_args: list[str],
+                  lines: int) -> tuple[list, bool]:
+    """`pairs` alternating Sluice and DuckDB runs of one job; (table rows, equal)."""
+    config, target, kind = FRAMEWORK[job]
+    out = {"sluice": os.path.join(workdir, f"{job}-sluice.out"),
+           "duckdb": os.path.join(workdir, f"{job}-duckdb.out")}
+    if config is None:
+        config = os.path.join(workdir, f"{job}.yaml")
+        with open(config, "w", encoding="utf-8") as fh:
+            fh.write(FILTER_CONFIG.format(log=json.dumps(log), out=json.dumps(out["sluice"])))
+    else:
+        config = os.path.join(ROOT, config)
+    state = os.path.join(workdir, "state")
+    sluice = [sys.executable, os.path.join(ROOT, "main.py"), "-c", config, "-f", log,
+              "--state-dir", state, "--fresh", "-q", *sluice_args]
+    duck = [sys.executable, os.path.join(ROOT, "test_scripts", "duckdb_jobs.py"), job, log,
+            out["duckdb"]]
+    runs: dict[str, list] = {"sluice": [], "duckdb": []}
+    for _ in range(pairs):
+        for name, cmd in (("sluice", sluice), ("duckdb", duck)):
+            stdout = out[name] if (name == "sluice" and target == "-") else os.devnull
+            runs[name].append(measure(cmd, stdout))
+        shutil.rmtree(state, ignore_errors=True)
+    same = framework_output(kind, out["sluice"]) == framework_output(kind, out["duckdb"])
+    ratios = sorted(s["wall"] / d["wall"] for s, d in zip(runs["sluice"], runs["duckdb"]))
+    median = ratios[len(ratios) // 2] if len(ratios) % 2 else \
+        (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
+    size = os.path.getsize(log)
+    rows = []
+    for name, rs in runs.items():
+        walls = sorted(r["wall"] for r in rs)
+        rows.append((lines, f"{job}/{name}", walls, max(r["rss"] for r in rs),
+                     size / walls[len(walls) // 2] / 2**20,
+                     median if name == "sluice" else 1.0, ratios if name == "sluice" else [],
+                     same))
+    return rows, same
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", default="summary",
+                   help="comma-separated: summary, aggregate, count, filter")
+    p.add_argument("--pairs", type=int, default=3,
+                   help="alternating Sluice/DuckDB pairs for each framework job (>= 3)")
     p.add_argument("--sizes", default="1M,10M", help="comma-separated line counts: 1M,10M,50M")
     p.add_argument("--input", help="use this log instead of generating one (one size)")
     p.add_argument("--workdir", default="/tmp/sluice-bench", help="generated logs and state")
@@ -140,7 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.workdir, exist_ok=True)
     main_py = os.path.join(ROOT, "main.py")
     config = os.path.join(ROOT, "configs", "summary.yaml")
-    rows = []
+    rows: list = []
+    framework_rows: list = []
+    jobs = list(dict.fromkeys(j.strip() for j in args.jobs.split(",") if j.strip()))
+    unknown = set(jobs) - {"summary", *FRAMEWORK}
+    if unknown or not jobs:
+        p.error(f"--jobs: unknown job {sorted(unknown)[0] if unknown else ''!r}; "
+                f"choose from summary, {', '.join(FRAMEWORK)}")
+    if args.pairs < 1:
+        p.error("--pairs must be at least 1")
     failed = False
     previous: tuple[int, float] | None = None
     sizes = [None] if args.input else [parse_size(s) for s in args.sizes.split(",")]
@@ -151,6 +257,16 @@ def main(argv: list[str] | None = None) -> int:
             ensure_log(log, size, args.seed, args.visitors, args.sites)
         lines = sum(block.count(b"\n") for block in iter(
             lambda fh=open(log, "rb"): fh.read(1 << 24), b""))
+        for job in [j for j in jobs if j != "summary"]:
+            got, same = run_framework(job, log, args.workdir, args.pairs,
+                                      args.sluice_args.split(), lines)
+            framework_rows += got
+            failed |= not same
+            if not same:
+                print(f"{lines:,} lines: {job}: Sluice's output DIFFERS from DuckDB's",
+                      file=sys.stderr)
+        if "summary" not in jobs:
+            continue
         state = os.path.join(args.workdir, "state")
         shutil.rmtree(state, ignore_errors=True)
         base = [sys.executable, main_py, "-c", config, "-f", log, "--state-dir", state,
@@ -196,6 +312,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"{previous[0]:,} lines ({lines / previous[0]:.1f}x the lines)",
                   file=sys.stderr)
         previous = (lines, s["wall"])
+    if framework_rows:
+        print(f"{'lines':>12} {'job/run':<18} {'walls s':>20} {'peak RSS MB':>11} "
+              f"{'input MB/s':>10} {'median wall/duckdb':>18} {'pair ratios':>18} {'same':>5}")
+        for lines, name, walls, rss, mbs, median, ratios, same in framework_rows:
+            print(f"{lines:>12,} {name:<18} {' '.join(f'{w:.1f}' for w in walls):>20} "
+                  f"{rss / 2**20:>11.0f} {mbs:>10.1f} {median:>18.2f} "
+                  f"{' '.join(f'{r:.2f}' for r in ratios):>18} {'yes' if same else 'NO':>5}")
+    if not rows:
+        print(f"machine: {os.cpu_count()} CPUs; log: {args.visitors:,} visitors, "
+              f"{args.sites:,} sites")
+        return 1 if failed else 0
     print(f"{'lines':>12} {'run':<12} {'wall s':>7} {'cpu s':>7} {'peak RSS MB':>11} "
           f"{'lines/s':>10} {'wall/duckdb':>11} {'rss/duckdb':>10} {'identical':>9}")
     for lines, name, r, duck, same in rows:

@@ -105,3 +105,31 @@ def test_benchmark_small(tmp_path):
     assert all(r[-1] == "yes" for r in rows)
     assert "checkpoint overhead" in p.stderr
     assert "compared: sluice, sluice-nock, duckdb, reference.py" in p.stderr
+
+
+def test_benchmark_framework_jobs_small(tmp_path):
+    """The framework jobs run against DuckDB in alternating pairs, their outputs equal
+    DuckDB's, and the table gives each job's median ratio and input MB/s."""
+    pytest.importorskip("duckdb")
+    p = subprocess.run([sys.executable, str(ROOT / "test_scripts" / "benchmark.py"),
+                        "--jobs", "aggregate,count,filter", "--pairs", "1", "--sizes", "5K",
+                        "--visitors", "2000", "--sites", "30", "--workdir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = [line.split() for line in p.stdout.splitlines() if line.strip().startswith("5,000")]
+    assert [r[1] for r in rows] == ["aggregate/sluice", "aggregate/duckdb", "count/sluice",
+                                    "count/duckdb", "filter/sluice", "filter/duckdb"]
+    assert all(r[-1] == "yes" for r in rows)
+
+
+def test_benchmark_compares_outputs_as_rows_and_numbers(tmp_path):
+    """1429000000 and 1429000000.0 are one number; a changed count is a difference."""
+    sys.path.insert(0, str(ROOT / "test_scripts"))
+    from benchmark import framework_output
+
+    a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
+    a.write_text("type,count\nstatus,2\nmessage,1429000000\n")
+    b.write_text("type,count\nmessage,1429000000.0\nstatus,2.0\n")
+    c.write_text("type,count\nmessage,1429000000\nstatus,3\n")
+    assert framework_output("csv", str(a)) == framework_output("csv", str(b))
+    assert framework_output("csv", str(a)) != framework_output("csv", str(c))
