@@ -201,3 +201,26 @@ def test_dedupe_gives_back_object_records_exactly(tmp_path, big):
     assert deduped.returncode == plain.returncode == 0, deduped.stderr + plain.stderr
     assert deduped.stdout == plain.stdout
     assert len(deduped.stdout.splitlines()) == len(first)
+
+
+def test_dedupe_reads_records_lazily_and_decodes_only_its_results():
+    """Reduce reads object records as msgspec.Raw (undecoded); the kept ones are
+    written again as they are, next to records that had to be pickled (an integer
+    beyond 64 bits), and the results come back as the very records, with no Raw left."""
+    import msgspec
+
+    from stages.dedupe import _JSON_RESULTS, _LAZY_JSON_RECORDS
+
+    records = [{"id": "a", "v": [1, -0.0, {"x": None}]}, {"id": "b", "v": "\U0001F600"}]
+    big = [{"id": "c", "v": 2**70}]
+    lazy = _LAZY_JSON_RECORDS.decode(_LAZY_JSON_RECORDS.encode(records))
+    assert [type(r) for r in lazy] == [msgspec.Raw, msgspec.Raw]
+    assert _LAZY_JSON_RECORDS.encode(big)[:1] == b"P"
+    back = _LAZY_JSON_RECORDS.decode(_LAZY_JSON_RECORDS.encode(big))
+    for kept in ([lazy[1], lazy[0]], [lazy[0], back[0]]):
+        pairs = list(zip([5, 9], kept))
+        out = _JSON_RESULTS.decode(_JSON_RESULTS.encode(pairs))
+        want = [records[1], records[0]] if kept[1] is lazy[0] else [records[0], big[0]]
+        assert out == list(zip([5, 9], want))
+        assert repr(out) == repr(list(zip([5, 9], want)))  # -0.0 stays -0.0
+        assert msgspec.Raw not in {type(r) for _, r in out}
