@@ -1,6 +1,7 @@
 """json-decode: decode and validate one JSON document per line."""
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -13,6 +14,7 @@ import numpy as np
 
 from pipeline import Batch, Option, Processor
 
+from .fields import MISSING, column, get_in, json_type, path_of, set_in, show
 from .site_event import SITE_EVENT_FIELDS, SiteEventType
 
 CHUNK = 512  # lines decoded by one C-level map; after a bad line, the map goes on
@@ -87,6 +89,54 @@ def _infinite_at(raw: bytes) -> str | None:
     return None
 
 
+FIELD_TYPES: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool,
+                               "object": dict, "array": list}
+
+
+def check_field_types(fields: Any) -> str | None:
+    """Why a `fields:` mapping is not one (an fields: option check), or None."""
+    if not fields:
+        return "must name at least one field, as in {id: str, timestamp: float}"
+    declared: dict[tuple[str, ...], str] = {}
+    for name, kind in fields.items():
+        if not isinstance(name, str) or not name or "" in name.split("."):
+            return f"names a field that is not a dotted JSON name: {name!r}"
+        if kind not in FIELD_TYPES:
+            close = difflib.get_close_matches(str(kind), list(FIELD_TYPES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return (f"gives field {name!r} the type {kind!r}; the types are "
+                    f"{', '.join(FIELD_TYPES)}{hint}")
+        declared[path_of(name)] = kind
+    for path, kind in declared.items():
+        for n in range(1, len(path)):
+            parent = declared.get(path[:n])
+            if parent is not None and parent != "object":
+                return (f"declares field {'.'.join(path)!r} inside {'.'.join(path[:n])!r}, "
+                        f"which it declares {parent}, not object")
+    return None
+
+
+def fields_schema(fields: dict[str, str]) -> Any:
+    """A msgspec Struct type that checks the declared fields (each may be missing or
+    null; other fields are ignored): dotted names become nested structs."""
+    tree: dict[str, Any] = {}
+    for name, kind in fields.items():
+        node = tree
+        path = path_of(name)
+        for step in path[:-1]:  # a parent is an object (check_field_types made sure)
+            if not isinstance(node.get(step), dict):
+                node[step] = {}
+            node = node[step]
+        node.setdefault(path[-1], FIELD_TYPES[kind])  # an object keeps its declared fields
+
+    def build(node: dict[str, Any], label: str) -> Any:
+        members = [(f"f{i}", (build(t, f"{label}_{i}") if isinstance(t, dict) else t) | None,
+                    None) for i, t in enumerate(node.values())]
+        return msgspec.defstruct(label, members, rename={f"f{i}": name for i, name in
+                                                          enumerate(node)})
+    return build(tree, "Fields")
+
+
 def _is_utf8(data: bytes) -> bool:
     try:
         data.decode("utf-8")
@@ -102,7 +152,17 @@ class JsonDecode(Processor):
             schema: site-event
 
     `site-event` is the chat-log record of configs/summary.md; `object` accepts any
-    JSON object.
+    JSON object. With `schema: object`, `fields` declares fields and their types
+    (str, int, float, bool, object, array; dotted names for nested ones):
+
+        - json-decode:
+            schema: object
+            fields: {id: str, timestamp: float, data.status: str}
+
+    A declared field may be missing or null; when it has a value, a value of another
+    type rejects the record, naming the field. An integer in a float field becomes a
+    float (rounded to the nearest double beyond 2**53, as a double-reading JSON reader
+    does); other fields pass as they are.
     Every line is decoded as exactly one JSON value, whatever its neighbours: a line
     holding two objects (`{...},{...}`), half an object, or a fragment of an array is
     rejected, never joined with the next. Blank lines are skipped. A rejected line goes
@@ -116,7 +176,16 @@ class JsonDecode(Processor):
     produces_doc = "site-event records, or object records with `schema: object`"
     kind_options = ("schema",)  # named when a config error mentions what it produces
     options = (Option("schema", str, "site-event", "record schema: site-event or object",
-                      choices=tuple(SCHEMAS)),)
+                      choices=tuple(SCHEMAS)),
+               Option("fields", dict, None, "with schema: object, declared fields and types: "
+                      "{id: str, timestamp: float, data.status: str}",
+                      check=check_field_types))
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> str | None:
+        if options.get("fields") is not None and options.get("schema", "site-event") != "object":
+            return "option 'fields' needs schema: object (site-event records have their own)"
+        return None
 
     @classmethod
     def output_kind(cls, options: dict[str, Any], given: str) -> str:
@@ -129,8 +198,12 @@ class JsonDecode(Processor):
     def __init__(self, **options: Any):
         super().__init__(**options)
         self._one = msgspec.json.Decoder(SCHEMAS[self.schema])
+        self._fields = fields_schema(self.fields) if self.fields else None
+        self._floats = [(column(name), path_of(name)) for name, kind in
+                        (self.fields or {}).items() if kind == "float"]
         self.records = 0
         self.rejected = 0
+        self._pending: list[tuple[int, str]] = []  # this batch's rejects: (line, reason)
 
     def snapshot(self) -> dict[str, int]:
         return {"records": self.records, "rejected": self.rejected}
@@ -147,8 +220,12 @@ class JsonDecode(Processor):
             keep: list[Any] = []  # the lines the records came from: ranges and indices
             self._decode(batch, out, keep)
             if out:
-                out.origins = batch.line_origins(np.concatenate(
-                    [k if isinstance(k, np.ndarray) else np.array(k, np.int64) for k in keep]))
+                lines = np.concatenate(
+                    [k if isinstance(k, np.ndarray) else np.array(k, np.int64) for k in keep])
+                if self._fields is not None:
+                    lines = self._check_fields(batch, out, lines)
+                out.origins = batch.line_origins(lines)
+            self._flush_rejects(batch)
             self.records += len(out)
             yield out
 
@@ -214,8 +291,55 @@ class JsonDecode(Processor):
             return False
         return True
 
+    def _check_fields(self, batch: Batch, out: list[Any], lines: np.ndarray) -> np.ndarray:
+        """Check the declared fields of every record in `out` (a C-level map of
+        msgspec.convert), reject the records that break them, turn integers in float
+        fields into floats; returns the line indices of the records kept."""
+        convert, schema = msgspec.convert, self._fields
+        bad: list[int] = []
+        a = 0
+        while a < len(out):
+            checked: list[Any] = []
+            try:
+                checked.extend(map(convert, out[a:], [schema] * (len(out) - a)))
+                break
+            except msgspec.ValidationError as exc:
+                j = a + len(checked)
+                bad.append(j)
+                self._reject(batch, int(lines[j]), self._field_reason(out[j], exc))
+                a = j + 1
+        if bad:
+            drop = set(bad)
+            out[:] = [r for j, r in enumerate(out) if j not in drop]
+            lines = np.delete(lines, bad)
+        for values, path in self._floats:
+            for j, v in enumerate(values(out)):
+                if v.__class__ is int:
+                    set_in(out[j], path, float(v))
+        return lines
+
+    @staticmethod
+    def _field_reason(record: Any, exc: Exception) -> str:
+        """'field 'timestamp': expected float (declared in fields); got string "x"'."""
+        m = _AT.match(str(exc))
+        path = (m.group(2) or "").lstrip(".") if m else ""
+        want = re.search(r"`(\w+) \| null`", str(exc))
+        value = get_in(record, path_of(path)) if path else MISSING
+        got = "" if value is MISSING else f"; got {json_type(value)} {show(value)}"
+        kind = {"array": "array", "object": "object"}.get(want.group(1), want.group(1)) \
+            if want else "the declared type"
+        return f"field {path!r}: expected {kind} (declared in fields){got}"
+
     def _reject(self, batch: Batch, i: int, reason: str) -> None:
         self.rejected += 1
-        line, offset = batch.locate(i)
+        self._pending.append((i, reason))
+
+    def _flush_rejects(self, batch: Batch) -> None:
+        """The batch's rejects, in line order (a line that decoded but broke `fields`
+        is found after the lines that did not decode)."""
         extra = {"file": batch.source} if batch.source else {}
-        self.ctx.reject(batch[i], reason, line=line, offset=offset, stage=self.name, **extra)
+        for i, reason in sorted(self._pending):
+            line, offset = batch.locate(i)
+            self.ctx.reject(batch[i], reason, line=line, offset=offset, stage=self.name,
+                            **extra)
+        self._pending.clear()
