@@ -101,7 +101,7 @@ def check_field_types(fields: Any) -> str | None:
     for name, kind in fields.items():
         if not isinstance(name, str) or not name or "" in name.split("."):
             return f"names a field that is not a dotted JSON name: {name!r}"
-        if kind not in FIELD_TYPES:
+        if not isinstance(kind, str) or kind not in FIELD_TYPES:
             close = difflib.get_close_matches(str(kind), list(FIELD_TYPES), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             return (f"gives field {name!r} the type {kind!r}; the types are "

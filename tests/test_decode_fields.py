@@ -118,6 +118,9 @@ def test_across_blocks_and_workers_the_right_lines_are_rejected(tmp_path, worker
     ("{data: str, data.status: str}", "object", "p.yaml:5: stage 'json-decode': option "
      "'fields' declares field 'data.status' inside 'data', which it declares str, not "
      "object"),
+    ("{a: [str]}", "object", "p.yaml:5: stage 'json-decode': option 'fields' gives field "
+     "'a' the type ['str']; the types are str, int, float, bool, object, array (did you "
+     "mean 'str'?)"),
     ("[id]", "object", "p.yaml:5: stage 'json-decode': option 'fields' must be dict; "
      "got list ['id']"),
 ])
