@@ -130,7 +130,6 @@ def do_task(settings: RunSettings, task: Any, env: Env | None = None) -> dict[st
         os.close(fd)
 
 
-
 def map_stages(settings: RunSettings, task: MapTask, source: Input
                ) -> tuple[list[Stage], list[Stage], dict[str, list[Stage]]]:
     """(every stage, flat, for checkpoints; the trunk; the branches) of a map task."""
