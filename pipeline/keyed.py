@@ -298,10 +298,11 @@ def merged_results(stage: KeyedReducer, dirs: list[str], nbuckets: int) -> Itera
 
 
 def result_batches(stage: KeyedReducer, dirs: list[str], nbuckets: int) -> Iterator[Batch]:
-    batch = Batch()
+    pending: list[Any] = []
     for records in merged_results(stage, dirs, nbuckets):
-        batch.extend(records)
-        while len(batch) >= BATCH:
-            yield Batch(batch[:BATCH])
-            batch = Batch(batch[BATCH:])
-    yield batch
+        pending.extend(records)
+        full = len(pending) - len(pending) % BATCH
+        for i in range(0, full, BATCH):  # whole batches; the rest waits for more
+            yield Batch(pending[i:i + BATCH])
+        del pending[:full]
+    yield Batch(pending)

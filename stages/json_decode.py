@@ -1,11 +1,10 @@
 """json-decode: decode and validate one JSON document per line."""
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
-from itertools import compress
+from itertools import compress, repeat
 from operator import not_
 from typing import Any, Iterator
 
@@ -13,6 +12,7 @@ import msgspec
 import numpy as np
 
 from pipeline import Batch, Option, Processor
+from pipeline.config import suggest
 
 from .fields import MISSING, column, get_in, json_type, path_of, set_in, show
 from .site_event import SITE_EVENT_FIELDS, SiteEventType
@@ -102,10 +102,8 @@ def check_field_types(fields: Any) -> str | None:
         if not isinstance(name, str) or not name or "" in name.split("."):
             return f"names a field that is not a dotted JSON name: {name!r}"
         if not isinstance(kind, str) or kind not in FIELD_TYPES:
-            close = difflib.get_close_matches(str(kind), list(FIELD_TYPES), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             return (f"gives field {name!r} the type {kind!r}; the types are "
-                    f"{', '.join(FIELD_TYPES)}{hint}")
+                    f"{', '.join(FIELD_TYPES)}{suggest(str(kind), FIELD_TYPES)}")
         declared[path_of(name)] = kind
     for path, kind in declared.items():
         for n in range(1, len(path)):
@@ -301,7 +299,7 @@ class JsonDecode(Processor):
         while a < len(out):
             checked: list[Any] = []
             try:
-                checked.extend(map(convert, out[a:], [schema] * (len(out) - a)))
+                checked.extend(map(convert, out[a:], repeat(schema)))
                 break
             except msgspec.ValidationError as exc:
                 j = a + len(checked)
@@ -326,8 +324,7 @@ class JsonDecode(Processor):
         want = re.search(r"`(\w+) \| null`", str(exc))
         value = get_in(record, path_of(path)) if path else MISSING
         got = "" if value is MISSING else f"; got {json_type(value)} {show(value)}"
-        kind = {"array": "array", "object": "object"}.get(want.group(1), want.group(1)) \
-            if want else "the declared type"
+        kind = want.group(1) if want else "the declared type"
         return f"field {path!r}: expected {kind} (declared in fields){got}"
 
     def _reject(self, batch: Batch, i: int, reason: str) -> None:

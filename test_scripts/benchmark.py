@@ -160,7 +160,6 @@ def framework_output(kind: str, path: str) -> list:
     """What a job's output file holds, comparable across Sluice and DuckDB: CSV rows
     (the header, then the rows sorted, numbers as floats), or the ids in order."""
     import csv
-    import json
 
     if kind == "ids":
         with open(path, "rb") as fh:
