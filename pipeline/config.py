@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.contracts import check_destinations, check_fields, check_kinds, given_kinds
+from pipeline.contracts import (check_destinations, check_fields, check_kinds, feeds_columns,
+                                given_kinds)
 from pipeline.errors import ConfigError
 from pipeline.registry import Registry
 from pipeline.stage import ANY, Role, Option, Stage
@@ -52,11 +53,13 @@ class StageSpec:
     option_lines: dict[str, int] = field(default_factory=dict)
     branch: str | None = None  # the fork branch it is in, if any
     given: str = ANY  # the kind of records it is given, as the loader worked it out
+    feeds_columns: bool = False  # every stage it feeds is columnar
 
     def build(self) -> Stage:
         """A new instance, for work that keeps state (a map task's stages, an output)."""
         stage = self.cls(**self.options)
         stage.given = self.given
+        stage.feeds_columns = self.feeds_columns
         return stage
 
     def instance(self) -> Stage:
@@ -233,6 +236,8 @@ def _parse(ld: YamlDoc, registry: Registry) -> PipelineConfig:
     check_kinds(cfg)
     for i, kind in given_kinds(cfg).items():
         cfg.stages[i].given = kind
+    for i, columns in feeds_columns(cfg).items():
+        cfg.stages[i].feeds_columns = columns
     check_fields(cfg)
     check_destinations(cfg)
     return cfg

@@ -57,6 +57,15 @@ def given_kinds(cfg: PipelineConfig) -> dict[int, str]:
     return {i: produced[before] for before, i in _pairs(cfg)}
 
 
+def feeds_columns(cfg: PipelineConfig) -> dict[int, bool]:
+    """Whether every stage a stage feeds (by index) takes Columns (`columnar`): then a
+    stage that can pass on records either way passes Columns."""
+    out: dict[int, bool] = {}
+    for before, i in _pairs(cfg):
+        out[before] = out.get(before, True) and getattr(cfg.stages[i].cls, "columnar", False)
+    return out
+
+
 def check_kinds(cfg: PipelineConfig) -> None:
     """Each stage accepts what the stage before it produces, or the config is refused."""
     produced = edge_kinds(cfg)

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
+from pipeline.columns import Columns
 from pipeline.errors import (CheckpointFailed, DamagedState, OutputClosed, PathError, WriteFailed,
                              reason, writable_problem)
 from pipeline.state.trust import fsync_path
@@ -58,9 +59,12 @@ def encode_text(text: str) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
-def json_lines(records: list[Any]) -> bytes:
+def json_lines(records: Any) -> bytes:
     """One JSON document per record; a record holding a lone surrogate is written with
-    it escaped (`"\\udc80"`, which JSON reads back as the same text)."""
+    it escaped (`"\\udc80"`, which JSON reads back as the same text). Of Columns, the
+    same text, made column by column."""
+    if isinstance(records, Columns):
+        return records.json_lines()
     encode = _json.encode
     try:
         return b"".join([encode(r) + b"\n" for r in records])

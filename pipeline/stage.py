@@ -126,6 +126,8 @@ class Stage:
     produces: ClassVar[str] = ANY
     reports: ClassVar[tuple[str, ...]] = ()  # counters the final line shows, even at 0
     given: str = ANY  # the kind of records it is given in this pipeline, set by the engine
+    columnar: ClassVar[bool] = False  # process()/write() also take pipeline.columns.Columns
+    feeds_columns: bool = False  # every stage it feeds is columnar, set by the engine
 
     @classmethod
     def output_kind(cls, options: dict[str, Any], given: str) -> str:

@@ -12,6 +12,7 @@ import msgspec
 import numpy as np
 
 from pipeline import Batch, Option, Processor
+from pipeline.columns import Columns
 from pipeline.config import suggest
 
 from .fields import MISSING, column, get_in, json_type, path_of, set_in, show
@@ -165,7 +166,8 @@ class JsonDecode(Processor):
     holding two objects (`{...},{...}`), half an object, or a fragment of an array is
     rejected, never joined with the next. Blank lines are skipped. A rejected line goes
     to the run's dead-letter file with its line number, byte offset and a reason naming
-    the field.
+    the field. Object records go on as columns (pipeline.columns) where every stage
+    that follows takes them.
     """
 
     name = "json-decode"
@@ -225,7 +227,11 @@ class JsonDecode(Processor):
                 out.origins = batch.line_origins(lines)
             self._flush_rejects(batch)
             self.records += len(out)
-            yield out
+            if self.feeds_columns and self.schema == "object":
+                columns = Columns.from_records(out, out.origins, out.source)
+                yield out if columns is None else columns
+            else:
+                yield out
 
     def _decode(self, batch: Batch, out: list[Any], keep: list[Any]) -> None:
         """Blank lines and lines of invalid UTF-8 are found first (cheap C-level scans)

@@ -18,10 +18,12 @@ class JsonlOutput(Output):
     never see half a file. It takes part in checkpoints: a resumed run cuts the partial
     file back to the checkpointed length, so no line is written twice. `path: "-"`
     writes to stdout (which cannot be taken back, so a resumed run writes again).
-    Structs, dicts, lists and tuples are all encoded as JSON.
+    Structs, dicts, lists and tuples are all encoded as JSON; columns (pipeline.columns)
+    are written column by column, a record's fields in its batch's column order.
     """
 
     name = "jsonl-output"
+    columnar = True
     options = (Option("path", str, doc='file to write, or "-" for stdout', check=a_path),)
 
     def __init__(self, **options: Any):

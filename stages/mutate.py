@@ -7,8 +7,10 @@ import re
 from typing import Any, Callable, Iterator
 
 import msgspec
+import numpy as np
 
 from pipeline import Batch, Option, Processor
+from pipeline.columns import Columns
 
 from .fields import (MISSING, NotAnObject, delete_in, get_in, json_type, path_of, set_in,
                      show)
@@ -153,11 +155,17 @@ class Mutate(Processor):
 
     `rename`, `set` or `copy` into a path through a value that is not an object (set
     `data.status` where `data` is a string) rejects the record too.
+
+    On columns, an operation on top-level fields is a column operation (a rename
+    relabels a column, `set` makes a constant one, `convert` of integers to strings
+    casts the column); one that reaches into objects, or a conversion that can fail,
+    runs record by record on the fields it touches, with the same rules.
     """
 
     name = "mutate"
     accepts = ("object", "site-event")
     produces = "object"
+    columnar = True
     options = (
         Option("rename", dict, None, "{old: new}: move a field to a new name"),
         Option("remove", list, None, "[field, ...]: delete these fields"),
@@ -216,17 +224,24 @@ class Mutate(Processor):
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.ops: list[Callable[[dict[str, Any]], str | None]] = []
+        # each operation: (what, its paths, a value or type, the record-by-record op)
+        self.plan: list[tuple[str, tuple[tuple[str, ...], ...], Any, Any]] = []
         for old, new in (self.rename or {}).items():
-            self.ops.append(self._rename(path_of(old), path_of(new)))
+            paths = (path_of(old), path_of(new))
+            self.plan.append(("rename", paths, None, self._rename(*paths)))
         for field in self.remove or []:
-            self.ops.append(self._remove(path_of(field)))
+            path = path_of(field)
+            self.plan.append(("remove", (path,), None, self._remove(path)))
         for field, value in (self.set or {}).items():
-            self.ops.append(self._set(path_of(field), value))
+            path = path_of(field)
+            self.plan.append(("set", (path,), value, self._set(path, value)))
         for src, dst in (self.copy or {}).items():
-            self.ops.append(self._copy(path_of(src), path_of(dst)))
+            paths = (path_of(src), path_of(dst))
+            self.plan.append(("copy", paths, None, self._copy(*paths)))
         for field, kind in (self.convert or {}).items():
-            self.ops.append(self._convert(path_of(field), kind))
+            path = path_of(field)
+            self.plan.append(("convert", (path,), kind, self._convert(path, kind)))
+        self.ops: list[Callable[[dict[str, Any]], str | None]] = [p[3] for p in self.plan]
 
     # Each operation changes a record (a dict this stage owns) in place and returns
     # None, or returns the reason the record is rejected.
@@ -287,6 +302,12 @@ class Mutate(Processor):
     def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         ops, to_builtins = self.ops, msgspec.to_builtins
         for batch in batches:
+            if isinstance(batch, Columns):
+                out = self._on_columns(batch)
+                if out is not None:
+                    yield out
+                    continue
+                batch = batch.records()  # a value no column can hold: record by record
             records, kept = [], []
             for i, original in enumerate(batch):
                 # a fresh top-level dict (set_in/delete_in copy nested ones they change),
@@ -319,3 +340,54 @@ class Mutate(Processor):
         except (TypeError, ValueError, OverflowError):
             raw = repr(record)
         self.ctx.reject(raw, reason, stage=self.name, at=batch.locate(i), file=batch.source)
+
+    # -- on columns -----------------------------------------------------------------------
+    def _on_columns(self, batch: Columns) -> Columns | None:
+        """The operations on a batch of columns, or None if a changed field's values
+        cannot be held in a column, or its records' orders of fields in one column
+        order (the caller then works record by record)."""
+        from .mutate_columns import Frame  # here: a run without columns does not load Arrow
+        frame = Frame(batch)
+        rejected: dict[int, str] = {}
+        for what, paths, arg, op in self.plan:
+            if not frame.native(what, paths, arg):
+                self._by_record(frame, paths, op, rejected)
+        columns = frame.columns() if frame.exact else None
+        if columns is None:
+            return None
+        out = batch.with_columns(columns)
+        if rejected:
+            for i in sorted(rejected):
+                self._reject_one(batch, i, rejected[i])
+            keep = np.ones(len(batch), dtype=bool)
+            keep[list(rejected)] = False
+            out = out.filter(keep)
+        return out
+
+    @staticmethod
+    def _by_record(frame: Any, paths: Any, op: Any, rejected: dict[int, str]) -> None:
+        """One operation, record by record, on records made of the top-level fields it
+        touches; a record it rejects (and one rejected before) is left as it is."""
+        names = list(dict.fromkeys(p[0] for p in paths))
+        columns = [frame.values(name) for name in names]
+        new = [list(c) for c in columns]
+        gained = [False] * len(names)
+        for i, row in enumerate(zip(*columns)):
+            if i in rejected:
+                continue
+            record = {k: v for k, v in zip(names, row) if v is not MISSING}
+            reason = op(record)
+            if reason is not None:
+                rejected[i] = reason
+                continue
+            for j, name in enumerate(names):
+                value = new[j][i] = record.get(name, MISSING)
+                if row[j] is MISSING and value is not MISSING:
+                    gained[j] = True
+        for name, values, gain in zip(names, new, gained):
+            frame.gains(name, gain)
+            frame.put(name, values)
+
+    def _reject_one(self, batch: Columns, i: int, reason: str) -> None:
+        self.ctx.reject(msgspec.json.encode(batch.record(i)), reason, stage=self.name,
+                        at=batch.locate(i), file=batch.source)

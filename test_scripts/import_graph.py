@@ -26,8 +26,8 @@ LAYERS = [  # (layer, module prefixes); the first match wins
     (3, ("pipeline.config", "pipeline.testing", "pipeline")),
     (2, ("pipeline.keyed", "pipeline.outputs", "pipeline.registry", "pipeline.contracts")),
     (1, ("pipeline.state",)),
-    (0, ("pipeline.errors", "pipeline.keys", "pipeline.batch", "pipeline.stage",
-         "pipeline.yamlsafe")),
+    (0, ("pipeline.errors", "pipeline.keys", "pipeline.batch", "pipeline.columns",
+         "pipeline.stage", "pipeline.yamlsafe")),
 ]
 NAMES = {0: "base", 1: "state", 2: "stage API", 3: "config", 4: "engine parts",
          5: "executors", 6: "engine runs", 7: "tools"}

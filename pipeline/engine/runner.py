@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from pipeline.columns import as_records
 from pipeline.errors import RESUME, InputError, OutputClosed, reason
 from pipeline.stage import Batch, Input, Output, Stage
 
@@ -155,14 +156,22 @@ def _chain(head: Iterator[Batch], stages: list[Stage], ctx: Context,
             ctx.source = f"input {stages[0].describe()}"
         gens.append(barrier(gens[-1], on_barrier, ctx))
     for stage, meter in zip(stages[1:-1], ctx.meters[1:]):
-        gens.append(stage.process(gens[-1]))  # type: ignore[attr-defined]
+        gens.append(stage.process(_fit(gens[-1], stage)))  # type: ignore[attr-defined]
         gens.append(metered(gens[-1], meter))
     try:
-        consume(gens[-1])
+        consume(_fit(gens[-1], stages[-1]))
     finally:
         for gen in reversed(gens):
             gen.close()
         settle(ctx.meters, time.perf_counter() - start)
+
+
+def _fit(batches: Iterator[Any], stage: Any) -> Iterator[Any]:
+    """What `stage` is given: a stage that does not declare `columnar` gets records
+    where the stage before it passed Columns (pipeline.columns)."""
+    if not isinstance(stage, Stage) or stage.columnar:
+        return batches
+    return as_records(batches)
 
 
 def _consumer(stage: Stage) -> Callable[[Iterator[Batch]], None]:
