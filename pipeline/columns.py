@@ -26,7 +26,6 @@ at the boundary of a stage that does not (`Columns.records()`).
 from __future__ import annotations
 
 import heapq
-import re
 from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -39,9 +38,9 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 JSON_META = {b"sluice": b"json"}
-_encode = msgspec.json.Encoder().encode
+_ENCODER = msgspec.json.Encoder()
+_encode = _ENCODER.encode
 _decode = msgspec.json.Decoder().decode
-_NO_ESCAPE = re.compile(rb'[\x00-\x1f"\\]')  # what a JSON string must escape
 MAX_COLUMNS = 256  # a batch whose records name more fields stays a batch of records
 MAX_DEPTH = 8  # objects nested deeper are JSON text
 _EMPTY: dict[str, Any] = {}
@@ -172,21 +171,13 @@ class Columns:
         return self.with_columns(columns)
 
     # -- writing ------------------------------------------------------------------------
-    def json_texts(self, name: str) -> pa.Array:
-        """Each record's value of `name` as compact JSON text (as msgspec writes it), a
-        null where the record does not have the field."""
-        return json_texts(self.data.column(name), self.is_json(name))
-
     def json_lines(self) -> bytes:
-        """One JSON object per record, its fields in column order, each ending in
-        '\\n': the same text as encoding each of `records()`, made column by column."""
-        n = len(self)
-        if n == 0:
-            return b""
-        if not self.names:
-            return b"{}\n" * n
-        return _string_bytes(_object_texts(
-            self.names, [self.json_texts(name) for name in self.names], "}\n"))
+        """One JSON object per record, each ending in '\\n': the same text as encoding
+        each of `records()` (msgspec encodes a row object per record, made from the
+        columns; a JSON column's text goes in as it is)."""
+        return _ENCODER.encode_lines(_rows(self.names, [
+            _row_values(self.data.column(name), self.is_json(name)) for name in self.names],
+            len(self)))
 
 
 def is_json_field(field: pa.Field) -> bool:
@@ -269,47 +260,45 @@ def column_of(values: list[Any], absent: Any = _ABSENT,
     return pa.array(texts, pa.binary()).cast(pa.string()), True
 
 
-def json_texts(array: pa.Array, json: bool) -> pa.Array:
-    """The values of a column as compact JSON text (msgspec's), null where absent."""
+def _row_values(array: pa.Array, json: bool) -> list[Any]:
+    """A column's values as msgspec encodes them to the same JSON text: UNSET where the
+    record lacks the field, the JSON text (msgspec.Raw) of a JSON column's values, a
+    row object for each object of a struct column."""
     import pyarrow as pa
-    import pyarrow.compute as pc
-    kind = array.type
     if json:
-        return array
-    if pa.types.is_struct(kind):
-        text = _object_texts([f.name for f in kind], [
-            json_texts(child, is_json_field(f)) for child, f in zip(array.flatten(), kind)],
-            "}")
-        return pc.if_else(array.is_valid(), text, pa.scalar(None, pa.string())) \
-            if array.null_count else text
-    if kind == pa.int64() or kind == pa.bool_():
-        return pc.cast(array, pa.string())  # decimal digits; true/false
-    if kind == pa.string():
-        data = array.buffers()[2]
-        if data is None or not _NO_ESCAPE.search(memoryview(data)):
-            return pc.binary_join_element_wise('"', array, '"', "")
-    values = array.to_pylist()  # numbers (msgspec's shortest form), strings to escape
-    texts = [None if v is None else _encode(v) for v in values]
-    return pa.array(texts, pa.binary()).cast(pa.string())
+        texts = array.cast(pa.binary()).to_pylist()
+        if array.null_count:
+            return [msgspec.UNSET if t is None else msgspec.Raw(t) for t in texts]
+        return list(map(msgspec.Raw, texts))
+    if pa.types.is_struct(array.type):
+        rows = _rows([f.name for f in array.type], [
+            _row_values(c, is_json_field(f)) for c, f in zip(array.flatten(), array.type)],
+            len(array))
+        if array.null_count:
+            valid = array.is_valid().to_pylist()
+            rows = [row if ok else msgspec.UNSET for row, ok in zip(rows, valid)]
+        return rows
+    values = array.to_pylist()
+    if array.null_count:
+        return [msgspec.UNSET if v is None else v for v in values]
+    return values
 
 
-def _object_texts(names: list[str], texts: list[pa.Array], end: str) -> pa.Array:
-    """'{"a":1,"b":"x"}' + end for each row, of the fields' JSON texts (null: the row
-    has no such field), in order."""
-    import pyarrow.compute as pc
-    pieces = []
-    for name, text in zip(names, texts):  # ',"name":value', or "" where it is absent
-        piece = pc.binary_join_element_wise("," + _encode(name).decode() + ":", text, "")
-        pieces.append(pc.fill_null(piece, ""))
-    body = pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, "")
-    return pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(body, 1), end, "")
+_ROW_TYPES: dict[tuple[str, ...], Any] = {}
 
 
-def _string_bytes(lines: pa.Array) -> bytes:
-    """The concatenated text of a string array without nulls, as bytes."""
-    offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1, lines.offset * 4)
-    start, end = int(offsets[0]), int(offsets[-1])
-    return lines.buffers()[2].slice(start, end - start).to_pybytes() if end > start else b""
+def _rows(names: list[str], columns: list[list[Any]], n: int) -> list[Any]:
+    """A row object per record: a msgspec Struct whose fields encode under `names`, in
+    that order, and are left out where UNSET."""
+    key = tuple(names)
+    cls = _ROW_TYPES.get(key)
+    if cls is None:
+        if len(_ROW_TYPES) > 1024:
+            _ROW_TYPES.clear()
+        cls = _ROW_TYPES[key] = msgspec.defstruct(
+            "Row", [(f"f{i}", object, msgspec.UNSET) for i in range(len(names))],
+            rename={f"f{i}": name for i, name in enumerate(names)}, omit_defaults=True)
+    return list(map(cls, *columns)) if columns else [cls() for _ in range(n)]
 
 
 def _object_fields(objects: list[dict[str, Any]],
