@@ -36,7 +36,7 @@ from pipeline.state.spill import Codec, Sets, SpillReader, SpillWriter  # noqa: 
 
 ORDER_BITS = 40
 RESULT = "__result__"   # the object set holding a last phase's (key, record) pairs
-RESULT_FRAME = 2000     # pairs per result frame: merging holds one frame per bucket
+RESULT_FRAME = 2000     # pairs per result frame at most; see result_frame_rows()
 BATCH = 10_000
 
 
@@ -229,6 +229,7 @@ def reduce_buckets(stage: KeyedReducer, phase: int, buckets: Iterable[int], inpu
     scratch = os.path.join(out_dir, "scratch")
     io = ReduceIO(reader, writer, memory_bytes, scratch)
     last = phase == stage.phases - 1
+    frame_rows = result_frame_rows(stage, memory_bytes)
     try:
         for b in buckets:
             if stop is not None and stop.is_set():
@@ -238,7 +239,7 @@ def reduce_buckets(stage: KeyedReducer, phase: int, buckets: Iterable[int], inpu
                 chunk: list[Any] = []
                 for pair in result:
                     chunk.append(pair)
-                    if len(chunk) >= RESULT_FRAME:
+                    if len(chunk) >= frame_rows:
                         io.count("_results", len(chunk))
                         writer.add_objects(RESULT, b, chunk)
                         writer.flush()
@@ -252,6 +253,15 @@ def reduce_buckets(stage: KeyedReducer, phase: int, buckets: Iterable[int], inpu
         writer.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return io.counters
+
+
+def result_frame_rows(stage: KeyedReducer, memory_bytes: int) -> int:
+    """Pairs per result frame. Merging the results holds about two frames per bucket
+    (the frames in hand, and a round taken from them), in whichever process merges, so
+    frames shrink as buckets multiply: all of them together stay within a sixteenth of a
+    reduce's memory (`memory_bytes`), at `reduce_row_bytes` a row; 64 pairs at least."""
+    rows = memory_bytes // (32 * max(stage.nbuckets, 1) * stage.reduce_row_bytes)
+    return int(min(max(rows, 64), RESULT_FRAME))
 
 
 def merge_sorted_frames(streams: list[Iterator[list[Any]]]) -> Iterator[list[Any]]:
