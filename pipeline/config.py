@@ -53,7 +53,7 @@ class StageSpec:
     option_lines: dict[str, int] = field(default_factory=dict)
     branch: str | None = None  # the fork branch it is in, if any
     given: str = ANY  # the kind of records it is given, as the loader worked it out
-    feeds_columns: bool = False  # every stage it feeds is columnar
+    feeds_columns: bool = False  # it passes on columns (contracts.feeds_columns)
 
     def build(self) -> Stage:
         """A new instance, for work that keeps state (a map task's stages, an output)."""

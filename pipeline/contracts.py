@@ -58,11 +58,19 @@ def given_kinds(cfg: PipelineConfig) -> dict[int, str]:
 
 
 def feeds_columns(cfg: PipelineConfig) -> dict[int, bool]:
-    """Whether every stage a stage feeds (by index) takes Columns (`columnar`): then a
-    stage that can pass on records either way passes Columns."""
-    out: dict[int, bool] = {}
+    """Whether a stage (by index) that can pass on records as columns or as a list
+    should pass columns: when every stage it feeds takes them (`columnar`), and columns
+    pay for their making further on: a stage it feeds `prefers_columns`, or passes
+    columns on itself."""
+    after: dict[int, list[int]] = {}
     for before, i in _pairs(cfg):
-        out[before] = out.get(before, True) and getattr(cfg.stages[i].cls, "columnar", False)
+        after.setdefault(before, []).append(i)
+    out: dict[int, bool] = {}
+    for before in sorted(after, reverse=True):  # a stage's consumers come after it
+        nexts = [cfg.stages[i].cls for i in after[before]]
+        out[before] = all(getattr(c, "columnar", False) for c in nexts) and any(
+            getattr(c, "prefers_columns", False) or out.get(i, False)
+            for c, i in zip(nexts, after[before]))
     return out
 
 

@@ -127,7 +127,8 @@ class Stage:
     reports: ClassVar[tuple[str, ...]] = ()  # counters the final line shows, even at 0
     given: str = ANY  # the kind of records it is given in this pipeline, set by the engine
     columnar: ClassVar[bool] = False  # process()/write() also take pipeline.columns.Columns
-    feeds_columns: bool = False  # every stage it feeds is columnar, set by the engine
+    prefers_columns: ClassVar[bool] = False  # columns save it more than making them costs
+    feeds_columns: bool = False  # it should pass on columns (set by the engine)
 
     @classmethod
     def output_kind(cls, options: dict[str, Any], given: str) -> str:

@@ -166,6 +166,7 @@ class Mutate(Processor):
     accepts = ("object", "site-event")
     produces = "object"
     columnar = True
+    prefers_columns = True  # 0.1 s a million records on columns, 4.6 s on dicts
     options = (
         Option("rename", dict, None, "{old: new}: move a field to a new name"),
         Option("remove", list, None, "[field, ...]: delete these fields"),

@@ -115,16 +115,7 @@ class Frame:
             self.cols.pop(path[0], None)
             return True
         found = self._at(path)
-        if found is None:
-            return True
-        if found is False:
-            return False
-        top = self.cols[path[0]]
-        rebuilt = _rebuilt(top[0], path[1:], None)
-        if rebuilt is None:
-            return False
-        self.cols[path[0]] = (rebuilt, False)
-        return True
+        return found is None or (found is not False and self._put(path, None))
 
     def _convert(self, path: tuple[str, ...], kind: str) -> bool:
         found = self._at(path)
@@ -138,10 +129,18 @@ class Frame:
             if cast is None:
                 return False
             array = pc.cast(array, cast, safe=False)
+        return self._put(path, (array, False))
+
+    def _put(self, path: tuple[str, ...], new: Column | None) -> bool:
+        """Set the column at a path (into struct columns), or take it out (None);
+        whether that could be done column-wise (not if it leaves an empty object)."""
         if len(path) == 1:
-            self.cols[path[0]] = (array, False)
+            if new is None:
+                self.cols.pop(path[0], None)
+            else:
+                self.cols[path[0]] = new
             return True
-        rebuilt = _rebuilt(self.cols[path[0]][0], path[1:], (array, False))
+        rebuilt = _rebuilt(self.cols[path[0]][0], path[1:], new)
         if rebuilt is None:
             return False
         self.cols[path[0]] = (rebuilt, False)

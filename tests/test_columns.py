@@ -293,3 +293,32 @@ def test_readme_columnar_stage_example_does_on_columns_what_it_does_on_records()
             assert same(got, want), (seed, options)
     plain = next(cls(field="type", to="n").process(iter([Columns.from_records(records(1))])))
     assert isinstance(plain, Columns) and plain.data.schema.field("n").type == pa.int64()
+
+
+@pytest.mark.parametrize("steps, columns", [
+    (["jsonl-output: {path: o.jsonl}"], []),  # making columns would only cost
+    (["where: {field: type, equals: x}", "jsonl-output: {path: o.jsonl}"], []),
+    (["where: {field: type, equals: x}", "mutate: {remove: [a]}",
+      "jsonl-output: {path: o.jsonl}"], ["json-decode", "where"]),
+    (["where: {field: type, equals: x}", "count: {field: type}",
+      "csv-output: {path: o.csv, columns: [value, count]}"], []),
+    (["mutate: {remove: [a]}", "fork: {a: [{jsonl-output: {path: a.jsonl}}], "
+      "b: [{csv-output: {path: b.csv, columns: [type]}}]}"], ["json-decode"]),
+    (["where: {field: type, equals: x}",
+      "fork: {a: [{mutate: {remove: [a]}}, {jsonl-output: {path: a.jsonl}}], "
+      "b: [{mutate: {remove: [b]}}, {jsonl-output: {path: b.jsonl}}]}"],
+     ["json-decode", "where"]),
+])
+def test_columns_are_made_where_a_stage_gains_from_them(tmp_path, steps, columns):
+    """json-decode makes columns where every stage it feeds takes them and one further
+    on (mutate) works faster on them than their making costs; a columnar stage passes on
+    what it is given, and the engine turns columns into records before a record stage."""
+    import main
+    from pipeline.config import load_config
+
+    cfg_path = tmp_path / "p.yaml"
+    cfg_path.write_text("pipeline:\n  - file-input: {path: in.jsonl}\n"
+                        "  - json-decode: {schema: object}\n"
+                        + "".join(f"  - {s}\n" for s in steps))
+    cfg = load_config(str(cfg_path), main.build_registry())
+    assert [s.name for s in cfg.stages if s.feeds_columns] == columns
