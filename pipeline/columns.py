@@ -163,8 +163,9 @@ class Columns:
 
     def with_column(self, name: str, array: pa.Array, json: bool = False) -> "Columns":
         """The same records with field `name` set to `array` (null: the record does not
-        have it); a new field comes last. Its type must be one of the column types
-        above (int64, not int32)."""
+        have it); a new field comes last, a field already there keeps its place (so a
+        record that did not have it gets it there, not after its other fields). Its
+        type must be one of the column types above (int64, not int32)."""
         columns = [(n, self.data.column(n), self.is_json(n)) for n in self.names if n != name]
         at = self.names.index(name) if name in self.names else len(columns)
         columns.insert(at, (name, array, json))

@@ -59,18 +59,20 @@ def given_kinds(cfg: PipelineConfig) -> dict[int, str]:
 
 def feeds_columns(cfg: PipelineConfig) -> dict[int, bool]:
     """Whether a stage (by index) that can pass on records as columns or as a list
-    should pass columns: when every stage it feeds takes them (`columnar`), and columns
-    pay for their making further on: a stage it feeds `prefers_columns`, or passes
-    columns on itself."""
+    should pass columns: when every stage after it, to the outputs, takes them
+    (`columnar`: no conversion back to records on the way), and one of them gains
+    more from them than their making costs (`prefers_columns`)."""
     after: dict[int, list[int]] = {}
     for before, i in _pairs(cfg):
         after.setdefault(before, []).append(i)
+    to_end: dict[int, bool] = {}  # it and every stage after it take columns
+    gains: dict[int, bool] = {}  # it or a stage after it prefers columns
     out: dict[int, bool] = {}
-    for before in sorted(after, reverse=True):  # a stage's consumers come after it
-        nexts = [cfg.stages[i].cls for i in after[before]]
-        out[before] = all(getattr(c, "columnar", False) for c in nexts) and any(
-            getattr(c, "prefers_columns", False) or out.get(i, False)
-            for c, i in zip(nexts, after[before]))
+    for i in range(len(cfg.stages) - 1, -1, -1):  # a stage's consumers come after it
+        cls, nexts = cfg.stages[i].cls, after.get(i, [])
+        out[i] = bool(nexts) and all(to_end[j] for j in nexts) and any(gains[j] for j in nexts)
+        to_end[i] = getattr(cls, "columnar", False) and all(to_end[j] for j in nexts)
+        gains[i] = getattr(cls, "prefers_columns", False) or any(gains[j] for j in nexts)
     return out
 
 

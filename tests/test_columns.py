@@ -303,16 +303,17 @@ def test_readme_columnar_stage_example_does_on_columns_what_it_does_on_records()
     (["where: {field: type, equals: x}", "count: {field: type}",
       "csv-output: {path: o.csv, columns: [value, count]}"], []),
     (["mutate: {remove: [a]}", "fork: {a: [{jsonl-output: {path: a.jsonl}}], "
-      "b: [{csv-output: {path: b.csv, columns: [type]}}]}"], ["json-decode"]),
+      "b: [{csv-output: {path: b.csv, columns: [type]}}]}"], []),  # csv takes records
+    (["mutate: {remove: [a]}", "dedupe: {field: id}", "jsonl-output: {path: o.jsonl}"], []),
     (["where: {field: type, equals: x}",
       "fork: {a: [{mutate: {remove: [a]}}, {jsonl-output: {path: a.jsonl}}], "
       "b: [{mutate: {remove: [b]}}, {jsonl-output: {path: b.jsonl}}]}"],
      ["json-decode", "where"]),
 ])
 def test_columns_are_made_where_a_stage_gains_from_them(tmp_path, steps, columns):
-    """json-decode makes columns where every stage it feeds takes them and one further
-    on (mutate) works faster on them than their making costs; a columnar stage passes on
-    what it is given, and the engine turns columns into records before a record stage."""
+    """json-decode makes columns where every stage after it, to the outputs, takes them
+    (none has to turn them back into records) and one (mutate) works faster on them
+    than their making costs; a columnar stage passes on what it is given."""
     import main
     from pipeline.config import load_config
 
