@@ -230,6 +230,15 @@ def column_of(values: list[Any], absent: Any = _ABSENT,
     """One field of a batch's records (`absent` where a record lacks it) as (an Arrow
     array, whether it is a JSON column); None if a value cannot be held exactly."""
     import pyarrow as pa
+    if values and values[0].__class__ is str:  # the common case, without a type scan:
+        try:                                   # Arrow takes only str (and bytes, which
+            array = pa.array(values, pa.string())  # no JSON value is), and None: null
+            if not array.null_count:
+                return array, False
+        except (pa.ArrowException, TypeError):
+            pass
+        except UnicodeEncodeError:  # a lone surrogate: no UTF-8 for it
+            return None
     kinds = set(map(type, values))
     missing = type(absent) in kinds
     kinds.discard(type(absent))
