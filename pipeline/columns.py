@@ -19,9 +19,10 @@ columns only where one order of the columns keeps every record's own order of fi
 turned into columns and back gives every record its fields, in its order, and its
 values, with their JSON types, exactly.
 
-A stage that declares `columnar = True` is given Columns where a record stage would be
-given a Batch of dicts, and passes Columns on; the engine turns Columns into records
-at the boundary of a stage that does not (`Columns.records()`).
+A stage that declares `columnar = True` takes Columns as well as a Batch of dicts, and
+passes on what it is given; json-decode makes Columns only where every stage after it
+takes them (pipeline.contracts.feeds_columns), and the engine turns Columns into
+records at the boundary of a stage that does not (`Columns.records()`).
 """
 from __future__ import annotations
 
@@ -113,15 +114,8 @@ class Columns:
 
     def records(self) -> Batch:
         """The records as dicts (a Batch, with the origins)."""
-        names = self.names
-        columns = [self.values(name, _ABSENT) for name in names]
-        if not names:
-            rows: list[Any] = [{} for _ in range(len(self))]
-        elif any(self.data.column(i).null_count for i in range(len(names))):
-            rows = [{k: v for k, v in zip(names, row) if v is not _ABSENT}
-                    for row in zip(*columns)]
-        else:
-            rows = [dict(zip(names, row)) for row in zip(*columns)]
+        rows = _dicts(self.names, [self.values(name, _ABSENT) for name in self.names],
+                      len(self), _ABSENT, any(c.null_count for c in self.data.columns))
         return Batch(rows, source=self.source, origins=self.origins)
 
     def record(self, i: int) -> dict[str, Any]:
@@ -210,11 +204,10 @@ def values_of(array: pa.Array, json: bool, absent: Any) -> list[Any]:
             return list(map(_decode, texts))
         return [absent if t is None else _decode(t) for t in texts]
     if pa.types.is_struct(array.type):
-        names = [f.name for f in array.type]
-        children = [values_of(child, is_json_field(f), absent)
-                    for child, f in zip(array.flatten(), array.type)]
-        rows = zip(*children) if children else repeat((), len(array))
-        objects = [{k: v for k, v in zip(names, row) if v is not absent} for row in rows]
+        children = array.flatten()  # null where the object, or its field, is absent
+        objects = _dicts([f.name for f in array.type], [
+            values_of(c, is_json_field(f), absent) for c, f in zip(children, array.type)],
+            len(array), absent, any(c.null_count for c in children))
         if array.null_count:
             valid = array.is_valid().to_pylist()
             objects = [o if ok else absent for o, ok in zip(objects, valid)]
@@ -223,6 +216,17 @@ def values_of(array: pa.Array, json: bool, absent: Any) -> list[Any]:
     if array.null_count:
         values = [absent if v is None else v for v in values]
     return values
+
+
+def _dicts(names: list[str], columns: list[list[Any]], n: int, absent: Any,
+           sparse: bool) -> list[Any]:
+    """A dict per record of the fields' values (`absent`: the record lacks it; only
+    where `sparse`)."""
+    if not names:
+        return [{} for _ in range(n)]
+    if not sparse:
+        return [dict(zip(names, row)) for row in zip(*columns)]
+    return [{k: v for k, v in zip(names, row) if v is not absent} for row in zip(*columns)]
 
 
 def column_of(values: list[Any], absent: Any = _ABSENT,
@@ -314,9 +318,8 @@ def _rows(names: list[str], columns: list[list[Any]], n: int) -> list[Any]:
 def _object_fields(objects: list[dict[str, Any]],
                    depth: int) -> list[tuple[pa.Field, pa.Array]] | None:
     """The fields of a list of dicts as (Arrow field, column) pairs, in one order that
-    every dict's own order of fields keeps (the order the dicts first name them); None
-    if there is none such, if they name more than MAX_COLUMNS fields, or if a value
-    cannot be held exactly."""
+    every dict's own order of fields keeps (field_order); None if there is none such,
+    if they name more than MAX_COLUMNS fields, or if a value cannot be held exactly."""
     import pyarrow as pa
     names = field_order(objects)
     if names is None:

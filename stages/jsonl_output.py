@@ -19,7 +19,7 @@ class JsonlOutput(Output):
     file back to the checkpointed length, so no line is written twice. `path: "-"`
     writes to stdout (which cannot be taken back, so a resumed run writes again).
     Structs, dicts, lists and tuples are all encoded as JSON; columns (pipeline.columns)
-    are written column by column, a record's fields in its batch's column order.
+    give the same text, each record's fields in its own order.
     """
 
     name = "jsonl-output"
