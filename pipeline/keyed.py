@@ -32,7 +32,8 @@ import numpy as np
 from pipeline import keys
 from pipeline.errors import Stopped
 from pipeline.stage import Batch, Reducer
-from pipeline.state.spill import Codec, Sets, SpillReader, SpillWriter  # noqa: F401 (Codec)
+from pipeline.state.spill import (ArrowTables, Codec, Sets, SpillReader,  # noqa: F401
+                                  SpillWriter)  # (ArrowTables, Codec: for reducers)
 
 ORDER_BITS = 40
 RESULT = "__result__"   # the object set holding a last phase's (key, record) pairs

@@ -183,6 +183,36 @@ def mix(*columns: Any, seed: int = 0) -> np.ndarray:
         return _fmix(h)
 
 
+_P = np.uint64(0x100000001B3)  # FNV's 64-bit prime: odd, so every power is odd too
+_POWERS = np.ones(1, np.uint64)
+
+
+def hash_bytes(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each byte string `data[offsets[i]:offsets[i + 1]]` (the layout
+    of an Arrow binary column), for routing: the same bytes hash the same in every
+    process, and a hash never decides that two strings are equal.
+
+    Each byte b at position k of its string adds (b + 1) * P**k (mod 2**64), summed
+    per string with one cumulative sum; mix() spreads the sum and the length."""
+    global _POWERS
+    offsets = np.asarray(offsets, np.int64)
+    lens = np.diff(offsets)
+    base = int(offsets[0]) if len(offsets) else 0
+    raw = np.asarray(data[base:int(offsets[-1]) if len(offsets) else 0], np.uint8)
+    longest = int(lens.max()) if len(lens) else 0
+    if len(_POWERS) < longest:
+        with np.errstate(over="ignore"):
+            grown = np.full(max(longest, 2 * len(_POWERS)), _P, np.uint64)
+            grown[0] = 1
+            _POWERS = np.cumprod(grown, dtype=np.uint64)
+    starts = offsets[:-1] - base
+    pos = np.arange(len(raw), dtype=np.int64) - np.repeat(starts, lens)
+    with np.errstate(over="ignore"):
+        terms = (raw.astype(np.uint64) + np.uint64(1)) * _POWERS[pos]
+        sums = np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)])
+        return mix(sums[offsets[1:] - base] - sums[starts], lens)
+
+
 def bucket_of(h: np.ndarray, nbuckets: int) -> np.ndarray:
     """Bucket index of each hash; the high bits, so sub-splits can use the low ones."""
     return ((h >> np.uint64(32)) % np.uint64(nbuckets)).astype(np.uint32)

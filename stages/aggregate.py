@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline import Batch, Option, keys
 from pipeline.contracts import missing_fields
-from pipeline.keyed import KeyedReducer, ReduceIO
+from pipeline.keyed import ArrowTables, KeyedReducer, ReduceIO
 
 from .fields import MISSING, column, path_of, set_in, show
 
@@ -86,6 +86,8 @@ def order_key(value: Any) -> tuple[Any, ...]:
 def _extremes(i: int, least: bool, col: list[Any], gids: list[int],
               accs: list[list[Any]]) -> None:
     """Each group's least (or greatest) value of one batch's column, as (key, value)."""
+    if _numeric_extremes(i, least, col, gids, accs):
+        return
     best: dict[int, Any] = {}
     better = operator.lt if least else operator.gt
     for g, v in zip(gids, col):
@@ -102,6 +104,59 @@ def _extremes(i: int, least: bool, col: list[Any], gids: list[int],
             best[g] = v
     for g, v in best.items():
         accs[g][i] = (order_key(v), v)
+
+
+_ABSENT = {type(None), type(MISSING)}
+_EXACT = float(1 << 53)  # ints below this in size are exact as doubles
+
+
+def _numeric_extremes(i: int, least: bool, col: list[Any], gids: list[int],
+                      accs: list[list[Any]]) -> bool:
+    """_extremes() in numpy, for a column of numbers (beside missing values and nulls):
+    ints within 64 bits, or floats and ints below 2**53 (exact as doubles), without a
+    zero (-0.0 and 0.0 are equal to numpy, not to the order). Of an int and a float
+    of equal value, min keeps the int and max the float, as order_key() says.
+    False, with nothing done, for any other column."""
+    kinds = set(map(type, col))
+    number = kinds - _ABSENT
+    if not number or not number <= {int, float}:
+        return False
+    values = col
+    g = np.array(gids, np.int64)
+    if kinds != number:
+        picked = [j for j, v in enumerate(col) if v.__class__ is int or v.__class__ is float]
+        values, g = [col[j] for j in picked], g[picked]
+    is_int = None
+    try:
+        if number == {int}:
+            arr = np.array(values, np.int64)
+        else:
+            arr = np.array(values, np.float64)
+            if int in number:
+                is_int = np.fromiter((v.__class__ is int for v in values), bool, len(values))
+                if is_int.any() and np.abs(arr[is_int]).max() >= _EXACT:
+                    return False
+            if not arr.all():
+                return False
+    except OverflowError:  # an int beyond 64 bits (or beyond the doubles)
+        return False
+    limit = np.iinfo(np.int64).max if number == {int} else np.inf
+    best = np.full(int(g.max()) + 1, limit if least else -limit, arr.dtype)
+    (np.minimum if least else np.maximum).at(best, g, arr)
+    present = np.unique(g)
+    if is_int is None:
+        for k, v in zip(present.tolist(), best[present].tolist()):
+            accs[k][i] = (order_key(v), v)
+        return True
+    tied = arr == best[g]  # the records holding their group's best value
+    wanted = np.zeros(len(best), bool)  # min: an int holds it; max: a float does
+    wanted[g[tied & (is_int if least else ~is_int)]] = True
+    as_int = wanted if least else ~wanted
+    for k, v, whole in zip(present.tolist(), best[present].tolist(),
+                           as_int[present].tolist()):
+        v = int(v) if whole else v
+        accs[k][i] = (order_key(v), v)
+    return True
 
 
 def _sums(i: int, col: list[Any], gids: list[int], accs: list[list[Any]]) -> None:
@@ -193,7 +248,7 @@ class Aggregate(KeyedReducer):
         Option("metrics", dict, doc="{name: count | count_distinct(F) | min(F) | max(F) "
                                     "| sum(F)}, in output order"),
     )
-    spills = {"partials": None, "distinct": None, "dcounts": None}
+    spills = {"partials": None, "distinct": ArrowTables(), "dcounts": None}
     phases = 2  # 0: count each bucket's distinct pairs; 1: combine each bucket's groups
     reduce_row_bytes = 500
 
@@ -296,22 +351,40 @@ class Aggregate(KeyedReducer):
         for b in np.unique(buckets).tolist():
             spill.add_objects("partials", b, [(groups[j], accs[j])
                                               for j in np.flatnonzero(buckets == b).tolist()])
-        items: list[tuple[int, bytes, bytes]] = []
-        for i, f in self.distinct:
-            pairs = set(zip(gids, map(_key, cols[f])))
-            items += [(i, groups[g], v) for g, v in pairs if v != b"null"]
-        if items:
-            # a triple goes where the hash of (metric, group, value) sends it, so one
-            # group's distinct values spread over the buckets however many there are
-            metric = np.array([i for i, _, _ in items], np.uint64)
-            where = {g: j for j, g in enumerate(groups)}
-            gh = hashes[np.array([where[g] for _, g, _ in items], np.int64)]
-            vw, vt, _ = keys.encode([v.decode() for _, _, v in items])
-            buckets = keys.bucket_of(keys.mix(metric, gh, vw[:, 0], vw[:, 1], vt),
-                                     self.nbuckets)
-            for b in np.unique(buckets).tolist():
-                spill.add_objects("distinct", b,
-                                  [items[j] for j in np.flatnonzero(buckets == b).tolist()])
+        if self.distinct:
+            self._spill_distinct(spill, cols, gids, groups, hashes)
+
+    def _spill_distinct(self, spill: Any, cols: list[list[Any]], gids: list[int],
+                        groups: list[bytes], hashes: np.ndarray) -> None:
+        """The batch's distinct (metric, group, value) triples, as Arrow tables of
+        (m, g, v): metric number, the group's JSON text, the value's JSON text. A
+        triple goes where the hash of all three sends it, so one group's distinct
+        values spread over the buckets however many there are."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        n = len(gids)
+        texts = [v for _, f in self.distinct for v in map(_key, cols[f])]
+        table = pa.table({
+            "m": pa.array(np.repeat(np.array([i for i, _ in self.distinct], np.uint8), n)),
+            "g": pa.array(np.tile(np.array(gids, np.int32), len(self.distinct))),
+            "v": pa.array(texts, pa.binary())})
+        table = table.filter(pc.not_equal(table.column("v"), b"null"))  # no value
+        table = table.group_by(["m", "g", "v"], use_threads=False).aggregate([])
+        if not table.num_rows:
+            return
+        v = table.column("v").combine_chunks()
+        offsets = np.frombuffer(v.buffers()[1], np.int32)[v.offset:v.offset + len(v) + 1]
+        value_hash = keys.hash_bytes(offsets, np.frombuffer(v.buffers()[2], np.uint8))
+        g = table.column("g").to_numpy()
+        buckets = keys.bucket_of(keys.mix(table.column("m").to_numpy(), hashes[g],
+                                          value_hash), self.nbuckets)
+        order = np.argsort(buckets, kind="stable")
+        table = pa.table({"m": table.column("m"), "g": pa.array(groups, pa.binary()).take(g),
+                          "v": v}).take(order)
+        buckets = buckets[order]
+        cuts = np.flatnonzero(np.diff(buckets)) + 1
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(buckets)]):
+            spill.add_objects("distinct", int(buckets[lo]), [table.slice(lo, hi - lo)])
 
     def _reject_bad_sums(self, records: list[Any], cols: list[list[Any]], locate: Any,
                          source: str | None) -> set[int]:
@@ -347,20 +420,22 @@ class Aggregate(KeyedReducer):
     def _count_distinct(self, bucket: int, io: ReduceIO) -> None:
         """Phase 0: this bucket's distinct (metric, group, value) triples, counted per
         (group, metric) and sent to the group's bucket for phase 1."""
-        seen: set[tuple[int, bytes, bytes]] = set()
-        for frame in io.frames("distinct", bucket):
-            seen.update(frame)  # equal triples are equal JSON texts: exact
-        if not seen:
+        import pyarrow as pa
+        tables = [t for frame in io.frames("distinct", bucket) for t in frame]
+        if not tables:
             return None
-        counts: dict[tuple[bytes, int], int] = {}
-        for i, group, _ in seen:
-            counts[(group, i)] = counts.get((group, i), 0) + 1
+        # equal triples are equal JSON texts (bytes compared exactly, not hashed)
+        seen = pa.concat_tables(tables).group_by(["m", "g", "v"], use_threads=False
+                                                 ).aggregate([])
+        del tables
+        counts = seen.group_by(["g", "m"], use_threads=False).aggregate([("v", "count")])
         del seen
-        items = list(counts.items())
-        buckets = keys.bucket_of(self._hashes([g.decode() for (g, _), _ in items]),
+        items = list(zip(counts.column("g").to_pylist(), counts.column("m").to_pylist(),
+                         counts.column("v_count").to_pylist()))
+        buckets = keys.bucket_of(self._hashes([g.decode() for g, _, _ in items]),
                                  self.nbuckets)
         for b in np.unique(buckets).tolist():
-            io.add_objects("dcounts", b, [(*items[j][0], items[j][1])
+            io.add_objects("dcounts", b, [items[j]
                                           for j in np.flatnonzero(buckets == b).tolist()])
         return None
 

@@ -139,6 +139,8 @@ def test_dotted_by_fields_read_and_write_nested_values():
     ([1, 1.0], 1, 1.0),                        # equal numbers: the int first
     ([1.0, 1], 1, 1.0),
     ([0.0, -0.0, 0], 0, 0.0),                  # 0 < -0.0 < 0.0
+    ([-0.0, 0.0, 2.5], -0.0, 2.5), ([0.0, -0.0, -2.5], -2.5, 0.0),
+    ([-0.0, 0.0], -0.0, 0.0), ([0.0, -0.0], -0.0, 0.0),
     ([True, 5, False], False, 5),              # bools before numbers
     (["b", "a", "B"], "B", "b"),               # code points
     (["é", "z", "ab"], "ab", "é"),
@@ -432,3 +434,46 @@ def test_sum_rejects_reach_the_dead_letter_file(tmp_path):
     assert dead == [{"line": 2, "offset": 16, "stage": "aggregate",
                      "reason": "field 'v': sum(v) needs a number, got '2'",
                      "raw": '{"g":"a","v":"2"}'}]
+
+
+def _mixed_numbers(rng, n):
+    pool = [1, 1.0, 2, 2.0, -3, -3.5, 7.25, 2**52 + 1, -(2**52) - 1, 1e300, -1e300,
+            1429000000, 1429000000.5, None, "absent"]
+    out = []
+    for _ in range(n):
+        v = rng.choice(pool) if rng.random() < 0.5 else (
+            rng.randrange(-10**6, 10**6) if rng.random() < 0.5 else rng.uniform(-1e6, 1e6))
+        out.append(v)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_min_and_max_in_numpy_equal_the_record_by_record_path(seed, monkeypatch):
+    """_numeric_extremes() (numpy) against _extremes()'s own loop on mixed ints and
+    floats with ties between 1 and 1.0, nulls, missing fields and many groups; and on
+    columns it must leave to the loop (a zero, an int beyond 2**53 beside floats, one
+    beyond 64 bits, a string)."""
+    import stages.aggregate as A
+    rng = random.Random(seed)
+    extra = [[], [0.0], [-0.0], [2**53 + 1, 0.5], [2**64], ["x"]][seed % 6]
+    values = _mixed_numbers(rng, 3000) + extra
+    recs = [({"g": rng.randrange(40)} if v == "absent" else {"g": rng.randrange(40), "v": v})
+            for v in values]
+    rng.shuffle(recs)
+    fast, _ = agg(recs, ["g"], 500, lo="min(v)", hi="max(v)")
+    monkeypatch.setattr(A, "_numeric_extremes", lambda *a: False)
+    slow, _ = agg(recs, ["g"], 500, lo="min(v)", hi="max(v)")
+    assert [(r["g"], r["lo"], type(r["lo"]), r["hi"], type(r["hi"])) for r in fast] == \
+        [(r["g"], r["lo"], type(r["lo"]), r["hi"], type(r["hi"])) for r in slow]
+
+
+def test_min_and_max_take_the_numpy_path_on_plain_numbers():
+    """So that the comparison above compares two paths, not one path with itself."""
+    import stages.aggregate as A
+    for col in ([3, 1.5, None, 2], [5, 7, 9], [0.5, 2.5], [1, 1.0]):
+        accs = [[len(col), None]]
+        assert A._numeric_extremes(1, True, col, [0] * len(col), accs)
+        assert accs[0][1][1] == min(v for v in col if v is not None)
+    assert accs[0][1][1] == 1 and type(accs[0][1][1]) is int  # of 1 and 1.0, min is 1
+    for col in ([0, 1.5], [2**53, 0.5], [2**64], ["a", 1], [True, 2], [None]):
+        assert not A._numeric_extremes(1, True, col, [0] * len(col), [[len(col), None]])

@@ -8,6 +8,8 @@ import pytest
 
 from pipeline import keys
 
+HASH_OF_ABC = 11113159281098618499  # keys.hash_bytes of b"abc": fixed, never salted
+
 ODD = ["visitor7", "", "a", "a\x00", "x" * 15, "x" * 16, "héllo", "é" * 8, "✓" * 6,
        "45094d07-e2cf-11e4-9454-56847afe9799",          # canonical UUID
        "45094D07-E2CF-11E4-9454-56847AFE9799",          # upper case: just a string
@@ -79,3 +81,17 @@ def test_buckets_spread_keys_evenly():
     words, tags, _ = keys.encode([f"visitor{i}" for i in range(100_000)])
     counts = np.bincount(keys.bucket_of(keys.mix(words[:, 0], words[:, 1], tags), 16))
     assert counts.min() > 100_000 / 16 * 0.95 and counts.max() < 100_000 / 16 * 1.05
+
+
+def test_hash_bytes_is_the_same_for_the_same_bytes_wherever_they_lie():
+    values = [b"", b"a", b"ab", b"ba", b"", b"a\x00", b"\x00a", b"x" * 5000, b"ab", b"\xff" * 9]
+    offsets = np.cumsum([0] + [len(v) for v in values])
+    data = np.frombuffer(b"".join(values), np.uint8)
+    h = keys.hash_bytes(offsets, data)
+    assert h[0] == h[4] and h[2] == h[8]  # equal bytes, equal hashes
+    assert len({int(x) for x in h}) == 8  # and the 8 different strings differ
+    # a slice of the offsets (an Arrow array's view) hashes its strings the same
+    assert keys.hash_bytes(offsets[2:5], data).tolist() == h[2:4].tolist()
+    # the same in every process and every run: routing depends on it
+    assert int(keys.hash_bytes(np.array([0, 3]), np.frombuffer(b"abc", np.uint8))[0]) == \
+        HASH_OF_ABC

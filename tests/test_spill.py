@@ -117,3 +117,38 @@ def test_result_frames_shrink_as_buckets_multiply():
         assert 2 * n * rows * Stage.reduce_row_bytes <= memory // 16
     Stage.nbuckets = 4096
     assert result_frame_rows(Stage, memory) == 64  # at least 64 pairs a frame
+
+
+def test_arrow_tables_spill_as_ipc_frames_and_a_flipped_bit_is_refused(tmp_path):
+    """An ArrowTables set: a frame is the pending tables of a bucket as one IPC stream,
+    read back as one table; its size counts against the buffer (a frame is written once
+    the tables' bytes reach it); a damaged frame is refused, never read."""
+    import os
+    import pyarrow as pa
+    from pipeline.errors import DamagedState
+    from pipeline.state.spill import ArrowTables
+
+    sets = {"t": ArrowTables()}
+    writer = SpillWriter(str(tmp_path / "w"), sets, 2, buffer_bytes=10_000)
+    tables = [pa.table({"k": pa.array(range(i, i + 500), pa.int64()),
+                        "v": pa.array([b"x" * (i % 7) for i in range(500)], pa.binary())})
+              for i in range(0, 2000, 500)]
+    for t in tables:
+        writer.add_objects("t", 1, [t])
+    assert writer.rows == 2000
+    writer.mark(durable=False)
+    writer.close()
+    reader = SpillReader([str(tmp_path / "w")], sets)
+    frames = list(reader.frames("t", 1))
+    assert len(frames) > 1  # 8,000 bytes of int64 per table: the buffer flushed on the way
+    got = pa.concat_tables([t for frame in frames for t in frame])
+    assert got.equals(pa.concat_tables(tables))
+    assert reader.nrows("t", 1) == 2000 and list(reader.frames("t", 0)) == []
+    path = str(tmp_path / "w" / "spill.dat")
+    with open(path, "r+b") as fh:
+        fh.seek(os.path.getsize(path) // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 4]))
+    with pytest.raises(DamagedState):
+        list(SpillReader([str(tmp_path / "w")], sets).frames("t", 1))

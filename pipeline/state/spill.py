@@ -64,8 +64,39 @@ class Codec:
     def decode(self, data: bytes) -> list[Any]:
         return pickle.loads(data)
 
+    def nbytes(self, objects: list[Any]) -> int:
+        """About how much memory `objects` hold while they wait to be written."""
+        return 64 * len(objects)
+
+    def nrows(self, objects: list[Any]) -> int:
+        return len(objects)
+
 
 PICKLE = Codec()
+
+
+class ArrowTables(Codec):
+    """Frames of Arrow tables of one schema: a frame is the pending tables as one Arrow
+    IPC stream, and reads back as a list of one table. Nothing in it is executed when
+    read (unlike a pickle), and it is as compact as the columns themselves."""
+
+    def encode(self, objects: list[Any]) -> bytes:
+        import pyarrow as pa
+        table = pa.concat_tables(objects)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, data: bytes) -> list[Any]:
+        import pyarrow as pa
+        return [pa.ipc.open_stream(data).read_all()]
+
+    def nbytes(self, objects: list[Any]) -> int:
+        return sum(t.nbytes for t in objects)
+
+    def nrows(self, objects: list[Any]) -> int:
+        return sum(t.num_rows for t in objects)
 
 
 def _set_kinds(sets: Sets) -> dict[str, Any]:
@@ -156,9 +187,12 @@ class SpillWriter:
 
     def _queue(self, sid: int, bucket: int, piece: Any) -> None:
         self.pending.setdefault((sid, bucket), []).append(piece)
-        size = piece.nbytes if isinstance(piece, np.ndarray) else 64 * len(piece)
-        self.pending_bytes += size
-        self.rows += len(piece)
+        if isinstance(piece, np.ndarray):
+            self.pending_bytes += piece.nbytes
+            self.rows += len(piece)
+        else:
+            self.pending_bytes += self.codecs[sid].nbytes(piece)
+            self.rows += self.codecs[sid].nrows(piece)
         if self.pending_bytes >= self.buffer_bytes:
             self.flush()
 
@@ -178,7 +212,8 @@ class SpillWriter:
                     nrows = sum(len(p) for p in pieces)
                 else:
                     objects = [o for p in pieces for o in p]
-                    data, nrows = self.codecs[sid].encode(objects), len(objects)
+                    codec = self.codecs[sid]
+                    data, nrows = codec.encode(objects), codec.nrows(objects)
                 fh.write(data)
                 entries[i] = (sid, bucket, offset, len(data), nrows, zlib.crc32(data))
                 offset += len(data)
