@@ -149,7 +149,13 @@ class KeyedReducer(Reducer):
         self.seq += n
         return out
 
+    def settle(self) -> None:
+        """Write to the spill what update() holds back in memory (a reducer that
+        gathers several batches before it spills them). Called before the spill is
+        marked: at every snapshot, and before this process reduces its own spill."""
+
     def snapshot(self) -> dict[str, Any]:
+        self.settle()
         return {"spill": self._writer().mark(), "seq": self.seq}
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -183,6 +189,7 @@ class KeyedReducer(Reducer):
 
     def _reduce_here(self, memory_bytes: int, count: bool) -> Iterator[Batch]:
         writer = self._writer()
+        self.settle()
         writer.mark(durable=False)  # every row so far readable on disk
         scratch = tempfile.mkdtemp(prefix=f"sluice-{self.name}-reduce-",
                                    dir=os.path.dirname(writer.dir))

@@ -213,6 +213,13 @@ def hash_bytes(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
         return mix(sums[offsets[1:] - base] - sums[starts], lens)
 
 
+def hash_texts(values: list[bytes]) -> np.ndarray:
+    """hash_bytes() of each byte string in a list."""
+    offsets = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=offsets[1:])
+    return hash_bytes(offsets, np.frombuffer(b"".join(values), np.uint8))
+
+
 def bucket_of(h: np.ndarray, nbuckets: int) -> np.ndarray:
     """Bucket index of each hash; the high bits, so sub-splits can use the low ones."""
     return ((h >> np.uint64(32)) % np.uint64(nbuckets)).astype(np.uint32)

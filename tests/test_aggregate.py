@@ -52,7 +52,7 @@ def in_tasks(records, by, metrics, tmp_path, tasks, nbuckets, batch):
         part = records[cuts[t]:cuts[t + 1]]
         for i in range(0, len(part), batch):
             red.update(Batch(part[i:i + batch]))
-        red.spill.mark(durable=False)
+        red.snapshot()  # what the engine does at a map task's end: settle, then mark
         red.spill.close()
         dirs.append(str(d))
     stage = make()
@@ -289,6 +289,25 @@ def test_the_same_result_however_the_input_is_split(tmp_path):
     for tasks, nbuckets, batch in [(1, 1, 1000), (3, 5, 97), (4, 64, 500), (7, 300, 33)]:
         got = in_tasks(records, ["site", "type"], METRICS, tmp_path, tasks, nbuckets, batch)
         assert got == expected, (tasks, nbuckets, batch)
+
+
+def test_rows_held_across_batches_spill_once_enough_are_held(tmp_path, monkeypatch):
+    """update() holds rows until hold_rows, then spills them (settle); whatever the
+    hold, the result is the same, and a snapshot leaves nothing held."""
+    records = random_records(5, 3000)
+    expected = reference(records)
+    for hold in (1, 50, 1 << 20):
+        monkeypatch.setattr(Aggregate, "hold_rows", hold)
+        assert agg(records, ["site", "type"], 97, **METRICS)[0] == expected, hold
+        got = in_tasks(records, ["site", "type"], METRICS, tmp_path / str(hold), 3, 16, 97)
+        assert got == expected, hold
+    stage = Aggregate(by=["site"], metrics={"n": "count"})
+    stage.open(Ctx())
+    stage.update(Batch(records[:100]))
+    assert len(stage.held_keys) == 100  # under the default hold: nothing spilled yet
+    stage.snapshot()
+    assert stage.held_keys == [] and stage.spill.rows > 0
+    assert sum(r["n"] for b in stage.finish() for r in b) == 100  # (and its scratch goes)
 
 
 # -- options -----------------------------------------------------------------------------

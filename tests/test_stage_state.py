@@ -158,7 +158,7 @@ def test_map_tasks_then_reduce_equals_one_pass(log, tmp_path, reducer_cls, targe
         red.configure(str(tmp_path / f"m{i}"), nbuckets=4, task=i)
         for b in dec.process(source.part(where).read()):
             red.update(b)
-        red.spill.mark(durable=False)
+        red.snapshot()  # the engine's end of a map task
         red.spill.close()
         dirs.append(str(tmp_path / f"m{i}"))
     got, counters = reduce_tasks(reducer_cls, dirs, 4)
@@ -178,7 +178,7 @@ def test_empty_map_tasks_reduce_as_identities(log, tmp_path):
         red.configure(str(tmp_path / f"m{i}"), nbuckets=2, task=i)
         for b in batches:
             red.update(b)
-        red.spill.mark(durable=False)
+        red.snapshot()  # the engine's end of a map task
         dirs.append(str(tmp_path / f"m{i}"))
     assert reduce_tasks(SiteStateReducer, dirs, 2)[0] == expected
 
