@@ -1,6 +1,7 @@
 """count: how many records have each value of a field, at any number of values."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Iterable
 
 import msgspec
@@ -10,7 +11,7 @@ from pipeline import Batch, Option, keys
 from pipeline.contracts import missing_fields
 from pipeline.keyed import KeyedReducer, ReduceIO
 
-from .fields import MISSING, getter
+from .fields import MISSING, column
 
 COUNT_ROW = np.dtype([("w0", "<u8"), ("w1", "<u8"), ("n", "<u8"), ("tag", "u1")])
 NULL = 3  # the tag of a null value (keys.encode's tags are 0-2)
@@ -62,15 +63,18 @@ class Count(KeyedReducer):
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.get = getter(self.field)
+        self.values = column(self.field)
 
     def update(self, batch: Batch) -> None:
-        counts: dict[str | None, int] = {}
-        get, missing = self.get, self.missing
-        for record in batch:
-            value = get(record)
-            key = missing if value is MISSING else count_key(value)
-            counts[key] = counts.get(key, 0) + 1
+        values = self.values(batch)
+        if set(map(type, values)) == {str}:  # the usual case: strings count as themselves
+            counts: dict[str | None, int] = Counter(values)
+        else:
+            counts = {}
+            missing = self.missing
+            for value in values:
+                key = missing if value is MISSING else count_key(value)
+                counts[key] = counts.get(key, 0) + 1
         if not counts:
             return
         values = list(counts)
