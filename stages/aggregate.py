@@ -249,6 +249,7 @@ class Aggregate(KeyedReducer):
                                     "| sum(F)}, in output order"),
     )
     spills = {"partials": None, "distinct": ArrowTables(), "dcounts": None}
+    loads = ("pyarrow",)
     phases = 2  # 0: count each bucket's distinct pairs; 1: combine each bucket's groups
     reduce_row_bytes = 500
 
@@ -410,6 +411,7 @@ class Aggregate(KeyedReducer):
         cuts = np.flatnonzero(np.diff(buckets)) + 1
         for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(buckets)]):
             spill.add_objects("distinct", int(buckets[lo]), [table.slice(lo, hi - lo)])
+        pa.default_memory_pool().release_unused()  # what group_by freed (see below)
 
     def _reject_bad_sums(self, records: list[Any], cols: list[list[Any]], locate: Any,
                          source: str | None) -> set[int]:
@@ -456,6 +458,10 @@ class Aggregate(KeyedReducer):
         del seen
         items = list(zip(counts.column("g").to_pylist(), counts.column("m").to_pylist(),
                          counts.column("v_count").to_pylist()))
+        del counts
+        # Arrow's allocator keeps what group_by freed for its next use: give it back, so
+        # that a worker holds one bucket's peak at a time, not the largest one kept
+        pa.default_memory_pool().release_unused()
         buckets = keys.bucket_of(self._hashes([g for g, _, _ in items]),
                                  self.nbuckets)
         for b in np.unique(buckets).tolist():

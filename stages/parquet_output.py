@@ -99,6 +99,7 @@ class ParquetOutput(Output):
     """
 
     name = "parquet-output"
+    loads = ("pyarrow", "pyarrow.parquet")
     accepts = ("object", "site-event", "summary-row", "count-row")
     options = (Option("path", str, doc="file to write", check=a_path),
                Option("columns", (list, dict),

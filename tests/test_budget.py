@@ -110,3 +110,31 @@ def test_a_run_collects_garbage_less_often_and_puts_the_thresholds_back(run):
     finally:
         budget.Budget.fit = real
         gc.set_threshold(*before)
+
+
+def test_the_budget_counts_the_libraries_the_stages_load(tmp_path):
+    """A process that runs aggregate, parquet-output or stages on columns holds pyarrow
+    (about 37 MB): the budget measures each process's base with it loaded. A summary
+    run loads no pyarrow at all."""
+    import subprocess
+    import sys
+
+    import main
+    from pipeline.config import load_config
+    from pipeline.engine.budget import loading
+
+    registry = main.build_registry()
+    parquet = tmp_path / "parquet.yaml"
+    parquet.write_text("pipeline:\n  - file-input: {path: x}\n  - json-decode: {schema: object}\n"
+                       "  - parquet-output: {path: out.parquet, columns: [id]}\n")
+    expected = {"summary.yaml": [], "count_by_type.yaml": [], "aggregate.yaml": ["pyarrow"],
+                "mutate.yaml": ["pyarrow"], str(parquet): ["pyarrow", "pyarrow.parquet"]}
+    for name, modules in expected.items():
+        path = name if os.path.isabs(name) else os.path.join(ROOT, "configs", name)
+        assert loading(load_config(path, registry)) == modules, name
+    code = ("import sys, main; main.main(['-c', 'configs/summary.yaml', '-f', "
+            "'tests/data/sample/input.jsonl', '--state-dir', sys.argv[1], '-q']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyarrow'))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "st")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.splitlines()[-1] == "[]", out.stderr

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
+import importlib
 import os
-from typing import Iterator
+import sys
+from typing import Any, Iterable, Iterator
 
 from pipeline.errors import SluiceError
 
@@ -61,7 +64,35 @@ class Budget:
             workers -= 1
 
 
-def own_rss() -> int:
+def give_back() -> None:
+    """Return the memory a finished piece of work freed to the system: Arrow's pool
+    and the C heap keep freed memory for reuse, so a process that goes on waiting
+    (the main process while the workers reduce) would go on holding its peak."""
+    gc.collect()
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None:
+        arrow.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc; elsewhere there is nothing to call
+    except (OSError, AttributeError):
+        pass
+
+
+def loading(cfg: Any) -> list[str]:
+    """The modules the pipeline's stages load when they run (Stage.loads, and pyarrow
+    where records flow as columns)."""
+    names = [m for spec in cfg.stages for m in spec.cls.loads]
+    if any(spec.feeds_columns for spec in cfg.stages):
+        names.append("pyarrow")
+    return list(dict.fromkeys(names))
+
+
+def own_rss(modules: Iterable[str] = ()) -> int:
+    """This process's resident memory, once `modules` are imported: a process that
+    runs a stage holds the libraries it loads (pyarrow's take about 37 MB), so every
+    process's share of the budget is measured with them."""
+    for name in modules:
+        importlib.import_module(name)
     try:
         with open("/proc/self/statm", "rb") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
