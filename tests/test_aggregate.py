@@ -472,7 +472,7 @@ def test_min_and_max_in_numpy_equal_the_record_by_record_path(seed, monkeypatch)
     floats with ties between 1 and 1.0, nulls, missing fields and many groups; and on
     columns it must leave to the loop (a zero, an int beyond 2**53 beside floats, one
     beyond 64 bits, a string)."""
-    import stages.aggregate as A
+    import stages.aggregate_values as A
     rng = random.Random(seed)
     extra = [[], [0.0], [-0.0], [2**53 + 1, 0.5], [2**64], ["x"]][seed % 6]
     values = _mixed_numbers(rng, 3000) + extra
@@ -488,7 +488,7 @@ def test_min_and_max_in_numpy_equal_the_record_by_record_path(seed, monkeypatch)
 
 def test_min_and_max_take_the_numpy_path_on_plain_numbers():
     """So that the comparison above compares two paths, not one path with itself."""
-    import stages.aggregate as A
+    import stages.aggregate_values as A
     for col in ([3, 1.5, None, 2], [5, 7, 9], [0.5, 2.5], [1, 1.0]):
         accs = [[len(col), None]]
         assert A._numeric_extremes(1, True, col, [0] * len(col), accs)
