@@ -315,6 +315,22 @@ def merged_results(stage: KeyedReducer, dirs: list[str], nbuckets: int) -> Itera
         yield [record for _key, record in pairs]
 
 
+def bucket_batches(stage: KeyedReducer, dirs: list[str], buckets: Iterable[int]
+                   ) -> Iterator[Batch]:
+    """The result records of some buckets, bucket after bucket, each in key order: for
+    stages that do not depend on the order of their records (Stage.order_free), which
+    can read the buckets in parallel, with no merge."""
+    reader = SpillReader(dirs, stage.all_sets())
+    pending: list[Any] = []
+    for b in buckets:
+        for frame in reader.frames(RESULT, b):
+            pending.extend(record for _key, record in frame)
+            if len(pending) >= BATCH:
+                yield Batch(pending)
+                pending = []
+    yield Batch(pending)
+
+
 def result_batches(stage: KeyedReducer, dirs: list[str], nbuckets: int) -> Iterator[Batch]:
     pending: list[Any] = []
     for records in merged_results(stage, dirs, nbuckets):

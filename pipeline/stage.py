@@ -129,6 +129,8 @@ class Stage:
     columnar: ClassVar[bool] = False  # process()/write() also take pipeline.columns.Columns
     prefers_columns: ClassVar[bool] = False  # columns save it more than making them costs
     feeds_columns: bool = False  # it should pass on columns (set by the engine)
+    order_free: ClassVar[bool] = False  # what it does does not depend on the order of its
+    #   records: after a keyed reducer, a segment of such stages reads the buckets in parallel
     loads: ClassVar[tuple[str, ...]] = ()  # modules it imports when it runs (pyarrow): the
     #   memory budget counts them in every process, since any process may run it
 

@@ -101,6 +101,7 @@ class Aggregate(KeyedReducer):
     )
     spills = {"partials": None, "distinct": ArrowTables(), "dcounts": None}
     loads = ("pyarrow",)
+    order_free = True  # groups, counts, min, max and exact sums: any order
     phases = 2  # 0: count each bucket's distinct pairs; 1: combine each bucket's groups
     reduce_row_bytes = 500
 

@@ -44,6 +44,7 @@ class Count(KeyedReducer):
     """
 
     name = "count"
+    order_free = True
     accepts = ("object", "site-event")
     produces = "count-row"
     options = (Option("field", str, doc="field to group by, by its JSON name"),

@@ -163,6 +163,7 @@ class Mutate(Processor):
     """
 
     name = "mutate"
+    order_free = True
     accepts = ("object", "site-event")
     produces = "object"
     columnar = True

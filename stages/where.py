@@ -36,6 +36,7 @@ class Where(Processor):
     """
 
     name = "where"
+    order_free = True
     accepts = ("object", "site-event")
     produces = SAME
     columnar = True

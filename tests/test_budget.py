@@ -59,6 +59,65 @@ def test_dedupe_and_count_with_tiny_buckets_match_a_plain_count(tmp_path):
         assert p.stdout == want
         dup = len([1 for x in log.read_bytes().split(b"\n") if x.strip()]) - len(seen)
         assert f"{dup:,} duplicates skipped" in p.stderr
+        # count does not depend on the order of its records: with 3 workers, 3 map
+        # tasks read ranges of dedupe's buckets (no merge); with 1, one task reads all
+        plan = read_checked_json(next((tmp_path / workers).glob("*/plan.json")))
+        read = plan["segments"]["1"].get("results")
+        assert (read["tasks"], len(read["dirs"]) > 0) == (3, True) if workers == "3" \
+            else read is None
+
+
+AGGREGATE = """pipeline:
+  - file-input: {path: x}
+  - json-decode: {schema: object}
+  - dedupe: {field: id}
+  - mutate: {convert: {site_id: str}}
+  - where: {field: type, in: [message, status]}
+  - aggregate:
+      by: [site_id, type]
+      metrics: {n: count, senders: count_distinct(from), first: min(timestamp),
+                last: max(timestamp), total: sum(timestamp)}
+  - jsonl-output: {path: "-"}
+"""
+
+
+@pytest.mark.parametrize("second,parallel,rejected", [
+    ("", True, 42), ("  - dedupe: {field: from}\n", False, 39)])
+def test_a_later_segment_reads_the_buckets_in_parallel_only_when_order_does_not_matter(
+        tmp_path, second, parallel, rejected):
+    """dedupe -> mutate -> where -> aggregate: every stage after dedupe is order_free, so
+    with 2 workers two map tasks read ranges of dedupe's buckets, and the output is the
+    one-task output, byte for byte. A second dedupe (which keeps the first record in
+    file order) is read by one task, merged in order (the segment after it, order_free
+    again, in parallel)."""
+    log = generate(tmp_path / "log.jsonl", 12_000, 43, "--mixed-site-ids", "--dup-rate",
+                   "0.2", "--conflicting-dups", "--bad-rate", "0.002")
+    with open(log, "a") as fh:  # records that aggregate's sum rejects, after dedupe
+        for i in range(40):
+            fh.write(json.dumps({"id": f"odd-{i}", "from": f"v{i}", "type": "message",
+                                 "site_id": i % 7, "timestamp": f"t{i}"}) + "\n")
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(AGGREGATE.replace("  - mutate:", second + "  - mutate:"))
+    outs = {}
+    for workers in ("1", "2"):
+        p = cli("-c", str(cfg), "-f", str(log), "--state-dir", str(tmp_path / workers), "-w",
+                workers, env=squeezed(16))
+        assert p.returncode == 0, p.stderr
+        plan = read_checked_json(next((tmp_path / workers).glob("*/plan.json")))
+        tasks = plan["segments"]["1"].get("results", {}).get("tasks", 1)
+        assert tasks == (2 if parallel and workers == "2" else 1)
+        entries = [json.loads(x) for x in (tmp_path / workers / "dead_letter.jsonl").open()]
+        lined = [e for e in entries if e["line"] is not None]  # input lines: in file order
+        after = sorted(json.dumps(e) for e in entries if e["line"] is None)
+        outs[workers] = (p.stdout, p.stderr.splitlines()[-1].replace(str(tmp_path / workers), "S"),
+                         lined, after)
+    assert outs["1"] == outs["2"]
+    assert outs["1"][0].count("\n") > 100
+    # what sum(timestamp) rejects after dedupe (the 40 records added, 2 of the
+    # generator's; fewer after a dedupe by sender): the same entries; in parallel they
+    # come bucket by bucket, not in file order (they have no line number)
+    assert len(outs["1"][3]) == rejected
+    assert all('"stage": "aggregate"' in e for e in outs["1"][3])
 
 
 def test_stress_kill_with_tiny_buckets():

@@ -278,28 +278,45 @@ class Job:
         copy_rejects(tasks, results, dead)
         return resumed
 
-    def _map_later(self, seg: Any, source: Callable[[], Iterator[Batch]],
-                   dead: DeadLetter) -> None:
-        """A later segment: one map task, here, over an earlier reducer's results."""
+    def _map_later(self, seg: Any, source: Results, dead: DeadLetter) -> None:
+        """A later segment over an earlier reducer's results: one map task, here, that
+        reads them merged in key order; or, where every stage of it is order_free and
+        the reducer keyed, a map task per range of its buckets, on the executor."""
         from pipeline.engine.results import ResultsInput
 
-        reuse = self.plan.start_segment(seg.number, self.plan.generation, self.last_results)
-        task = self.plan.map_tasks(seg.number)[0]
-        result = finished_map(task, self.notices) if reuse else None
         reducer = self.plan.segments[seg.source[0]].leaves[seg.source[1]].stage
-        if result is None:
+        read = None
+        if self.plan.parallel_read(seg.number) and not self.following:
+            n = self.plan.nbuckets(*seg.source)
+            tasks = min(n, self.executor.workers)
+            if tasks > 1:
+                read = {"stage": reducer, "dirs": source.dirs, "nbuckets": n, "tasks": tasks}
+        reuse = self.plan.start_segment(seg.number, self.plan.generation, self.last_results,
+                                        read)
+        tasks = self.plan.map_tasks(seg.number)
+        results = [finished_map(t, self.notices) if reuse else None for t in tasks]
+        pending = [t for t, r in zip(tasks, results) if r is None]
+        if len(tasks) == 1 and pending:
             stream = source()
             of = self.cfg.stages[reducer or 0].label
-            result = do_task(self.settings, task, Env(stop=self.request,
-                                                   source=lambda: ResultsInput(stream, of)))
-            self._warn_tasks([result])
-        self.counters = add_counters(self.counters, result["counters"])
-        self._task_meters(task, result, with_source=False)
-        if reducer is not None:  # what the reducer emitted is what this task read
-            self._meter(reducer, {"records_in": 0, "seconds": 0.0,
-                                  "records_out": result["meters"][0]["records_out"]})
-        append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), result["dead_letter"],
-                       dead, None)
+            fresh = [do_task(self.settings, tasks[0], Env(
+                stop=self.request, source=lambda: ResultsInput(stream, of)))]
+        else:
+            try:
+                fresh = self.executor.run(pending) if pending else []
+            except Stopped:
+                raise Stopped(self.counters.get("lines", 0)) from None
+        self._warn_tasks(fresh)
+        it = iter(fresh)
+        results = [r if r is not None else next(it) for r in results]
+        for task, result in zip(tasks, results):
+            self.counters = add_counters(self.counters, result["counters"])
+            self._task_meters(task, result, with_source=False)
+            if reducer is not None:  # what the reducer emitted is what this task read
+                self._meter(reducer, {"records_in": 0, "seconds": 0.0,
+                                      "records_out": result["meters"][0]["records_out"]})
+            append_rejects(os.path.join(task.dir, "dead_letter.jsonl"), result["dead_letter"],
+                           dead, None)
 
     def _finish(self, seg: Any, j: int, leaf: Any, budget: Budget) -> Results:
         """Reduce a leaf; returns what produces its results, merged, as batches."""

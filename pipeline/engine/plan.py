@@ -2,12 +2,14 @@
 
     file-input -> p -> reducer A -> q -> reducer B -> r -> output
     |---- segment 0 ----------|                        map tasks over input ranges
-                               |-- segment 1 ---------|  one map task over A's results
+                               |-- segment 1 ---------|  map tasks over A's results
                                                         |-- a tail ---|
 
 A segment runs from a source (the input, or the results of an earlier reducer) to its
 *leaves*: the first reducer on each path. Segment 0's map tasks read ranges of the input
-in parallel; a later segment is one map task over the results it reads. A keyed
+in parallel; a later segment is one map task over the results it reads, merged in key
+(file) order, or, where every stage of it is `order_free` and there are several
+workers, one map task per worker over a range of the reducer's buckets. A keyed
 reducer's phases then run as reduce tasks over its buckets. What follows the last
 reducer of a path, up to its output, is a *tail*, run in the main process.
 
@@ -152,8 +154,23 @@ class Plan:
                     for i, (piece, nbytes, numbering) in enumerate(zip(
                         self.data["ranges"], self.data["range_bytes"],
                         self.data["numbering"]))]
-        return [MapTask(k, 0, None, os.path.join(self.seg_dir(k), "m00000"), seg.stages,
-                        seg.branches, leaves, nonce)]
+        read = self.data["segments"].get(str(k), {}).get("results")
+        if read is None:  # one task, here, reads the results merged in key order
+            return [MapTask(k, 0, None, os.path.join(self.seg_dir(k), "m00000"), seg.stages,
+                            seg.branches, leaves, nonce)]
+        n, tasks = read["nbuckets"], read["tasks"]  # tasks over ranges of the buckets
+        return [MapTask(k, i, {**read, "buckets": [i * n // tasks, (i + 1) * n // tasks]},
+                        os.path.join(self.seg_dir(k), f"m{i:05d}"), seg.stages, seg.branches,
+                        leaves, nonce) for i in range(tasks)]
+
+    def parallel_read(self, k: int) -> bool:
+        """Whether segment k > 0 may read its source's buckets in parallel, unmerged:
+        its source is a keyed reducer and every stage of it is order_free."""
+        seg = self.segments[k]
+        if seg.source is None or seg.branches:
+            return False
+        source = self.segments[seg.source[0]].leaves[seg.source[1]]
+        return source.keyed and all(self.cfg.stages[i].cls.order_free for i in seg.stages)
 
     def reduce_tasks(self, k: int, leaf: int, phase: int, groups: int) -> list[ReduceTask]:
         lf = self.segments[k].leaves[leaf]
@@ -170,8 +187,12 @@ class Plan:
                                   n, self.generation, self.data["nonce"]))
         return out
 
-    def start_segment(self, k: int, generation: int, rows: int) -> bool:
-        """Before segment k > 0 runs: True if its saved state can be reused."""
+    def start_segment(self, k: int, generation: int, rows: int,
+                      read: dict[str, Any] | None = None) -> bool:
+        """Before segment k > 0 runs: True if its saved state can be reused. `read`:
+        its map tasks read the source's buckets in parallel ({stage, dirs, nbuckets,
+        tasks}: the source reducer, its last reduce phase's directories, its bucket
+        count, how many tasks); None: one task reads them merged."""
         key = str(k)
         saved = self.data["segments"].get(key)
         if saved is not None and saved.get("after") == generation:
@@ -179,6 +200,8 @@ class Plan:
         shutil.rmtree(self.seg_dir(k), ignore_errors=True)
         self.data["segments"][key] = {"after": generation, "nbuckets": _sizes(
             self.cfg, self.segments[k], rows, self.data["reduce_bytes"])}
+        if read is not None:
+            self.data["segments"][key]["results"] = read
         self.save()
         return False
 

@@ -28,7 +28,8 @@ from pipeline.engine.resume import Checkpointer, open_slot, resumed_records
 from pipeline.engine.runner import Context, flow
 from pipeline.engine.signals import NeverSet
 from pipeline.errors import CheckpointFailed, DamagedState, RejectedLine, SluiceError, Stopped
-from pipeline.keyed import KeyedReducer, reduce_buckets
+from pipeline.keyed import KeyedReducer, bucket_batches, reduce_buckets
+from pipeline.engine.results import ResultsInput
 from pipeline.stage import Input, Role, Stage
 from pipeline.state.checkpoint import CheckpointStore, read_checked_json, write_checked_json
 from pipeline.state.deadletter import DeadLetter
@@ -152,6 +153,15 @@ def map_stages(settings: RunSettings, task: MapTask, source: Input
     return flat, trunk, branches
 
 
+def results_reader(settings: RunSettings, piece: dict[str, Any]) -> Input:
+    """A reader of a range of a keyed reducer's result buckets (Plan.map_tasks)."""
+    spec = settings.cfg.stages[piece["stage"]]
+    stage = spec.instance()
+    assert isinstance(stage, KeyedReducer)
+    lo, hi = piece["buckets"]
+    return ResultsInput(bucket_batches(stage, piece["dirs"], range(lo, hi)), spec.label)
+
+
 def _do_map(settings: RunSettings, task: MapTask, env: Env) -> dict[str, Any]:
     """input range -> ... -> reducer.update(); leaves rows and state in task.dir."""
     shape: dict[str, Any] = {}
@@ -159,6 +169,8 @@ def _do_map(settings: RunSettings, task: MapTask, env: Env) -> dict[str, Any]:
     def build() -> list[Stage]:
         if env.source is not None:
             source = env.source()
+        elif isinstance(task.piece, dict):  # a range of an earlier reducer's buckets
+            source = results_reader(settings, task.piece)
         else:
             source = settings.cfg.stages[0].instance().part(task.piece)  # type: ignore[attr-defined]
         flat, shape["trunk"], shape["branches"] = map_stages(settings, task, source)
