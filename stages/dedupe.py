@@ -21,49 +21,58 @@ class Records(Codec):
     would come back a list, or an integer beyond 64 bits) pickled. Every frame says
     how it was stored.
 
-    `lazy`: object records come back as msgspec.Raw, each its record's msgpack bytes,
-    not decoded: reduce only picks the first of each id, and the kept ones are written
-    again as they are. Only the final results are decoded, once. On a 1M-line
-    dedupe-and-count run this and msgpack took 30% off the pickles' time."""
+    `lazy`: the records of this codec's msgpack frames (with `json_dicts` object
+    records, with `structs` site-event structs) come back as msgspec.Raw, each its
+    record's msgpack bytes, not decoded: reduce only picks the first of each id, and
+    the kept ones are written again as they are. Only the final results are decoded,
+    once. On a 1M-line dedupe-and-count run this and msgpack took 30% off the
+    pickles' time; for site-event records it saves decoding (and validating) every
+    struct in the reduce and encoding the kept ones again. A codec with `json_dicts`
+    or `structs` takes a Raw to be such a record's bytes: a given kind's codec."""
 
     _pack = msgspec.msgpack.Encoder().encode
     _unpack = msgspec.msgpack.Decoder(list[SiteEventType]).decode
     _unpack_json = msgspec.msgpack.Decoder().decode
     _unpack_raw = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
+    _one_struct = msgspec.msgpack.Decoder(SiteEventType).decode
 
-    def __init__(self, json_dicts: bool = False, lazy: bool = False):
-        self.json_dicts, self.lazy = json_dicts, lazy
+    def __init__(self, json_dicts: bool = False, structs: bool = False, lazy: bool = False):
+        self.json_dicts, self.structs, self.lazy = json_dicts, structs, lazy
 
     def encode(self, objects: list[Any]) -> bytes:
+        # a Raw is a record a lazy codec read: msgpack writes it as the bytes it holds
         types = set(map(type, objects))
-        if types <= _STRUCTS:
+        if types <= (_STRUCTS_OR_RAW if self.structs else _STRUCTS):
             try:
                 return b"M" + self._pack(objects)
             except (OverflowError, TypeError, ValueError):
                 pass
-        elif types <= {dict, msgspec.Raw} and self.json_dicts:
+        elif self.json_dicts and types <= {dict, msgspec.Raw}:
             try:
-                return b"D" + self._pack(objects)  # a Raw is written as the bytes it holds
+                return b"D" + self._pack(objects)
             except (OverflowError, TypeError, ValueError):
                 pass
-        return b"P" + super().encode(materialized(objects))
+        return b"P" + super().encode(self.materialized(objects))
 
     def decode(self, data: bytes) -> list[Any]:
         view = memoryview(data)[1:]
         tag = data[:1]
         if tag == b"M":
-            return self._unpack(view)
+            return (self._unpack_raw if self.lazy and self.structs else self._unpack)(view)
         if tag == b"D":
-            return (self._unpack_raw if self.lazy else self._unpack_json)(view)
+            return (self._unpack_raw if self.lazy and self.json_dicts
+                    else self._unpack_json)(view)
         return super().decode(view)
 
-
-def materialized(objects: list[Any]) -> list[Any]:
-    """The records, with each msgspec.Raw (a lazily read record) decoded."""
-    if not any(o.__class__ is msgspec.Raw for o in objects):
-        return objects
-    unpack = msgspec.msgpack.decode
-    return [unpack(o) if o.__class__ is msgspec.Raw else o for o in objects]
+    def materialized(self, objects: list[Any]) -> list[Any]:
+        """The records, with each msgspec.Raw (a record this codec read lazily)
+        decoded: a struct's bytes as the struct, a dict's as the dict. A codec of
+        neither kind reads nothing lazily: a Raw there is a record of its own."""
+        if not (self.structs or self.json_dicts) or not any(
+                o.__class__ is msgspec.Raw for o in objects):
+            return objects
+        unpack = self._one_struct if self.structs else msgspec.msgpack.decode
+        return [unpack(o) if o.__class__ is msgspec.Raw else o for o in objects]
 
 
 class Results(Codec):
@@ -77,7 +86,7 @@ class Results(Codec):
         try:
             orders = np.fromiter((k for k, _ in pairs), np.uint64, len(pairs))
         except (OverflowError, TypeError, ValueError):
-            records = materialized([r for _, r in pairs])
+            records = self.records.materialized([r for _, r in pairs])
             return b"P" + super().encode([(k, r) for (k, _), r in zip(pairs, records)])
         return (b"O" + len(pairs).to_bytes(8, "little") + orders.tobytes()
                 + self.records.encode([r for _, r in pairs]))
@@ -92,7 +101,10 @@ class Results(Codec):
 
 
 _STRUCTS = {Message, Status}
+_STRUCTS_OR_RAW = _STRUCTS | {msgspec.Raw}
 _RECORDS = Records()
+_LAZY_STRUCTS = Records(structs=True, lazy=True)  # read by reduce
+_STRUCT_RESULTS = Results(Records(structs=True))
 _LAZY_JSON_RECORDS = Records(json_dicts=True, lazy=True)  # read by reduce
 _JSON_RESULTS = Results(Records(json_dicts=True))
 KEY_ROW = np.dtype([("w0", "<u8"), ("w1", "<u8"), ("order", "<u8"), ("tag", "u1")])
@@ -155,6 +167,8 @@ class Dedupe(KeyedReducer):
         sets = super().all_sets()
         if self.given == "object":  # JSON values only: msgpack keeps them exactly
             sets["records"], sets[RESULT] = _LAZY_JSON_RECORDS, _JSON_RESULTS
+        elif self.given == "site-event":  # Message and Status structs
+            sets["records"], sets[RESULT] = _LAZY_STRUCTS, _STRUCT_RESULTS
         return sets
 
     def update(self, batch: Batch) -> None:
