@@ -15,6 +15,7 @@ from typing import Any, Callable
 import msgspec
 
 _MISSING = object()
+_NO_FIELDS = (str, bytes, list, tuple, int, float, type(None))  # int: bool too
 
 
 class NotAnObject(ValueError):
@@ -48,8 +49,8 @@ def _step(value: Any, name: str, cache: dict[type, str | None]) -> Any:
             tag = cls.__struct_config__.tag_field
             if tag == name:
                 attr = "__tag__"
-        elif hasattr(value, name) and not isinstance(value, (str, bytes, list, tuple)):
-            attr = name
+        elif hasattr(value, name) and not isinstance(value, _NO_FIELDS):
+            attr = name  # a plugin's own object; a JSON value has no fields (3.real)
         cache[cls] = attr
     if attr is None:
         return _MISSING
