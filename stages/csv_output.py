@@ -6,10 +6,11 @@ import io
 from typing import Any, Iterator
 
 from pipeline import Batch, Option, Output, a_path
+from pipeline.columns import Columns, values_of
 from pipeline.contracts import missing_fields
-
-from .fields import MISSING, getter
 from pipeline.outputs import NEW, ResumableFile, Stdout, cell, encode_text
+
+from .fields import MISSING, get_in, getter, path_of
 
 TUPLES = ("summary-row", "count-row")
 
@@ -34,14 +35,16 @@ class CsvOutput(Output):
             path: out.csv
             columns: [site_id, messages, emails, operators, visitors]
 
-    A dict or struct record is read by column name; a tuple or list record fills the
-    columns in order. Cells: a string as itself, null or a missing field as an empty
-    cell, anything else as its JSON text (`true`, `1.5`, `[1,"a"]`, `{"x":1}`). Written
-    and checkpointed like jsonl-output: `PATH.partial`, cut back on resume, renamed at
-    the end.
+    A dict or struct record is read by column name (a dotted name reads a nested
+    field); a tuple or list record fills the columns in order. Cells: a string as
+    itself, null or a missing field as an empty cell, anything else as its JSON text
+    (`true`, `1.5`, `[1,"a"]`, `{"x":1}`). Columns (pipeline.columns) give the same
+    cells, read a column at a time. Written and checkpointed like jsonl-output:
+    `PATH.partial`, cut back on resume, renamed at the end.
     """
 
     name = "csv-output"
+    columnar = True
     accepts = ("object", "site-event", "summary-row", "count-row")
     options = (Option("path", str, doc='file to write, or "-" for stdout', check=a_path),
                Option("columns", list, doc="column names, in order (the header row)"))
@@ -70,9 +73,12 @@ class CsvOutput(Output):
     def restore(self, state: dict[str, int]) -> None:
         self.written = state
 
-    def _rows(self, batch: Batch) -> bytes:
+    def _rows(self, batch: Batch | Columns) -> bytes:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
+        if isinstance(batch, Columns):
+            w.writerows(zip(*[column_cells(batch, c) for c in self.columns]))
+            return encode_text(buf.getvalue())
         for rec in batch:
             if isinstance(rec, (tuple, list)):
                 w.writerow(map(cell, rec))
@@ -98,3 +104,19 @@ class CsvOutput(Output):
             self.file.commit()
         finally:
             self.file.close()
+
+
+def column_cells(batch: Columns, name: str) -> list[str]:
+    """The cells of column `name` (a field's name or dotted path) for every record of
+    `batch`, by the rule of `cell` (as the records' getter reads them)."""
+    import pyarrow as pa
+    found = batch.find(path_of(name))
+    if found is None:  # no record has the field
+        return [""] * len(batch)
+    array, json, rest = found
+    if not json and not rest and pa.types.is_string(array.type):
+        return array.fill_null("").to_pylist()  # strings are their own cells
+    values = values_of(array, json, MISSING)
+    if rest:  # the path goes on into JSON values (or into what is not an object)
+        values = [v if v is MISSING else get_in(v, rest) for v in values]
+    return ["" if v is MISSING else cell(v) for v in values]
