@@ -9,6 +9,7 @@ import msgspec
 import numpy as np
 
 from pipeline import Batch, Option, keys
+from pipeline.columns import Columns
 from pipeline.contracts import missing_fields
 from pipeline.keyed import ArrowTables, KeyedReducer, ReduceIO
 
@@ -102,6 +103,7 @@ class Aggregate(KeyedReducer):
     spills = {"partials": None, "distinct": ArrowTables(), "dcounts": None}
     loads = ("pyarrow",)
     order_free = True  # groups, counts, min, max and exact sums: any order
+    columnar = True  # its fields are read a column at a time from either
     phases = 2  # 0: count each bucket's distinct pairs; 1: combine each bucket's groups
     reduce_row_bytes = 500
 
@@ -182,13 +184,14 @@ class Aggregate(KeyedReducer):
         n = len(batch)
         if not n:
             return
-        records: list[Any] = batch
+        records: Any = batch  # a Batch, or Columns: the getters read either
         cols = [c(records) for c in self.field_cols]
         if self.sums:
             bad = self._reject_bad_sums(records, cols, batch.locate, batch.source)
             if bad:
                 keep = [j for j in range(n) if j not in bad]
-                records = [records[j] for j in keep]
+                records = (records.take(keep) if isinstance(records, Columns)
+                           else [records[j] for j in keep])
                 cols = [[c[j] for j in keep] for c in cols]
                 n = len(records)
                 if not n:
@@ -265,7 +268,7 @@ class Aggregate(KeyedReducer):
             spill.add_objects("distinct", int(buckets[lo]), [table.slice(lo, hi - lo)])
         pa.default_memory_pool().release_unused()  # what group_by freed (see below)
 
-    def _reject_bad_sums(self, records: list[Any], cols: list[list[Any]], locate: Any,
+    def _reject_bad_sums(self, records: Any, cols: list[list[Any]], locate: Any,
                          source: str | None) -> set[int]:
         """Reject the records whose summed field is not a number; their positions."""
         bad: set[int] = set()
@@ -276,10 +279,12 @@ class Aggregate(KeyedReducer):
             for j, v in enumerate(col):
                 if v.__class__ not in _SUMMABLE and j not in bad:
                     bad.add(j)
+                    record = (records.record(j) if isinstance(records, Columns)
+                              else records[j])
                     try:
-                        raw: Any = msgspec.json.encode(records[j])
+                        raw: Any = msgspec.json.encode(record)
                     except (TypeError, ValueError, OverflowError):
-                        raw = repr(records[j])
+                        raw = repr(record)
                     self.ctx.reject(raw, f"field {field!r}: sum({field}) needs a number, "
                                          f"got {show(v)}", stage=self.name,
                                     at=locate(j), file=source)

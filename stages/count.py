@@ -8,6 +8,7 @@ import msgspec
 import numpy as np
 
 from pipeline import Batch, Option, keys
+from pipeline.columns import Columns
 from pipeline.contracts import missing_fields
 from pipeline.keyed import KeyedReducer, ReduceIO
 
@@ -45,6 +46,7 @@ class Count(KeyedReducer):
 
     name = "count"
     order_free = True
+    columnar = True  # the field is read a column at a time from either
     accepts = ("object", "site-event")
     produces = "count-row"
     options = (Option("field", str, doc="field to group by, by its JSON name"),
@@ -66,7 +68,7 @@ class Count(KeyedReducer):
         super().__init__(**options)
         self.values = column(self.field)
 
-    def update(self, batch: Batch) -> None:
+    def update(self, batch: Batch | Columns) -> None:
         values = self.values(batch)
         if set(map(type, values)) == {str}:  # the usual case: strings count as themselves
             counts: dict[str | None, int] = Counter(values)

@@ -6,11 +6,11 @@ import io
 from typing import Any, Iterator
 
 from pipeline import Batch, Option, Output, a_path
-from pipeline.columns import Columns, values_of
+from pipeline.columns import Columns
 from pipeline.contracts import missing_fields
 from pipeline.outputs import NEW, ResumableFile, Stdout, cell, encode_text
 
-from .fields import MISSING, get_in, getter, path_of
+from .fields import MISSING, column_values, getter, path_of
 
 TUPLES = ("summary-row", "count-row")
 
@@ -110,13 +110,9 @@ def column_cells(batch: Columns, name: str) -> list[str]:
     """The cells of column `name` (a field's name or dotted path) for every record of
     `batch`, by the rule of `cell` (as the records' getter reads them)."""
     import pyarrow as pa
-    found = batch.find(path_of(name))
-    if found is None:  # no record has the field
-        return [""] * len(batch)
-    array, json, rest = found
-    if not json and not rest and pa.types.is_string(array.type):
-        return array.fill_null("").to_pylist()  # strings are their own cells
-    values = values_of(array, json, MISSING)
-    if rest:  # the path goes on into JSON values (or into what is not an object)
-        values = [v if v is MISSING else get_in(v, rest) for v in values]
-    return ["" if v is MISSING else cell(v) for v in values]
+    path = path_of(name)
+    found = batch.find(path)
+    if found is not None and not found[1] and not found[2] and pa.types.is_string(
+            found[0].type):
+        return found[0].fill_null("").to_pylist()  # strings are their own cells
+    return ["" if v is MISSING else cell(v) for v in column_values(batch, path)]

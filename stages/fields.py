@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import msgspec
 
+from pipeline.columns import Columns, values_of
+
 _MISSING = object()
 _NO_FIELDS = (str, bytes, list, tuple, int, float, type(None))  # int: bool too
 
@@ -89,20 +91,25 @@ def getter(field: str) -> Callable[[Any], Any]:
     return get_path
 
 
-def column(field: str) -> Callable[[list[Any]], list[Any]]:
+def column(field: str) -> Callable[[Any], list[Any]]:
     """A function batch -> [value of `field` in each record, or MISSING]; the same
     values as `getter(field)` record by record, read with C-level maps where the
-    batch's record classes allow (dicts; structs, whose field or tag is per class)."""
+    batch's record classes allow (dicts; structs, whose field or tag is per class),
+    and from its Arrow column where the batch is Columns (column_values)."""
     if "." in field:  # a path: one name at a time, each over the whole column
         steps = [column(name) for name in path_of(field)]
+        path = path_of(field)
 
-        def along(batch: list[Any]) -> list[Any]:
+        def along(batch: Any) -> list[Any]:
+            if batch.__class__ is Columns:
+                return column_values(batch, path)
             values = batch
             for step in steps:
                 values = step(values)
             return values
 
         return along
+    one = (field,)
     get = getter(field)
     how: dict[type, tuple[str, Any]] = {}
 
@@ -122,7 +129,9 @@ def column(field: str) -> Callable[[list[Any]], list[Any]]:
 
     by_dict = operator.methodcaller("get", field, _MISSING)
 
-    def values(batch: list[Any]) -> list[Any]:
+    def values(batch: Any) -> list[Any]:
+        if batch.__class__ is Columns:
+            return column_values(batch, one)
         kinds = set()
         for cls in set(map(type, batch)):
             k = how.get(cls)
@@ -142,6 +151,20 @@ def column(field: str) -> Callable[[list[Any]], list[Any]]:
             return list(map(table.__getitem__, map(type, batch)))
         return list(map(get, batch))
 
+    return values
+
+
+def column_values(batch: Columns, path: tuple[str, ...]) -> list[Any]:
+    """Every record's value at `path` in columns, MISSING where it has none: read from
+    the field's column, into struct columns, and on into the decoded values of a JSON
+    column (or what is not an object: nothing there) as get_in() reads them."""
+    found = batch.find(path)
+    if found is None:  # no record has the field
+        return [_MISSING] * len(batch)
+    array, json, rest = found
+    values = values_of(array, json, _MISSING)
+    if rest:
+        values = [v if v is _MISSING else get_in(v, rest) for v in values]
     return values
 
 
