@@ -217,3 +217,25 @@ def test_give_back_returns_arrows_freed_memory():
     kept = own_rss() - base  # freed, yet still held by the process (about 67 MB)
     give_back()
     assert own_rss() - base < max(kept // 4, 4 << 20), (kept, own_rss() - base)
+
+
+def test_every_task_gives_back_what_it_freed_before_the_next(tmp_path, monkeypatch):
+    """A worker gives back its memory after each task (map or reduce), so a later
+    phase starts from the process's base, not from the peak of the one before."""
+    import main
+    from pipeline.engine import tasks
+
+    order = []
+    real_give_back = tasks.give_back
+    monkeypatch.setattr(tasks, "_do_map", lambda *a, _f=tasks._do_map: (
+        order.append("map"), _f(*a))[1])
+    monkeypatch.setattr(tasks, "_do_reduce", lambda *a, _f=tasks._do_reduce: (
+        order.append("reduce"), _f(*a))[1])
+    monkeypatch.setattr(tasks, "give_back", lambda: (order.append("give"),
+                                                     real_give_back())[1])
+    code = main.main(["-c", os.path.join(ROOT, "configs", "aggregate.yaml"), "-f",
+                      os.path.join(ROOT, "tests", "data", "sample", "input.jsonl"),
+                      "--state-dir", str(tmp_path / "st"), "-w", "1", "-q"])
+    assert code == 0
+    assert order.count("map") >= 2 and order.count("reduce") >= 3, order
+    assert order == [x for step in order if step != "give" for x in (step, "give")]

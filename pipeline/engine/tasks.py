@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pipeline.config import PipelineConfig
-from pipeline.engine.budget import fewer_collections
+from pipeline.engine.budget import fewer_collections, give_back
 from pipeline.engine.report import collect_counters
 from pipeline.engine.results import Capture
 from pipeline.engine.resume import Checkpointer, open_slot, resumed_records
@@ -126,10 +126,13 @@ def do_task(settings: RunSettings, task: Any, env: Env | None = None) -> dict[st
         fcntl.flock(fd, fcntl.LOCK_EX)
         with fewer_collections():  # in a worker process too
             if isinstance(task, MapTask):
-                return _do_map(settings, task, env)
-            return _do_reduce(settings, task, env)
+                done = _do_map(settings, task, env)
+            else:
+                done = _do_reduce(settings, task, env)
     finally:
         os.close(fd)
+    give_back()  # the next task starts from this process's base, not this one's peak
+    return done
 
 
 def map_stages(settings: RunSettings, task: MapTask, source: Input
