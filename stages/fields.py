@@ -97,8 +97,8 @@ def column(field: str) -> Callable[[Any], list[Any]]:
     batch's record classes allow (dicts; structs, whose field or tag is per class),
     and from its Arrow column where the batch is Columns (column_values)."""
     if "." in field:  # a path: one name at a time, each over the whole column
-        steps = [column(name) for name in path_of(field)]
         path = path_of(field)
+        steps = [column(name) for name in path]
 
         def along(batch: Any) -> list[Any]:
             if batch.__class__ is Columns:

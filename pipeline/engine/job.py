@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from pipeline.config import PipelineConfig
-from pipeline.engine.budget import Budget, fewer_collections, give_back, loading, own_rss
+from pipeline.engine.budget import Budget, fewer_collections, loading, own_rss
 from pipeline.engine.emit import check_follow, emit
 from pipeline.engine.options import (DEFAULT_EMIT_SECONDS, DEFAULT_MEMORY_MB, JobOptions,
                                      checkpoint_enabled, every)
@@ -192,7 +192,6 @@ class Job:
             for seg in plan.segments:
                 if seg.number > 0:
                     self._map_later(seg, streams.pop(seg.source), dead)  # type: ignore[arg-type]
-                    give_back()  # before the workers reduce, while this process waits
                     lap("map")
                 for j, leaf in enumerate(seg.leaves):
                     streams[(seg.number, j)] = self._finish(seg, j, leaf, budget)
