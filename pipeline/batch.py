@@ -58,3 +58,17 @@ class Batch(list):
         if self.origins is not None:
             out.origins = (self.origins[0][idx], self.origins[1][idx])
         return out
+
+
+class Encoded:
+    """An output's bytes for some records, made ahead (Output.encode), by a worker:
+    written as they are. `len()` is the number of records they hold."""
+
+    __slots__ = ("data", "records")
+
+    def __init__(self, data: bytes, records: int):
+        self.data = data
+        self.records = records
+
+    def __len__(self) -> int:
+        return self.records

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from array import array
 from typing import Any, Callable, ClassVar, Iterator, Optional, Tuple
 
-from pipeline.batch import Batch
+from pipeline.batch import Batch, Encoded
 
 
 class Role(enum.Enum):
@@ -351,6 +351,25 @@ class Output(Stage):
 
     def write(self, batches: Iterator[Batch]) -> None:
         raise NotImplementedError
+
+    # -- writing in parts ---------------------------------------------------------------
+    @property
+    def in_parts(self) -> bool:
+        """Whether the bytes it writes for a batch depend on that batch alone (encode()),
+        and it writes them to a file: then a run without reducers and with several
+        workers has the workers encode their ranges' records, and this output, in the
+        main process, writes their bytes in input order (bytes_of() in write())."""
+        return False
+
+    def encode(self, batch: Any) -> bytes:
+        """The bytes write() writes for `batch`, with nothing before or after them (a
+        header is write()'s own). Only called if in_parts."""
+        raise NotImplementedError
+
+    def bytes_of(self, batch: Any) -> bytes:
+        """What to write for a batch given to write(): encode(batch), or the bytes a
+        worker made ahead (an Encoded batch)."""
+        return batch.data if isinstance(batch, Encoded) else self.encode(batch)
 
 
 class AppendOnly:

@@ -73,6 +73,13 @@ class CsvOutput(Output):
     def restore(self, state: dict[str, int]) -> None:
         self.written = state
 
+    @property
+    def in_parts(self) -> bool:
+        return self.file is not None
+
+    def encode(self, batch: Any) -> bytes:
+        return self._rows(batch)
+
     def _rows(self, batch: Batch | Columns) -> bytes:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -100,7 +107,7 @@ class CsvOutput(Output):
             if not self.written["bytes"]:
                 self.file.write(header)
             for batch in batches:
-                self.file.write(self._rows(batch))
+                self.file.write(self.bytes_of(batch))
             self.file.commit()
         finally:
             self.file.close()

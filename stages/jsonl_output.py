@@ -40,6 +40,13 @@ class JsonlOutput(Output):
     def describe(self) -> str:
         return f"{self.name}({self.path})"
 
+    @property
+    def in_parts(self) -> bool:
+        return self.file is not None
+
+    def encode(self, batch: Any) -> bytes:
+        return json_lines(batch)
+
     def write(self, batches: Iterator[Batch]) -> None:
         if self.file is None:
             out = Stdout(self.ctx)  # EPIPE: discards, and the engine stops the run
@@ -50,7 +57,7 @@ class JsonlOutput(Output):
         self.file.open(self.written)
         try:
             for batch in batches:
-                self.file.write(json_lines(batch))
+                self.file.write(self.bytes_of(batch))
             self.file.commit()
         finally:
             self.file.close()

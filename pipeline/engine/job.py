@@ -1,7 +1,9 @@
 """One run of a configured pipeline: plan it, run its tasks, merge, report.
 
     chain without a reducer     one task in this process, reading the input in order
-                                (straight.py)
+                                (streaming.py); or, with several workers, in parts:
+                                map tasks over input ranges that capture the outputs'
+                                bytes, then the outputs here (_in_parts)
     chain with reducers         plan.py's segments: map tasks over input ranges, reduce
                                 tasks per bucket, then the tail here; on any executor
 
@@ -21,7 +23,7 @@ from pipeline.engine.budget import Budget, fewer_collections, loading, own_rss
 from pipeline.engine.emit import check_follow, emit
 from pipeline.engine.options import (DEFAULT_EMIT_SECONDS, DEFAULT_MEMORY_MB, JobOptions,
                                      checkpoint_enabled, every)
-from pipeline.engine.plan import layout, open_plan
+from pipeline.engine.plan import PLAN, layout, open_plan
 from pipeline.engine.progress import Progress
 from pipeline.engine.report import (Notices, RunReport, add_counters, append_rejects,
                                     collect_counters, copy_rejects, resume_notice, stage_metrics)
@@ -34,7 +36,7 @@ from pipeline.engine.tasks import (STATE_VERSION, Env, RunSettings, MapTask, fin
 from pipeline.errors import DamagedState, InputError, Interrupted, SluiceError, Stopped, reason
 from pipeline.executors import resolve
 from pipeline.keyed import KeyedReducer, result_batches
-from pipeline.stage import Batch, Input, InputChanged, Stage
+from pipeline.stage import Batch, Input, InputChanged, Output, Role, Stage
 from pipeline.state.deadletter import DeadLetter
 from pipeline.state.slot import SlotLock, clear_slot, slot_dir
 
@@ -65,7 +67,8 @@ def _start(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRe
     segments, _ = layout(cfg)
     if source.unbounded():
         check_follow(cfg, opts, segments)
-    if not segments:  # no reducer on any path
+    parts = not segments and _in_parts(cfg, opts, source)
+    if not segments and not parts:  # no reducer on any path
         damaged = False
         while True:
             try:
@@ -78,15 +81,35 @@ def _start(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRe
                 damaged = True
                 notices.append(f"{exc}; starting the run over")
             opts.discard = True
-    return Job(cfg, opts, source, notices, enabled, request).execute()
+    return Job(cfg, opts, source, notices, enabled, request, parts).execute()
+
+
+def _in_parts(cfg: PipelineConfig, opts: JobOptions, source: Input) -> bool:
+    """Whether a run without reducers runs in parts (plan.layout): map tasks over
+    ranges of the input, in the workers, each capturing its outputs' bytes (or
+    records), which the outputs here then write in input order. So it does when it has
+    several workers, a bounded input of known size, and only outputs written in parts
+    (Output.in_parts). A resumed run goes on the way it started: in parts if its slot
+    holds a plan, straight if it holds a straight run's checkpoints."""
+    if source.unbounded() or source.estimated_bytes() is None:
+        return False
+    slot = slot_dir(opts.state_dir, cfg.path, source.describe())
+    if not (opts.fresh or opts.discard) and os.path.isdir(slot) and os.listdir(slot):
+        return os.path.exists(os.path.join(slot, PLAN))
+    outputs = [spec.instance() for spec in cfg.stages if spec.cls.role is Role.OUTPUT]
+    if not all(isinstance(out, Output) and out.in_parts for out in outputs):
+        return False
+    kind, _ = resolve(cfg, opts.executor, opts.executor_options)
+    return kind.workers_for(opts.workers or cfg.workers, source.estimated_bytes() or 0) > 1
 
 
 class Job:
     """A run of a chain with reducers: see plan.py for its shape."""
 
     def __init__(self, cfg: PipelineConfig, opts: JobOptions, source: Input,
-                 notices: Notices, enabled: bool, request: StopRequest):
+                 notices: Notices, enabled: bool, request: StopRequest, parts: bool = False):
         self.cfg, self.opts, self.notices = cfg, opts, notices
+        self.parts = parts  # a run without reducers, in parts (_in_parts)
         self.enabled, self.request = enabled, request
         self.source = source
         self.counters: dict[str, int] = {}
@@ -142,7 +165,7 @@ class Job:
             partition = kind.piece_bytes(size, budget.workers, options)
             try:
                 plan = open_plan(work, cfg, self.source, partition, budget.reduce_bytes,
-                                 self.notices)
+                                 self.notices, self.parts)
             except OSError as exc:  # planning reads the input: say which file, on one line
                 state = str(exc.filename or "").startswith(work)
                 raise (SluiceError if state else InputError)(
@@ -233,9 +256,14 @@ class Job:
             self._meter(0, trunk[0])
         for i, m in zip(task.stages, trunk[1:]):
             self._meter(i, m)
+        if len(trunk) > 1 + len(task.stages):  # a capture: its time is its output's
+            self._meter(self.cfg.trunk[-1], {**trunk[-1], "records_in": 0, "records_out": 0})
         for name, ms in result.get("branch_meters", {}).items():
             for i, m in zip(task.branches[name], ms):
                 self._meter(i, m)
+            if len(ms) > len(task.branches[name]):
+                self._meter(self.cfg.branches[name][-1],
+                            {**ms[-1], "records_in": 0, "records_out": 0})
 
     def _map_first(self, dead: DeadLetter) -> int | None:
         """Segment 0: its map tasks over the input's ranges, on the executor."""

@@ -20,6 +20,9 @@ records in file order on disk until the branch's output runs as a tail:
     input -> p -> fork -> summary:  site-state-reducer | -> sorted-stdout-output
                        -> statuses: where -> (capture) | -> jsonl-output
 
+A chain without any reducer that runs in parts (job._in_parts) is one segment ending in
+a capture, which keeps the output's bytes (Output.encode), and a tail of the output.
+
 The plan is saved in `SLOT/plan.json` (JSON: nothing in it is executed). A resumed run
 reuses it, so every task keeps its range, its number (the order keys of its rows) and
 its directory. If the input grew, new map tasks are appended for the new part and the
@@ -76,10 +79,15 @@ def _leaf(cfg: PipelineConfig, name: str, stage: int | None) -> Leaf:
     return Leaf(name, stage, keyed)
 
 
-def layout(cfg: PipelineConfig) -> tuple[list[Segment], list[Tail]]:
-    """The segments and tails of a config (none of either: a straight run)."""
+def layout(cfg: PipelineConfig, parts: bool = False) -> tuple[list[Segment], list[Tail]]:
+    """The segments and tails of a config. A config without a reducer has none of
+    either (a straight run), unless it runs in `parts`: then it is one segment whose
+    every path ends in a capture, and each output is a tail."""
     segs: list[Segment] = []
     tails: list[Tail] = []
+    if parts and not cfg.branches and _first_reducer(cfg, cfg.trunk) is None:
+        segs.append(Segment(0, None, cfg.trunk[1:-1], {}, [_leaf(cfg, "", None)]))
+        return segs, [Tail((0, 0), cfg.trunk[-1:])]
 
     def linear(source: tuple[int, int] | None, rest: list[int], branch: str) -> None:
         while True:
@@ -109,7 +117,7 @@ def layout(cfg: PipelineConfig) -> tuple[list[Segment], list[Tail]]:
         else:
             branch_parts[name], after[name] = idx[:r + 1], idx[r + 1:]
             leaves.append(_leaf(cfg, name, idx[r]))
-    if source is None and all(leaf.stage is None for leaf in leaves):
+    if source is None and all(leaf.stage is None for leaf in leaves) and not parts:
         return [], []  # no reducer anywhere: a straight run
     k = len(segs)
     segs.append(Segment(k, source, rest, branch_parts, leaves))
@@ -128,7 +136,7 @@ class Plan:
 
     def __init__(self, slot: str, cfg: PipelineConfig, data: dict[str, Any]):
         self.slot, self.cfg, self.data = slot, cfg, data
-        self.segments, self.tails = layout(cfg)
+        self.segments, self.tails = layout(cfg, data.get("parts", False))
 
     def save(self) -> None:
         write_checked_json(os.path.join(self.slot, PLAN), self.data)
@@ -255,9 +263,10 @@ def _written_before(path: str) -> bool:
 
 
 def open_plan(slot: str, cfg: PipelineConfig, source: Input, target_bytes: int,
-              reduce_bytes: int, notices: list[str]) -> Plan:
+              reduce_bytes: int, notices: list[str], parts: bool = False) -> Plan:
     """The saved plan if it still fits config and input (extended if the input grew),
-    else a new one; the slot is cleared whenever the plan is new."""
+    else a new one; the slot is cleared whenever the plan is new. `parts`: a config
+    without a reducer runs in parts (layout())."""
     saved = _saved(slot, notices)
     if saved is not None:
         problem = None
@@ -288,8 +297,9 @@ def open_plan(slot: str, cfg: PipelineConfig, source: Input, target_bytes: int,
     pieces, frontier = source.ranges(target_bytes)
     est = source.estimated_bytes()
     rows = (est // LINE_BYTES_GUESS) if est is not None else 8_000_000
-    segs, _ = layout(cfg)
+    segs, _ = layout(cfg, parts)
     data = {"version": STATE_VERSION, "config": cfg.identity(), "frontier": frontier,
+            "parts": parts,
             "nonce": secrets.token_hex(16), **_ranges(source, pieces),
             "generation": 0, "reduce_bytes": reduce_bytes,
             "segments": {"0": {"after": 0, "nbuckets": _sizes(cfg, segs[0], rows,

@@ -5,11 +5,12 @@ can skip the records its checkpoint had already passed on.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pipeline.keyed import KeyedReducer
+from pipeline.batch import Encoded
 from pipeline.stage import SAME, Batch, Input
-from pipeline.state.spill import Sets, SpillReader
+from pipeline.state.spill import Codec, Sets, SpillReader
 
 
 class ResultsInput(Input):
@@ -48,17 +49,45 @@ class ResultsInput(Input):
         return f"{self.of} results"
 
 
+class EncodedParts(Codec):
+    """Frames of an output's bytes made ahead: a frame is the record count (8 bytes,
+    little-endian) and then the bytes; it reads back as one Encoded. Nothing in it is
+    executed when read."""
+
+    def encode(self, objects: list[Any]) -> bytes:
+        records = sum(o.records for o in objects)
+        return records.to_bytes(8, "little") + b"".join(o.data for o in objects)
+
+    def decode(self, data: bytes) -> list[Any]:
+        return [Encoded(data[8:], int.from_bytes(data[:8], "little"))]
+
+    def nbytes(self, objects: list[Any]) -> int:
+        return sum(len(o.data) for o in objects)
+
+    def nrows(self, objects: list[Any]) -> int:
+        return sum(o.records for o in objects)
+
+
 class Capture(KeyedReducer):
-    """Where a fork branch without a reducer ends inside a map task: its records, kept
-    in file order on disk until the branch's output runs (see plan.py)."""
+    """Where a path without a reducer ends inside a map task: its records (or, if its
+    output is written in parts, the output's bytes for them, made here by `encode`),
+    kept in file order on disk until the path's output runs (see plan.py)."""
 
     name = "capture"
     produces = SAME
-    spills = {"records": None}
+    spills = {"records": None, "encoded": EncodedParts()}
     phases = 0
 
+    def __init__(self, encode: Callable[[Any], bytes] | None = None):
+        super().__init__()
+        self.encode = encode
+
     def update(self, batch: Batch) -> None:
-        if batch:
+        if not batch:
+            return
+        if self.encode is not None:
+            self._writer().add_objects("encoded", 0, [Encoded(self.encode(batch), len(batch))])
+        else:
             self._writer().add_objects("records", 0, list(batch))
 
 
@@ -79,8 +108,11 @@ class Results:
             SpillReader(self.dirs, self.sets).verify()
 
 
-def captured(dirs: list[str]) -> Iterator[Batch]:
-    """The records captured by map tasks (their directories in task order), in order."""
+def captured(dirs: list[str]) -> Iterator[Any]:
+    """What map tasks captured (their directories in task order), in order: batches of
+    records, or an output's bytes (Encoded); a path captures only one of the two."""
     reader = SpillReader(dirs, Capture.all_sets())
     for frame in reader.frames("records", 0):
         yield Batch(frame)
+    for frame in reader.frames("encoded", 0):
+        yield from frame

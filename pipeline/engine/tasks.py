@@ -30,7 +30,7 @@ from pipeline.engine.signals import NeverSet
 from pipeline.errors import CheckpointFailed, DamagedState, RejectedLine, SluiceError, Stopped
 from pipeline.keyed import KeyedReducer, bucket_batches, reduce_buckets
 from pipeline.engine.results import ResultsInput
-from pipeline.stage import Input, Role, Stage
+from pipeline.stage import Input, Output, Role, Stage
 from pipeline.state.checkpoint import CheckpointStore, read_checked_json, write_checked_json
 from pipeline.state.deadletter import DeadLetter
 
@@ -138,22 +138,32 @@ def do_task(settings: RunSettings, task: Any, env: Env | None = None) -> dict[st
 def map_stages(settings: RunSettings, task: MapTask, source: Input
                ) -> tuple[list[Stage], list[Stage], dict[str, list[Stage]]]:
     """(every stage, flat, for checkpoints; the trunk; the branches) of a map task."""
-    stages = settings.cfg.stages
-    trunk = [source] + [stages[i].build() for i in task.stages]
+    cfg = settings.cfg
+    trunk = [source] + [cfg.stages[i].build() for i in task.stages]
     branches: dict[str, list[Stage]] = {}
     for j, leaf in enumerate(task.leaves):
         if not task.branches:
+            if leaf.stage is None:
+                trunk.append(_capture(cfg, cfg.trunk[-1]))
             last = trunk[-1]
         else:
-            part = [stages[i].build() for i in task.branches[leaf.name]]
+            part = [cfg.stages[i].build() for i in task.branches[leaf.name]]
             if leaf.stage is None:
-                part.append(Capture())
+                part.append(_capture(cfg, cfg.branches[leaf.name][-1]))
             branches[leaf.name] = part
             last = part[-1]
         if isinstance(last, KeyedReducer):
             last.configure(task.leaf_dir(j), leaf.nbuckets, task.index, settings.buffer_bytes)
     flat = trunk + [s for part in branches.values() for s in part]
     return flat, trunk, branches
+
+
+def _capture(cfg: PipelineConfig, output: int) -> Capture:
+    """The capture at the end of a path without a reducer, before its output: it keeps
+    the output's bytes if the output is written in parts (Output.in_parts), else the
+    records."""
+    out = cfg.stages[output].instance()
+    return Capture(out.encode if isinstance(out, Output) and out.in_parts else None)
 
 
 def results_reader(settings: RunSettings, piece: dict[str, Any]) -> Input:
@@ -292,7 +302,7 @@ def finished_reduce(task: ReduceTask, notices: list[str]) -> dict[str, Any] | No
 def leaf_position(task: MapTask, j: int) -> int:
     """Where leaf j's stage is in a map task's flat list of stages (see map_stages)."""
     if not task.branches:
-        return len(task.stages)
+        return len(task.stages) + (task.leaves[0].stage is None)  # after it, a capture
     at = 1 + len(task.stages)
     for k, leaf in enumerate(task.leaves):
         at += len(task.branches[leaf.name]) + (leaf.stage is None)
