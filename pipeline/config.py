@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from pipeline.contracts import (check_destinations, check_fields, check_kinds, feeds_columns,
-                                given_kinds)
+                                fields_needed, given_kinds)
 from pipeline.errors import ConfigError
 from pipeline.registry import Registry
 from pipeline.stage import ANY, Role, Option, Stage
@@ -54,12 +54,14 @@ class StageSpec:
     branch: str | None = None  # the fork branch it is in, if any
     given: str = ANY  # the kind of records it is given, as the loader worked it out
     feeds_columns: bool = False  # it passes on columns (contracts.feeds_columns)
+    needed: tuple[str, ...] | None = None  # fields read after it (contracts.fields_needed)
 
     def build(self) -> Stage:
         """A new instance, for work that keeps state (a map task's stages, an output)."""
         stage = self.cls(**self.options)
         stage.given = self.given
         stage.feeds_columns = self.feeds_columns
+        stage.needed = self.needed
         return stage
 
     def instance(self) -> Stage:
@@ -238,6 +240,8 @@ def _parse(ld: YamlDoc, registry: Registry) -> PipelineConfig:
         cfg.stages[i].given = kind
     for i, columns in feeds_columns(cfg).items():
         cfg.stages[i].feeds_columns = columns
+    for i, needed in fields_needed(cfg).items():
+        cfg.stages[i].needed = needed
     check_fields(cfg)
     check_destinations(cfg)
     return cfg

@@ -10,7 +10,7 @@ import os
 from typing import Any, Protocol
 
 from pipeline.errors import ConfigError
-from pipeline.stage import ANY, Fields, Role
+from pipeline.stage import ANY, SAME, Fields, Role
 
 
 
@@ -73,6 +73,30 @@ def feeds_columns(cfg: PipelineConfig) -> dict[int, bool]:
         out[i] = bool(nexts) and all(to_end[j] for j in nexts) and any(gains[j] for j in nexts)
         to_end[i] = getattr(cls, "columnar", False) and all(to_end[j] for j in nexts)
         gains[i] = getattr(cls, "prefers_columns", False) or any(gains[j] for j in nexts)
+    return out
+
+
+def fields_needed(cfg: PipelineConfig) -> dict[int, tuple[str, ...] | None]:
+    """For each stage (by index): the top-level fields of the records it emits that a
+    stage after it reads (Stage.reads), sorted; None where one may read any. A stage
+    that passes records on (`SAME`) adds what the stages after it read; one that makes
+    records of its own (count, aggregate) ends what its input's fields matter to."""
+    after: dict[int, list[int]] = {}
+    for before, i in _pairs(cfg):
+        after.setdefault(before, []).append(i)
+    out: dict[int, tuple[str, ...] | None] = {}
+    for i in range(len(cfg.stages) - 1, -1, -1):  # a stage's consumers come after it
+        need: set[str] | None = set()
+        for j in after.get(i, []):
+            spec = cfg.stages[j]
+            own = spec.cls.reads(spec.options)
+            more = out[j] if spec.cls.produces == SAME else ()
+            if own is None or more is None or need is None:
+                need = None
+                break
+            need.update(name.split(".")[0] for name in own)
+            need.update(more)
+        out[i] = None if need is None else tuple(sorted(need))
     return out
 
 

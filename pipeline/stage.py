@@ -133,6 +133,8 @@ class Stage:
     #   records: after a keyed reducer, a segment of such stages reads the buckets in parallel
     loads: ClassVar[tuple[str, ...]] = ()  # modules it imports when it runs (pyarrow): the
     #   memory budget counts them in every process, since any process may run it
+    needed: tuple[str, ...] | None = None  # set by the engine: the top-level fields of the
+    #   records it passes on that a stage after it reads (`reads`); None: any of them
 
     @classmethod
     def output_kind(cls, options: dict[str, Any], given: str) -> str:
@@ -158,6 +160,15 @@ class Stage:
         or None when they are not known. `given` are the fields it receives. By
         default a stage that passes on its kind (`SAME`) passes on its fields."""
         return given if cls.produces == SAME else None
+
+    @classmethod
+    def reads(cls, options: dict[str, Any]) -> tuple[str, ...] | None:
+        """The fields of the records it is given that it reads (dotted names), with
+        these options; None (the default) if it may read any, or passes a record on
+        whole anywhere (to a dead-letter file, say). A stage that passes records on
+        (`SAME`) is read by the stages after it too. Where everything after a stage
+        reads only some fields, that stage may drop the others (see `needed`)."""
+        return None
 
     @classmethod
     def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],

@@ -139,14 +139,27 @@ class Aggregate(KeyedReducer):
         return tuple(options.get("by", [])) + tuple(options.get("metrics", {}))
 
     @classmethod
-    def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
-                     kind: str) -> str | None:
+    def _used(cls, options: dict[str, Any]) -> list[str]:
+        """The fields it reads: `by`, then the metrics' fields."""
         used = list(options.get("by", []))
         for spec in options.get("metrics", {}).values():
             parsed = parse_metric(spec)
             if isinstance(parsed, tuple) and parsed[1] is not None:
                 used.append(parsed[1])
-        missing = missing_fields(used, given)
+        return used
+
+    @classmethod
+    def reads(cls, options: dict[str, Any]) -> tuple[str, ...] | None:
+        # a record whose summed field is not a number goes whole to the dead letters
+        if any(isinstance(p, tuple) and p[0] == "sum"
+               for p in map(parse_metric, options.get("metrics", {}).values())):
+            return None
+        return tuple(cls._used(options))
+
+    @classmethod
+    def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
+                     kind: str) -> str | None:
+        missing = missing_fields(cls._used(options), given)
         return f"field {missing}" if missing else None
 
     def __init__(self, **options: Any):

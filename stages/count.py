@@ -59,6 +59,10 @@ class Count(KeyedReducer):
     reduce_row_bytes = 160
 
     @classmethod
+    def reads(cls, options: dict[str, Any]) -> tuple[str, ...]:
+        return (options["field"],)
+
+    @classmethod
     def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
                      kind: str) -> str | None:
         missing = missing_fields([options["field"]], given)

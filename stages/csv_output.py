@@ -57,6 +57,10 @@ class CsvOutput(Output):
         return None
 
     @classmethod
+    def reads(cls, options: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(options["columns"])
+
+    @classmethod
     def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
                      kind: str) -> str | None:
         return columns_problem(options.get("columns", []), given, kind)

@@ -48,6 +48,10 @@ class Where(Processor):
     )
 
     @classmethod
+    def reads(cls, options: dict[str, Any]) -> tuple[str, ...]:
+        return (options["field"],)
+
+    @classmethod
     def check_options(cls, options: dict[str, Any]) -> str | None:
         if ("equals" in options) == ("in" in options):
             return "stage 'where': give exactly one of `equals` or `in`"

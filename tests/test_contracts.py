@@ -146,3 +146,61 @@ def test_stages_name_shows_the_contract():
     assert "accepts:  site-event records\nproduces: summary-row records\n" in p.stdout
     p = cli("stages", "where")
     assert "accepts:  object, site-event records\nproduces: the records it is given\n" in p.stdout
+
+
+# -- what the stages after a stage read (Stage.reads, contracts.fields_needed) -------------
+NEEDED = [
+    ("  - dedupe: {field: id}\n  - count: {field: type}\n"
+     "  - csv-output: {path: o.csv, columns: [type, count]}\n",
+     {"dedupe": ("type",), "count": ("count", "type"), "json-decode": ("id", "type")}),
+    ("  - dedupe: {field: id}\n  - where: {field: data.status, equals: online}\n"
+     "  - aggregate: {by: [site_id], metrics: {n: count, who: count_distinct(from), "
+     "t: max(timestamp)}}\n  - csv-output: {path: o.csv, columns: [site_id, n]}\n",
+     {"dedupe": ("data", "from", "site_id", "timestamp"),
+      "where": ("from", "site_id", "timestamp")}),
+    # a sum rejects a record whole; jsonl-output and mutate may read anything
+    ("  - dedupe: {field: id}\n  - aggregate: {by: [site_id], metrics: {s: sum(timestamp)}}\n"
+     "  - csv-output: {path: o.csv, columns: [site_id, s]}\n", {"dedupe": None}),
+    ("  - dedupe: {field: id}\n  - jsonl-output: {path: o.jsonl}\n", {"dedupe": None}),
+    ("  - dedupe: {field: id}\n  - mutate: {remove: [data]}\n  - count: {field: type}\n"
+     "  - csv-output: {path: o.csv, columns: [type, count]}\n", {"dedupe": None}),
+    # a fork: what any branch reads
+    ("  - dedupe: {field: id}\n  - fork:\n      a:\n        - count: {field: type}\n"
+     "        - csv-output: {path: a.csv, columns: [type, count]}\n"
+     "      b:\n        - csv-output: {path: b.csv, columns: [site_id]}\n",
+     {"dedupe": ("site_id", "type")}),
+]
+
+
+@pytest.mark.parametrize("middle,want", NEEDED)
+def test_fields_needed_after_each_stage(middle, want):
+    text = ("pipeline:\n  - file-input: {path: in.jsonl}\n  - json-decode: {schema: object}\n"
+            + middle)
+    cfg = parse_config(text, "x.yaml", REGISTRY)
+    got = {s.name: s.needed for s in cfg.stages}
+    assert {name: got[name] for name in want} == want
+    assert cfg.stages[0].needed is None  # lines: json-decode reads them whole
+
+
+def test_dedupe_spills_only_the_fields_read_after_it(tmp_path):
+    """dedupe -> count by type: the run's state holds the types, not the messages; the
+    count is the one a plain Python dedupe-and-count gives."""
+    lines = [json.dumps({"id": f"i{k % 700}", "type": ["message", "status"][k % 3 == 0],
+                         "data": {"message": "x" * 200}, "site_id": k % 5})
+             for k in range(2000)]
+    log = tmp_path / "in.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pipeline:\n  - file-input: {path: x}\n  - json-decode: {schema: object}\n"
+                   "  - dedupe: {field: id}\n  - count: {field: type}\n"
+                   "  - csv-output: {path: '-', columns: [type, count]}\n")
+    p = cli("-c", str(cfg), "-f", str(log), "--state-dir", str(tmp_path / "s"))
+    assert p.returncode == 0, p.stderr
+    first: dict[str, str] = {}
+    for line in lines:
+        rec = json.loads(line)
+        first.setdefault(rec["id"], rec["type"])
+    counts = {t: list(first.values()).count(t) for t in ("message", "status")}
+    assert p.stdout == f"type,count\nmessage,{counts['message']}\nstatus,{counts['status']}\n"
+    spilled = b"".join(f.read_bytes() for f in (tmp_path / "s").rglob("spill.dat"))
+    assert spilled and b"x" * 200 not in spilled and b"message" in spilled
