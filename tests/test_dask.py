@@ -150,3 +150,27 @@ def test_hand_started_scheduler_and_workers(logs, tmp_path):
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def test_dask_runs_a_chain_without_reducers_in_parts(cluster, logs, tmp_path):
+    """where -> jsonl-output on the cluster, the input cut into 1 MiB partitions: the
+    workers encode the parts, the file is byte for byte the one a local run writes."""
+    cfg = tmp_path / "filter.yaml"
+    cfg.write_text("pipeline:\n  - file-input: {path: x}\n  - json-decode: {schema: object}\n"
+                   "  - where: {field: type, equals: message}\n"
+                   "  - jsonl-output: {path: OUT}\n")
+    outs = {}
+    for name, extra in (("local", ["-w", "1"]),
+                        ("dask", ["--executor", "dask", "--scheduler",
+                                  cluster.scheduler_address, "--partition-mb", "1"])):
+        (tmp_path / f"{name}.yaml").write_text(
+            cfg.read_text().replace("OUT", str(tmp_path / f"{name}.jsonl")))
+        p = cli("-c", str(tmp_path / f"{name}.yaml"), "-f", str(logs / "a.jsonl"),
+                "--state-dir", str(tmp_path / name), *extra)
+        assert p.returncode == 0, p.stderr
+        outs[name] = (tmp_path / f"{name}.jsonl").read_bytes()
+    assert outs["dask"] == outs["local"] and outs["local"].count(b"\n") > 30000
+    assert list((tmp_path / "dask").glob("*/plan.json"))  # in parts
+    assert not list((tmp_path / "local").glob("*/plan.json"))  # one process
+    assert ((tmp_path / "dask" / "dead_letter.jsonl").read_text()
+            == (tmp_path / "local" / "dead_letter.jsonl").read_text())

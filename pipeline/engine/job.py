@@ -87,11 +87,14 @@ def _start(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRe
 def _in_parts(cfg: PipelineConfig, opts: JobOptions, source: Input) -> bool:
     """Whether a run without reducers runs in parts (plan.layout): map tasks over
     ranges of the input, in the workers, each capturing its outputs' bytes (or
-    records), which the outputs here then write in input order. So it does when it has
-    several workers, a bounded input of known size, and only outputs written in parts
-    (Output.in_parts). A resumed run goes on the way it started: in parts if its slot
-    holds a plan, straight if it holds a straight run's checkpoints."""
-    if source.unbounded() or source.estimated_bytes() is None:
+    records), which the outputs here then write in input order. So it does when its
+    executor would cut the input into several pieces (several local workers, or Dask
+    and an input over a partition), the input is bounded and of known size, and every
+    output is written in parts (Output.in_parts). A resumed run goes on the way it
+    started: in parts if its slot holds a plan, straight if it holds a straight run's
+    checkpoints."""
+    size = source.estimated_bytes()
+    if source.unbounded() or size is None:
         return False
     slot = slot_dir(opts.state_dir, cfg.path, source.describe())
     if not (opts.fresh or opts.discard) and os.path.isdir(slot) and os.listdir(slot):
@@ -99,8 +102,9 @@ def _in_parts(cfg: PipelineConfig, opts: JobOptions, source: Input) -> bool:
     outputs = [spec.instance() for spec in cfg.stages if spec.cls.role is Role.OUTPUT]
     if not all(isinstance(out, Output) and out.in_parts for out in outputs):
         return False
-    kind, _ = resolve(cfg, opts.executor, opts.executor_options)
-    return kind.workers_for(opts.workers or cfg.workers, source.estimated_bytes() or 0) > 1
+    kind, options = resolve(cfg, opts.executor, opts.executor_options)
+    workers = kind.workers_for(opts.workers or cfg.workers, size)
+    return kind.piece_bytes(size, workers, options) < size
 
 
 class Job:
