@@ -417,3 +417,45 @@ def test_columns_are_made_where_a_stage_gains_from_them(tmp_path, steps, columns
                         + "".join(f"  - {s}\n" for s in steps))
     cfg = load_config(str(cfg_path), main.build_registry())
     assert [s.name for s in cfg.stages if s.feeds_columns] == columns
+
+
+def test_a_block_decoded_in_slices_keeps_every_line_number(tmp_path):
+    """20,000 lines in one 4 MB block: json-decode makes its columns SLICE lines at a
+    time. The file and the dead-letter file are those of the record path (one block at
+    a time), and every reject names its own line and offset, on both sides of each
+    slice's edge."""
+    from stages.json_decode import SLICE
+    lines = [msgspec.json.encode(r) for r in records(7, 20000, shuffle=0.001)]
+    bad = [0, SLICE - 1, SLICE, SLICE + 1, 2 * SLICE, 19999]
+    for i in bad:
+        lines[i] = b'{"type": "message"' + str(i).encode()
+    lines[SLICE + 5] = b""
+    data = b"\n".join(lines) + b"\n"
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(data)
+    plugin = tmp_path / "recordstage.py"
+    plugin.write_text("from pipeline import Processor, SAME\n"
+                      "class Passing(Processor):\n"
+                      "    name = 'passing'\n"
+                      "    produces = SAME\n"
+                      "    def process(self, batches):\n"
+                      "        yield from batches\n")
+    outs = {}
+    for name, extra in (("columns", ""), ("records", "  - recordstage:Passing: {}\n")):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(f"pipeline:\n  - file-input: {{path: {log}}}\n"
+                       f"  - json-decode: {{schema: object}}\n{extra}"
+                       f"  - mutate: {{rename: {{from: sender}}}}\n"
+                       f"  - jsonl-output: {{path: {tmp_path / name}.out}}\n")
+        run = subprocess.run([sys.executable, f"{ROOT}/main.py", "-c", str(cfg), "-w", "1",
+                              "--state-dir", str(tmp_path / f"state-{name}"), "-q"],
+                             cwd=tmp_path, capture_output=True, text=True,
+                             env={"PYTHONPATH": f"{ROOT}:{tmp_path}", "PATH": "/usr/bin:/bin"})
+        assert run.returncode == 0, run.stderr
+        dead = (tmp_path / f"state-{name}" / "dead_letter.jsonl").read_bytes()
+        outs[name] = ((tmp_path / f"{name}.out").read_bytes(), dead)
+    assert outs["columns"] == outs["records"]
+    entries = msgspec.json.Decoder().decode_lines(outs["columns"][1])
+    starts = np.cumsum([0] + [len(x) + 1 for x in lines])
+    assert [(e["line"], e["offset"]) for e in entries] == [(i + 1, int(starts[i])) for i in bad]
+    assert outs["columns"][0].count(b"\n") == len(lines) - len(bad) - 1
