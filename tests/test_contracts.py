@@ -204,3 +204,13 @@ def test_dedupe_spills_only_the_fields_read_after_it(tmp_path):
     assert p.stdout == f"type,count\nmessage,{counts['message']}\nstatus,{counts['status']}\n"
     spilled = b"".join(f.read_bytes() for f in (tmp_path / "s").rglob("spill.dat"))
     assert spilled and b"x" * 200 not in spilled and b"message" in spilled
+
+
+def test_dedupe_projection_keeps_each_records_own_order():
+    from stages.dedupe import _project
+    records = [{"a": 1, "b": 2, "c": 3}, {"c": 5, "a": None}, {"b": [1]}]
+    assert _project(records, ("a", "c")) == [{"a": 1, "c": 3}, {"c": 5, "a": None}, {}]
+    assert [list(r) for r in _project(records, ("a", "c"))] == [["a", "c"], ["c", "a"], []]
+    assert _project(records, ("b",)) == [{"b": 2}, {}, {"b": [1]}]
+    assert _project(records[:1], ("b",)) == [{"b": 2}]
+    assert _project(records, ()) == [{}, {}, {}]
