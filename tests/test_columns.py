@@ -305,6 +305,37 @@ def test_mutate_works_on_columns_without_a_record_step(monkeypatch):
     assert same(got, want)
 
 
+PASSING = ("from pipeline import Processor, SAME\n"
+           "class Passing(Processor):\n"
+           "    name = 'passing'\n"
+           "    produces = SAME\n"
+           "    def process(self, batches):\n"
+           "        for batch in batches:\n"
+           "            assert all(type(r) is dict for r in batch)\n"
+           "            yield batch\n")
+
+
+def columns_and_records(tmp_path, log, rest: str) -> dict[str, tuple[bytes, str, bytes]]:
+    """file-input -> json-decode (object) -> `rest` (its output at OUT), run on columns
+    and, with a record stage (a plugin) after json-decode, on records: for each, the
+    output file, stderr and the dead-letter file."""
+    (tmp_path / "recordstage.py").write_text(PASSING)
+    outs = {}
+    for name, extra in (("columns", ""), ("records", "  - recordstage:Passing: {}\n")):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(f"pipeline:\n  - file-input: {{path: {log}}}\n"
+                       f"  - json-decode: {{schema: object}}\n{extra}"
+                       + rest.replace("OUT", f"{tmp_path / name}.out"))
+        run = subprocess.run([sys.executable, f"{ROOT}/main.py", "-c", str(cfg), "-w", "1",
+                              "--state-dir", str(tmp_path / f"state-{name}"), "-q"],
+                             cwd=tmp_path, capture_output=True, text=True,
+                             env={"PYTHONPATH": f"{ROOT}:{tmp_path}", "PATH": "/usr/bin:/bin"})
+        assert run.returncode == 0, run.stderr
+        outs[name] = ((tmp_path / f"{name}.out").read_bytes(), run.stderr,
+                      (tmp_path / f"state-{name}" / "dead_letter.jsonl").read_bytes())
+    return outs
+
+
 @pytest.mark.parametrize("output", [
     "jsonl-output: {path: OUT}",
     "csv-output: {path: OUT, columns: [type, id, sender, status, a, data.n, data, b.x]}",
@@ -321,35 +352,14 @@ def test_a_columnar_pipeline_writes_what_the_record_path_writes(tmp_path, output
     lines[400] = b""
     log = tmp_path / "log.jsonl"
     log.write_bytes(b"\n".join(lines) + b"\n")
-    plugin = tmp_path / "recordstage.py"
-    plugin.write_text(
-        "from pipeline import Processor, SAME\n"
-        "class Passing(Processor):\n"
-        "    name = 'passing'\n"
-        "    produces = SAME\n"
-        "    def process(self, batches):\n"
-        "        for batch in batches:\n"
-        "            assert all(type(r) is dict for r in batch)\n"
-        "            yield batch\n")
     steps = ("  - where: {field: type, equals: message}\n"
              "  - mutate: {rename: {from: sender, data.status: status}, convert: {a: int}}\n")
-    outs = {}
-    for name, extra in (("columns", ""), ("records", "  - recordstage:Passing: {}\n")):
-        cfg = tmp_path / f"{name}.yaml"
-        cfg.write_text(f"pipeline:\n  - file-input: {{path: {log}}}\n"
-                       f"  - json-decode: {{schema: object}}\n{extra}{steps}"
-                       f"  - {output.replace('OUT', f'{tmp_path / name}.out')}\n")
-        run = subprocess.run([sys.executable, f"{ROOT}/main.py", "-c", str(cfg), "-w", "1",
-                              "--state-dir", str(tmp_path / f"state-{name}"), "-q"],
-                             cwd=tmp_path, capture_output=True, text=True,
-                             env={"PYTHONPATH": f"{ROOT}:{tmp_path}", "PATH": "/usr/bin:/bin"})
-        assert run.returncode == 0, run.stderr
-        dead = (tmp_path / f"state-{name}" / "dead_letter.jsonl").read_bytes().splitlines()
-        outs[name] = ((tmp_path / f"{name}.out").read_bytes(), run.stderr,
-                      msgspec.json.Decoder().decode_lines(b"\n".join(dead)))
+    outs = columns_and_records(tmp_path, log, f"{steps}  - {output}\n")
+    decode = msgspec.json.Decoder().decode_lines
+    dead = {name: decode(out[2]) for name, out in outs.items()}
     assert outs["columns"][0].count(b"\n") > (150 if "aggregate" not in output else 5)
     assert outs["columns"][1] == outs["records"][1].replace("state-records", "state-columns")
-    assert len(outs["columns"][2]) > 20 and outs["columns"][2] == outs["records"][2]
+    assert len(dead["columns"]) > 20 and dead["columns"] == dead["records"]
     assert outs["columns"][0] == outs["records"][0]
 
 
@@ -433,29 +443,10 @@ def test_a_block_decoded_in_slices_keeps_every_line_number(tmp_path):
     data = b"\n".join(lines) + b"\n"
     log = tmp_path / "log.jsonl"
     log.write_bytes(data)
-    plugin = tmp_path / "recordstage.py"
-    plugin.write_text("from pipeline import Processor, SAME\n"
-                      "class Passing(Processor):\n"
-                      "    name = 'passing'\n"
-                      "    produces = SAME\n"
-                      "    def process(self, batches):\n"
-                      "        yield from batches\n")
-    outs = {}
-    for name, extra in (("columns", ""), ("records", "  - recordstage:Passing: {}\n")):
-        cfg = tmp_path / f"{name}.yaml"
-        cfg.write_text(f"pipeline:\n  - file-input: {{path: {log}}}\n"
-                       f"  - json-decode: {{schema: object}}\n{extra}"
-                       f"  - mutate: {{rename: {{from: sender}}}}\n"
-                       f"  - jsonl-output: {{path: {tmp_path / name}.out}}\n")
-        run = subprocess.run([sys.executable, f"{ROOT}/main.py", "-c", str(cfg), "-w", "1",
-                              "--state-dir", str(tmp_path / f"state-{name}"), "-q"],
-                             cwd=tmp_path, capture_output=True, text=True,
-                             env={"PYTHONPATH": f"{ROOT}:{tmp_path}", "PATH": "/usr/bin:/bin"})
-        assert run.returncode == 0, run.stderr
-        dead = (tmp_path / f"state-{name}" / "dead_letter.jsonl").read_bytes()
-        outs[name] = ((tmp_path / f"{name}.out").read_bytes(), dead)
-    assert outs["columns"] == outs["records"]
-    entries = msgspec.json.Decoder().decode_lines(outs["columns"][1])
+    outs = columns_and_records(tmp_path, log, "  - mutate: {rename: {from: sender}}\n"
+                                              "  - jsonl-output: {path: OUT}\n")
+    assert outs["columns"][0] == outs["records"][0] and outs["columns"][2] == outs["records"][2]
+    entries = msgspec.json.Decoder().decode_lines(outs["columns"][2])
     starts = np.cumsum([0] + [len(x) + 1 for x in lines])
     assert [(e["line"], e["offset"]) for e in entries] == [(i + 1, int(starts[i])) for i in bad]
     assert outs["columns"][0].count(b"\n") == len(lines) - len(bad) - 1
