@@ -28,6 +28,12 @@ CSV = """pipeline:
   - json-decode: {schema: object}
   - csv-output: {path: OUT/out.csv, columns: [id, site_id, from, data.status, timestamp]}
 """
+REJECTS = """pipeline:
+  - file-input: {path: x}
+  - json-decode: {schema: object}
+  - mutate: {convert: {site_id: int}}
+  - jsonl-output: {path: OUT/out.jsonl}
+"""
 FORK = """pipeline:
   - file-input: {path: x}
   - json-decode: {schema: object}
@@ -70,7 +76,8 @@ def files(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
-@pytest.mark.parametrize("text", [FILTER, CSV, FORK], ids=["filter", "csv", "fork"])
+@pytest.mark.parametrize("text", [FILTER, CSV, FORK, REJECTS],
+                         ids=["filter", "csv", "fork", "mutate-rejects"])
 def test_parts_write_what_one_process_writes(tmp_path, log, text):
     """-w 3 runs in parts (a plan of several map tasks, capturing encoded bytes);
     -w 1 runs straight. Outputs, dead-letter file and report are identical."""

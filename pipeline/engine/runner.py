@@ -121,6 +121,8 @@ def barrier(batches: Iterator[Batch], hook: Hook | None,
     started = False
     done = 0  # records in the batch just finished (0 for an idle tick while following)
     while True:
+        if ctx is not None:  # the batch's rejects, from every stage, in line order
+            ctx.root.dead_letter.flush()
         if ctx is not None and ctx.root.closed and started:
             if ctx.root.checkpoint is not None:
                 ctx.root.checkpoint()
@@ -130,6 +132,8 @@ def barrier(batches: Iterator[Batch], hook: Hook | None,
         try:
             batch = next(it)
         except StopIteration:
+            if ctx is not None:
+                ctx.root.dead_letter.flush()
             if hook is not None:
                 hook(0, True)  # everything read and folded in; output not yet run
             return

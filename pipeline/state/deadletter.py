@@ -24,6 +24,12 @@ class DeadLetter:
 
     The file is created on the first reject. `truncate_to(n)` cuts it back to a
     checkpointed length, so a resumed run holds each rejected line once.
+
+    Stages' rejects are held until the engine's next barrier (`flush()`, and before
+    `seal()` and `close()`) and written in line order, by file: a batch's rejects from
+    json-decode and from a stage after it come in the order of their lines, so the
+    file is the same however the input was cut into batches or pieces (one process,
+    workers, parts). Entries copied from elsewhere (`append_entry`) are in order already.
     """
 
     def __init__(self, path: str | None, strict: bool = False):
@@ -34,6 +40,8 @@ class DeadLetter:
         self.by_stage: dict[str, int] = {}
         self._fh: BinaryIO | None = None
         self._crc = 0  # CRC-32 of everything in the file
+        self._held: list[dict[str, Any]] = []  # rejects since the last flush()
+        self._files: dict[Any, int] = {}  # each file's place, in the order first rejected
 
     def start(self, keep_bytes: int = 0, crc: int | None = None) -> None:
         """Begin a run: check the path, and drop whatever a previous run wrote past
@@ -69,7 +77,26 @@ class DeadLetter:
                  "raw": text}
         if file is not None:
             entry = {"file": file, **entry}
-        self.append_entry(entry)
+        self.by_stage[stage] = self.by_stage.get(stage, 0) + 1
+        self.count += 1
+        self._files.setdefault(file, len(self._files))
+        self._held.append(entry)
+
+    def flush(self) -> None:
+        """Write the held rejects, in order of file, then line (those without a line
+        last, as they came), then stage and reason: entries that tie on all of them
+        are the same text."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        files = self._files
+
+        def key(e: dict[str, Any]) -> tuple[Any, ...]:
+            line = e["line"]
+            return (files[e.get("file")], line is None, line or 0, e["stage"], e["reason"])
+        held.sort(key=key)
+        for entry in held:
+            self._write(entry)
 
     def refuse_if_strict(self, entry: dict[str, Any]) -> None:
         """Under --strict, a rejected line found in saved state stops the run too."""
@@ -86,11 +113,16 @@ class DeadLetter:
         return json.loads(first) if first.strip() else None
 
     def append_entry(self, entry: dict[str, Any]) -> None:
+        """Append an entry as it is (one copied from a task's dead-letter file)."""
+        self.flush()
         stage = entry.get("stage") or ""
         self.by_stage[stage] = self.by_stage.get(stage, 0) + 1
+        self.count += 1
+        self._write(entry)
+
+    def _write(self, entry: dict[str, Any]) -> None:
         if self.path is None:
             self.entries.append(entry)
-            self.count += 1
             return
         try:
             if self._fh is None:
@@ -102,11 +134,11 @@ class DeadLetter:
             self._crc = zlib.crc32(b"\n", zlib.crc32(data, self._crc))
         except OSError as exc:
             raise WriteFailed(WHAT, self.path, reason(exc)) from None
-        self.count += 1
 
     def tell(self) -> int:
         """Bytes durably written so far (flushed and fsynced). WriteFailed if they
         cannot be written; CheckpointFailed if only the fsync fails."""
+        self.flush()
         if self._fh is None:
             return os.path.getsize(self.path) if os.path.exists(self.path) else 0
         try:
@@ -124,6 +156,7 @@ class DeadLetter:
         return {"bytes": self.tell(), "crc": self._crc}
 
     def close(self) -> None:
+        self.flush()
         if self._fh is not None:
             fh, self._fh = self._fh, None
             try:
