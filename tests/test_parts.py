@@ -127,6 +127,19 @@ def test_stdout_and_unsplittable_outputs_stay_straight(tmp_path, log):
         assert plan_of(state) is None
 
 
+def test_a_compressed_input_stays_straight(tmp_path, log):
+    """A .gz file is read as one piece: in parts it would only be written twice."""
+    import gzip
+    packed = tmp_path / "log.jsonl.gz"
+    packed.write_bytes(gzip.compress(log.read_bytes()))
+    cfg, out = config(tmp_path, FILTER, "out")
+    run(cfg, packed, tmp_path / "s", "-w", "2")
+    assert plan_of(tmp_path / "s") is None
+    cfg1, out1 = config(tmp_path, FILTER, "plain")
+    run(cfg1, log, tmp_path / "s1", "-w", "1")
+    assert files(out) == files(out1)
+
+
 def test_a_resumed_run_keeps_its_way(tmp_path, log):
     """A run in parts, rerun with -w 1, stays in parts (its finished tasks are
     reused); state of a straight run, rerun with -w 2, stays straight."""

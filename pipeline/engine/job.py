@@ -89,7 +89,8 @@ def _in_parts(cfg: PipelineConfig, opts: JobOptions, source: Input) -> bool:
     ranges of the input, in the workers, each capturing its outputs' bytes (or
     records), which the outputs here then write in input order. So it does when its
     executor would cut the input into several pieces (several local workers, or Dask
-    and an input over a partition), the input is bounded and of known size, and every
+    and an input over a partition, and not one compressed file), the input is bounded
+    and of known size, and every
     output is written in parts (Output.in_parts). A resumed run goes on the way it
     started: in parts if its slot holds a plan, straight if it holds a straight run's
     checkpoints."""
@@ -104,7 +105,8 @@ def _in_parts(cfg: PipelineConfig, opts: JobOptions, source: Input) -> bool:
         return False
     kind, options = resolve(cfg, opts.executor, opts.executor_options)
     workers = kind.workers_for(opts.workers or cfg.workers, size)
-    return kind.piece_bytes(size, workers, options) < size
+    piece = kind.piece_bytes(size, workers, options)
+    return piece < size and len(source.ranges(piece)[0]) > 1  # a .gz file is one piece
 
 
 class Job:
