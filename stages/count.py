@@ -65,7 +65,7 @@ class Count(KeyedReducer):
     @classmethod
     def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
                      kind: str) -> str | None:
-        missing = missing_fields([options["field"]], given)
+        missing = missing_fields(list(cls.reads(options)), given)
         return f"field {missing}" if missing else None
 
     def __init__(self, **options: Any):

@@ -179,7 +179,7 @@ class Dedupe(KeyedReducer):
     @classmethod
     def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
                      kind: str) -> str | None:
-        missing = missing_fields([options["field"]], given)
+        missing = missing_fields(list(cls.reads(options)), given)
         return f"field {missing}" if missing else None
 
     def __init__(self, **options: Any):

@@ -51,7 +51,7 @@ class JsonlOutput(Output):
         if self.file is None:
             out = Stdout(self.ctx)  # EPIPE: discards, and the engine stops the run
             for batch in batches:
-                out.write(json_lines(batch))
+                out.write(self.encode(batch))
             out.finish()
             return
         self.file.open(self.written)

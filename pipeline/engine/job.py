@@ -90,10 +90,9 @@ def _in_parts(cfg: PipelineConfig, opts: JobOptions, source: Input) -> bool:
     records), which the outputs here then write in input order. So it does when its
     executor would cut the input into several pieces (several local workers, or Dask
     and an input over a partition, and not one compressed file), the input is bounded
-    and of known size, and every
-    output is written in parts (Output.in_parts). A resumed run goes on the way it
-    started: in parts if its slot holds a plan, straight if it holds a straight run's
-    checkpoints."""
+    and of known size, and every output is written in parts (Output.in_parts). A
+    resumed run goes on the way it started: in parts if its slot holds a plan,
+    straight if it holds a straight run's checkpoints."""
     size = source.estimated_bytes()
     if source.unbounded() or size is None:
         return False

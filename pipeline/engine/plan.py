@@ -85,14 +85,14 @@ def layout(cfg: PipelineConfig, parts: bool = False) -> tuple[list[Segment], lis
     every path ends in a capture, and each output is a tail."""
     segs: list[Segment] = []
     tails: list[Tail] = []
-    if parts and not cfg.branches and _first_reducer(cfg, cfg.trunk) is None:
-        segs.append(Segment(0, None, cfg.trunk[1:-1], {}, [_leaf(cfg, "", None)]))
-        return segs, [Tail((0, 0), cfg.trunk[-1:])]
 
     def linear(source: tuple[int, int] | None, rest: list[int], branch: str) -> None:
         while True:
             r = _first_reducer(cfg, rest)
             if r is None:
+                if source is None and parts:  # up to a capture before the output
+                    segs.append(Segment(0, None, rest[:-1], {}, [_leaf(cfg, branch, None)]))
+                    source, rest = (0, 0), rest[-1:]
                 if source is not None:
                     tails.append(Tail(source, rest, branch))
                 return
