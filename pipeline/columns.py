@@ -26,6 +26,7 @@ records at the boundary of a stage that does not (`Columns.records()`).
 """
 from __future__ import annotations
 
+import functools
 import heapq
 from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any, Iterator
@@ -309,10 +310,18 @@ def _rows(names: list[str], columns: list[list[Any]], n: int) -> list[Any]:
     if cls is None:
         if len(_ROW_TYPES) > 1024:
             _ROW_TYPES.clear()
-        cls = _ROW_TYPES[key] = msgspec.defstruct(
-            "Row", [(f"f{i}", object, msgspec.UNSET) for i in range(len(names))],
-            rename={f"f{i}": name for i, name in enumerate(names)}, omit_defaults=True)
+        try:
+            cls = msgspec.defstruct(
+                "Row", [(f"f{i}", object, msgspec.UNSET) for i in range(len(names))],
+                rename={f"f{i}": name for i, name in enumerate(names)}, omit_defaults=True)
+        except ValueError:  # a name with `\`, `"` or a control character: no Struct
+            cls = functools.partial(_dict_row, names)  # takes it; a dict does (slower)
+        _ROW_TYPES[key] = cls
     return list(map(cls, *columns)) if columns else [cls() for _ in range(n)]
+
+
+def _dict_row(names: list[str], *values: Any) -> dict[str, Any]:
+    return {k: v for k, v in zip(names, values) if v is not msgspec.UNSET}
 
 
 def _object_fields(objects: list[dict[str, Any]],

@@ -450,3 +450,12 @@ def test_a_block_decoded_in_slices_keeps_every_line_number(tmp_path):
     starts = np.cumsum([0] + [len(x) + 1 for x in lines])
     assert [(e["line"], e["offset"]) for e in entries] == [(i + 1, int(starts[i])) for i in bad]
     assert outs["columns"][0].count(b"\n") == len(lines) - len(bad) - 1
+
+
+def test_field_names_a_row_struct_cannot_take_are_written_exactly():
+    """A name with a backslash, a quote or a control character (which a msgspec Struct
+    cannot be renamed to) is written as a dict row: the same JSON text as the record."""
+    records = [{"a\\b": 1, 'c"d': {"e\x01f": 2}, "x": None}, {"x": 3}]
+    cols = Columns.from_records(records)
+    assert cols is not None
+    assert cols.json_lines() == b"".join(msgspec.json.encode(r) + b"\n" for r in records)
