@@ -12,7 +12,8 @@ from pipeline import keys
 from pipeline.errors import ConfigError, InputError, RejectedLine, SluiceError
 from pipeline.keyed import KeyedReducer, ReduceIO
 from pipeline.stage import (ANY, KINDS, SAME, AppendOnly, Batch, Fields, Input, InputChanged,
-                            Option, Output, Processor, Reducer, Role, Stage, a_path, positive,
+                            Option, Output, Problem, Processor, Reducer, Role, Stage, a_path,
+                            positive,
                             positive_at_most, unwrap)
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "KeyedReducer",
     "Option",
     "Output",
+    "Problem",
     "Processor",
     "ReduceIO",
     "Reducer",

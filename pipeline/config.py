@@ -26,7 +26,7 @@ from pipeline.contracts import (check_destinations, check_fields, check_kinds, f
                                 fields_needed, given_kinds)
 from pipeline.errors import ConfigError
 from pipeline.registry import Registry
-from pipeline.stage import ANY, Role, Option, Stage
+from pipeline.stage import ANY, Option, Problem, Role, Stage
 from pipeline.yamlsafe import YamlDoc
 
 TOP_LEVEL = {
@@ -140,7 +140,10 @@ def check_option(stage: str, opt: Option, value: Any, owner: str = "stage") -> s
     if opt.check is not None:
         problem = opt.check(value)
         if problem:
-            return f"{owner} {stage!r}: option {opt.name!r} {problem}"
+            text = f"{owner} {stage!r}: option {opt.name!r} {problem}"
+            if isinstance(problem, Problem):
+                return Problem.at(text, problem.offset, problem.key)
+            return text
     return None
 
 
@@ -341,7 +344,8 @@ def _stage(ld: YamlDoc, item: yaml.Node, registry: Registry) -> StageSpec:
             value = ld.value(v_node)
             problem = check_option(name, declared[key], value)
             if problem:
-                raise ld.fail(problem, v_node)
+                raise ld.fail(problem, v_node, getattr(problem, "offset", None),
+                              getattr(problem, "key", None))
             spec.options[key] = value
             spec.option_lines[key] = k_node.start_mark.line + 1
     for opt in cls.options:

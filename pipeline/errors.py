@@ -27,8 +27,10 @@ class SluiceError(Exception):
 class ConfigError(SluiceError):
     """A config that cannot run: names the file and line when it knows them."""
 
-    def __init__(self, message: str, path: str | None = None, line: int | None = None):
-        where = f"{path}:{line}: " if path and line else (f"{path}: " if path else "")
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 column: int | None = None):
+        at = f"{line}:{column}" if line and column else f"{line}"
+        where = f"{path}:{at}: " if path and line else (f"{path}: " if path else "")
         super().__init__(where + message)
 
 

@@ -75,6 +75,21 @@ def bind_options(target: Any, declared: tuple[Option, ...], given: dict[str, Any
     return missing
 
 
+class Problem(str):
+    """What an Option check returns when it can say where in the option's value the
+    problem is: `offset` (0-based, into the value's text, or into the value of `key`
+    when the option maps names to texts). The config error then names the column."""
+
+    offset: int | None = None
+    key: str | None = None
+
+    @classmethod
+    def at(cls, text: str, offset: int | None, key: str | None = None) -> "Problem":
+        out = cls(text)
+        out.offset, out.key = offset, key
+        return out
+
+
 def positive(value: Any) -> str | None:
     return None if value > 0 else f"must be > 0; got {value!r}"
 
@@ -160,6 +175,12 @@ class Stage:
         or None when they are not known. `given` are the fields it receives. By
         default a stage that passes on its kind (`SAME`) passes on its fields."""
         return given if cls.produces == SAME else None
+
+    @classmethod
+    def loads_with(cls, options: dict[str, Any]) -> tuple[str, ...]:
+        """The modules it imports when it runs with these options (`loads`, unless an
+        option brings in more, as an expression brings in DuckDB)."""
+        return cls.loads
 
     @classmethod
     def reads(cls, options: dict[str, Any]) -> tuple[str, ...] | None:

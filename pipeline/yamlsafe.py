@@ -88,8 +88,44 @@ class YamlDoc:
                               f"cannot start or continue a character", path, line) from None
         return cls(text, path, what)
 
-    def fail(self, message: str, node: Any = None) -> ConfigError:
+    def fail(self, message: str, node: Any = None, offset: int | None = None,
+             key: str | None = None) -> ConfigError:
+        """The error at `node`; with `offset`, at that character of the node's text (of
+        its value under `key`, for a mapping), named as line:column where that can be
+        worked out."""
+        at = self.position(node, offset, key) if node is not None and offset is not None \
+            else None
+        if at is not None:
+            return ConfigError(message, self.path, *at)
         return ConfigError(message, self.path, node.start_mark.line + 1 if node else None)
+
+    def position(self, node: Any, offset: int, key: str | None = None
+                 ) -> tuple[int, int] | None:
+        """(line, column), 1-based, of character `offset` of a scalar's value as written
+        in the file: a one-line plain or quoted scalar without escapes, or a literal
+        block (`|`); None for anything else (a folded or escaped one)."""
+        if key is not None and isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value
+                         if isinstance(k, yaml.ScalarNode) and k.value == key), None)
+        if not isinstance(node, yaml.ScalarNode):
+            return None
+        start, raw = node.start_mark, self.text[node.start_mark.index:node.end_mark.index]
+        if node.style in (None, "", "'", '"'):
+            quoted = node.style in ("'", '"')
+            body = raw[1:-1] if quoted else raw
+            if "\n" in body or body != node.value or offset > len(body):
+                return None
+            return start.line + 1, start.column + quoted + offset + 1
+        if node.style != "|":
+            return None
+        rows = raw.split("\n")[1:]  # the block's lines, after its `|` line
+        indent = min((len(r) - len(r.lstrip(" ")) for r in rows if r.strip()), default=0)
+        left = offset
+        for i, text in enumerate(node.value.split("\n")):
+            if left <= len(text):
+                return start.line + 2 + i, indent + left + 1
+            left -= len(text) + 1
+        return None
 
     # -- the tree --------------------------------------------------------------------
     def root(self) -> yaml.Node | None:

@@ -10,8 +10,9 @@ import msgspec
 import numpy as np
 
 from pipeline import Batch, Option, Processor
-from pipeline.columns import Columns
+from pipeline.columns import Columns, column_of
 
+from .expression import LOADS, ExpressionError, json_value, parse, problem, reject
 from .fields import (MISSING, NotAnObject, delete_in, get_in, json_type, path_of, set_in,
                      show)
 
@@ -113,12 +114,51 @@ def _json_problem(value: Any, where: str) -> str | None:
             f"mapping); got {type(value).__name__} {value!r}")
 
 
+def _expressions(value: Any) -> str | None:
+    """`compute`'s check: field names to SQL expressions that parse."""
+    if not isinstance(value, dict) or not value:
+        return f"must map field names to SQL expressions; got {value!r}"
+    for field, text in value.items():
+        if not isinstance(field, str) or not _names([field]):
+            return f"must map field names to SQL expressions; got the key {field!r}"
+        try:
+            parse(text)
+        except ExpressionError as exc:
+            return problem(exc, str(text), field)
+    return None
+
+
+def _as_column(values: Any, failed: dict[int, str]) -> tuple[Any, bool] | None:
+    """A compute's values as a column: (array, is JSON); a JSON null where it is NULL
+    (and for a failed record, which is dropped); None if they cannot be one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    if not isinstance(values, list) and not values.null_count:
+        t = values.type
+        if t in (pa.int64(), pa.string(), pa.bool_()):
+            return values, False
+        if pa.types.is_integer(t) and t != pa.uint64():
+            return values.cast(pa.int64()), False
+        if pa.types.is_floating(t) and pc.all(pc.is_finite(values)).as_py() is not False:
+            return values.cast(pa.float64()), False
+    py = values if isinstance(values, list) else values.to_pylist()
+    out = []
+    for i, v in enumerate(py):
+        try:
+            out.append(None if i in failed else json_value(v))
+        except ValueError as exc:
+            failed[i] = str(exc)
+            out.append(None)
+    return column_of(out)
+
+
 def _names(value: Any) -> bool:
     return all(isinstance(k, str) and k and "" not in k.split(".") for k in value)
 
 
 class Mutate(Processor):
-    """Rename, remove, set, copy and convert fields; records come out as objects.
+    """Rename, remove, set, copy, convert and compute fields; records come out as
+    objects.
 
         - mutate:
             rename: {from: sender}
@@ -126,8 +166,9 @@ class Mutate(Processor):
             set: {source: chat}
             copy: {site_id: site}
             convert: {timestamp: int}
+            compute: {hour: "timestamp // 3600 % 24"}
 
-    The five operations run in that order, each in its options' order; give at least
+    The six operations run in that order, each in its options' order; give at least
     one. A dotted name reaches into nested objects (`data.status`); setting one creates
     the objects on the way. Renaming, removing, copying or converting a field that is
     missing does nothing. `rename`, `set` and `copy` replace a value already there.
@@ -153,7 +194,15 @@ class Mutate(Processor):
     - `bool`: a bool stays; 1/0 and 1.0/0.0 -> true/false; the strings "true", "false",
       "1", "0" (exactly). Not: other numbers or strings, null, arrays, objects.
 
-    `rename`, `set` or `copy` into a path through a value that is not an object (set
+    `compute` sets a field to the value of an SQL expression over the record (see the
+    README's "Expressions"), as the operations before it left the record: an integer,
+    number, text, true/false or NULL (JSON null); a DECIMAL with no fraction is an
+    integer, with one a number; a date or time is its ISO text, a STRUCT an object, a
+    LIST an array. A record it cannot be computed for, or whose value is not finite
+    (1/0 is Infinity) or is binary, goes to the dead-letter file.
+
+    `rename`, `set`, `copy` or `compute` into a path through a value that is not an
+    object (set
     `data.status` where `data` is a string) rejects the record too.
 
     On columns, an operation on top-level fields is a column operation (a rename
@@ -174,14 +223,20 @@ class Mutate(Processor):
         Option("set", dict, None, "{field: value}: set a field to a JSON value"),
         Option("copy", dict, None, "{from: to}: copy a field's value to another field"),
         Option("convert", dict, None, "{field: int|float|str|bool}: change a value's type"),
+        Option("compute", dict, None, "{field: SQL expression}: set a field to a computed "
+                                      "value", check=_expressions),
     )
+
+    @classmethod
+    def loads_with(cls, options: dict[str, Any]) -> tuple[str, ...]:
+        return LOADS if options.get("compute") else cls.loads
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> str | None:
         ops = [o.name for o in cls.options]
         if not any(options.get(o) for o in ops):
             return ("stage 'mutate': give at least one of `rename`, `remove`, `set`, "
-                    "`copy` or `convert`")
+                    "`copy`, `convert` or `compute`")
         for opt in ("rename", "copy"):
             pairs = options.get(opt) or {}
             if not _names(pairs) or not all(isinstance(v, str) and _names([v])
@@ -219,7 +274,7 @@ class Mutate(Processor):
             fields = [new + f[len(old):] if f in under(old) else f for f in fields]
         for name in options.get("remove") or []:
             fields = [f for f in fields if f not in under(name)]
-        added = list(options.get("set") or {})
+        added = list(options.get("set") or {}) + list(options.get("compute") or {})
         added += [dst for src, dst in (options.get("copy") or {}).items() if under(src)]
         fields += [f for f in added if f not in fields]
         return tuple(fields)
@@ -244,6 +299,8 @@ class Mutate(Processor):
             path = path_of(field)
             self.plan.append(("convert", (path,), kind, self._convert(path, kind)))
         self.ops: list[Callable[[dict[str, Any]], str | None]] = [p[3] for p in self.plan]
+        self.computes = [(path_of(field), parse(text))
+                         for field, text in (self.compute or {}).items()]
 
     # Each operation changes a record (a dict this stage owns) in place and returns
     # None, or returns the reason the record is rejected.
@@ -305,9 +362,9 @@ class Mutate(Processor):
         ops, to_builtins = self.ops, msgspec.to_builtins
         for batch in batches:
             if isinstance(batch, Columns):
-                out = self._on_columns(batch)
+                out = self._on_columns(batch) if self.plan else batch
                 if out is not None:
-                    yield out
+                    yield self._computed(out) if self.computes else out
                     continue
                 batch = batch.records()  # a value no column can hold: record by record
             records, kept = [], []
@@ -333,7 +390,51 @@ class Mutate(Processor):
                     kept.append(i)
             out = batch.take(kept)
             out[:] = records  # the changed records, with their originals' origins
-            yield out
+            yield self._computed(out) if self.computes else out
+
+    # -- compute --------------------------------------------------------------------------
+    def _computed(self, batch: Any) -> Any:
+        """The batch with each `compute` field set, in order; on columns a top-level
+        field is a column, anything else is set record by record."""
+        for path, expr in self.computes:
+            outcome = expr.evaluate(batch)
+            failed = outcome.failed
+            if batch.__class__ is Columns and len(path) == 1:
+                column = _as_column(outcome.values, failed)
+                if column is not None:
+                    batch = batch.with_column(path[0], *column)
+                else:
+                    batch = self._set_records(batch.records(), path, outcome.values, failed)
+            else:
+                if batch.__class__ is Columns:
+                    batch = batch.records()
+                batch = self._set_records(batch, path, outcome.values, failed)
+            if failed:
+                reject(self.ctx, self.name, batch, failed, f"compute {'.'.join(path)!r}")
+                keep = np.ones(len(batch), dtype=bool)
+                keep[list(failed)] = False
+                batch = batch.filter(keep) if batch.__class__ is Columns else \
+                    batch.take(np.flatnonzero(keep).tolist())
+        return batch
+
+    @staticmethod
+    def _set_records(batch: Batch, path: tuple[str, ...], values: Any,
+                     failed: dict[int, str]) -> Batch:
+        """Set `path` of each record (fresh dicts this stage owns) to its value."""
+        py = values if isinstance(values, list) else values.to_pylist()
+        for i, record in enumerate(batch):
+            if i in failed:
+                continue
+            try:
+                value = json_value(py[i])
+            except ValueError as exc:
+                failed[i] = str(exc)
+                continue
+            try:
+                set_in(record, path, value)
+            except NotAnObject as exc:
+                failed[i] = f"cannot set it: {exc}"
+        return batch
 
     def _reject(self, batch: Batch, i: int, reason: str) -> None:
         record = batch[i]

@@ -122,7 +122,7 @@ CASES = [
      "x.yaml:7: key 'workers' is given twice in one mapping (first at line 6); YAML would "
      "silently keep only the last"),
     ("check_options errors name the stage", WHERE.replace("where: {}", "where: {field: a}"),
-     "x.yaml:4: stage 'where': give exactly one of `equals` or `in`"),
+     "x.yaml:4: stage 'where': give exactly one of `equals`, `in` or `if`"),
     ("a plugin's check_options error is prefixed too",
      WHERE.replace("where: {}", "test_config_limits:Picky: {}"),
      "x.yaml:4: stage 'test_config_limits:Picky': give `a` or `b`"),

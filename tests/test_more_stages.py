@@ -46,7 +46,7 @@ def test_where_needs_exactly_one_test(tmp_path):
     cfg = pipeline(tmp_path, "  - where: {field: a}\n  - jsonl-output: {path: '-'}\n")
     p = cli("validate", "-c", cfg)
     assert p.returncode == 2
-    assert p.stderr == f"sluice: error: {cfg}:3: stage 'where': give exactly one of `equals` or `in`\n"
+    assert p.stderr == f"sluice: error: {cfg}:3: stage 'where': give exactly one of `equals`, `in` or `if`\n"
 
 
 def test_dedupe_and_count(tmp_path):

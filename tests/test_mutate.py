@@ -100,7 +100,7 @@ def test_at_least_one_operation_is_required(tmp_path):
     p = cli("validate", "-c", str(cfg))
     assert p.returncode == 2
     assert p.stderr == (f"sluice: error: {cfg}:4: stage 'mutate': give at least one of "
-                        "`rename`, `remove`, `set`, `copy` or `convert`\n")
+                        "`rename`, `remove`, `set`, `copy`, `convert` or `compute`\n")
 
 
 @pytest.mark.parametrize("options,problem", [
@@ -116,7 +116,7 @@ def test_at_least_one_operation_is_required(tmp_path):
     ({"set": {"a": {"b": [1, float("inf")]}}},
      "stage 'mutate': set 'a.b[1]': inf is not a finite number"),
     ({"remove": []}, "stage 'mutate': give at least one of `rename`, `remove`, `set`, "
-                     "`copy` or `convert`"),
+                     "`copy`, `convert` or `compute`"),
 ])
 def test_bad_options_are_refused(options, problem):
     assert Mutate.check_options(options) == problem

@@ -15,7 +15,7 @@ def test_public_api_names():
     assert pipeline.__all__ == sorted(pipeline.__all__)
     assert pipeline.__all__ == [
         "ANY", "AppendOnly", "Batch", "ConfigError", "Fields", "Input", "InputChanged",
-        "InputError", "KINDS", "KeyedReducer", "Option", "Output", "Processor", "ReduceIO",
+        "InputError", "KINDS", "KeyedReducer", "Option", "Output", "Problem", "Processor", "ReduceIO",
         "Reducer", "RejectedLine", "Role", "SAME", "SluiceError", "Stage", "a_path", "keys",
         "positive", "positive_at_most", "unwrap"]
 

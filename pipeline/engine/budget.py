@@ -83,9 +83,9 @@ def give_back() -> None:
 
 
 def loading(cfg: Any) -> list[str]:
-    """The modules the pipeline's stages load when they run (Stage.loads, and pyarrow
-    where records flow as columns)."""
-    names = [m for spec in cfg.stages for m in spec.cls.loads]
+    """The modules the pipeline's stages load when they run (Stage.loads_with, and
+    pyarrow where records flow as columns)."""
+    names = [m for spec in cfg.stages for m in spec.cls.loads_with(spec.options)]
     if any(spec.feeds_columns for spec in cfg.stages):
         names.append("pyarrow")
     return list(dict.fromkeys(names))
