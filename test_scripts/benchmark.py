@@ -13,8 +13,12 @@
     count       configs/count_by_type.yaml: dedupe by id, count by type, CSV out
     filter      where type is message, mutate (configs/mutate.yaml's reshaping), JSON
                 lines to a file: reported as input MB/s too
+    where-if    `where: {if: ...}`: the messages of visitors whose name starts with
+                visitor1, JSON lines to a file
+    compute     `mutate: {compute: ...}`: each record's hour of the day and whether it
+                is a status, JSON lines to a file
 
-Each framework job (aggregate, count, filter) is a Sluice run with default settings
+Each framework job (aggregate, count, filter, where-if, compute) is a Sluice run with default settings
 against DuckDB answering the same question (a query from test_scripts/duckdb_jobs.py
 writing the same kind of file), in --pairs alternating pairs (Sluice, DuckDB, Sluice,
 ...); its ratio is the median of the pairs' ratios, and every output is compared with
@@ -141,6 +145,27 @@ FRAMEWORK = {  # job: (config, where Sluice writes, what the output holds)
     "aggregate": ("configs/aggregate.yaml", "-", "csv"),
     "count": ("configs/count_by_type.yaml", "-", "csv"),
     "filter": (None, "out.jsonl", "ids"),
+    "where-if": (None, "out.jsonl", "ids"),
+    "compute": (None, "out.jsonl", "computed"),
+}
+CONFIGS = {  # the framework jobs whose config is written here, with the log and output
+    "where-if": """\
+pipeline:
+  - file-input: {{path: {log}}}
+  - json-decode: {{schema: object}}
+  - where: {{if: "type = 'message' AND starts_with(\\"from\\", 'visitor1')"}}
+  - jsonl-output: {{path: {out}}}
+""",
+    "compute": """\
+pipeline:
+  - file-input: {{path: {log}}}
+  - json-decode: {{schema: object}}
+  - mutate:
+      compute:
+        hour: "floor(timestamp / 3600) % 24"
+        is_status: "type = 'status'"
+  - jsonl-output: {{path: {out}}}
+""",
 }
 FILTER_CONFIG = """\
 pipeline:
@@ -164,6 +189,9 @@ def framework_output(kind: str, path: str) -> list:
     if kind == "ids":
         with open(path, "rb") as fh:
             return [json.loads(line)["id"] for line in fh if line.strip()]
+    if kind == "computed":
+        with open(path, "rb") as fh:
+            return [(r["id"], r["hour"], r["is_status"]) for r in map(json.loads, fh)]
 
     def cell(text: str) -> object:
         try:
@@ -184,7 +212,8 @@ def run_framework(job: str, log: str, workdir: str, pairs: int, sluice_args: lis
     if config is None:
         config = os.path.join(workdir, f"{job}.yaml")
         with open(config, "w", encoding="utf-8") as fh:
-            fh.write(FILTER_CONFIG.format(log=json.dumps(log), out=json.dumps(out["sluice"])))
+            fh.write(CONFIGS.get(job, FILTER_CONFIG).format(
+                log=json.dumps(log), out=json.dumps(out["sluice"])))
     else:
         config = os.path.join(ROOT, config)
     state = os.path.join(workdir, "state")
@@ -216,7 +245,7 @@ def run_framework(job: str, log: str, workdir: str, pairs: int, sluice_args: lis
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", default="summary",
-                   help="comma-separated: summary, aggregate, count, filter")
+                   help="comma-separated: summary, aggregate, count, filter, where-if, compute")
     p.add_argument("--pairs", type=int, default=3,
                    help="alternating Sluice/DuckDB pairs for each framework job (>= 3)")
     p.add_argument("--sizes", default="1M,10M", help="comma-separated line counts: 1M,10M,50M")

@@ -9,6 +9,8 @@ JOB is one of:
                 count, count of distinct senders, min and max timestamp; CSV
     count       the first record of each id, counted by type; CSV
     filter      the messages, reshaped as configs/mutate.yaml does; JSON lines
+    where-if    the messages of senders whose name starts with visitor1; JSON lines
+    compute     every record with its hour of the day and whether it is a status
 
 It writes OUT the way the Sluice pipeline does (a CSV with a header, or JSON lines in
 file order), so both sides pay for writing their answer. Same semantics as the Sluice
@@ -37,6 +39,12 @@ SELECT type, count(*) AS count FROM firsts GROUP BY type ORDER BY type""",
 SELECT id, "from" AS sender, type, site_id->>'$' AS site_id, "timestamp",
        'chat-log' AS source
 FROM {SOURCE} WHERE type = 'message'""",
+    "where-if": f"""
+SELECT * FROM {SOURCE.replace("'timestamp': 'JSON'", "'timestamp': 'JSON', 'data': 'JSON'")}
+WHERE type = 'message' AND starts_with("from", 'visitor1')""",
+    "compute": f"""
+SELECT *, floor(CAST("timestamp" AS DOUBLE) / 3600) % 24 AS hour, type = 'status' AS is_status
+FROM {SOURCE.replace("'timestamp': 'JSON'", "'timestamp': 'JSON', 'data': 'JSON'")}""",
 }
 
 
@@ -50,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     job, log, out = args
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = true")
-    fmt = "FORMAT JSON" if job == "filter" else "FORMAT CSV, HEADER"
+    fmt = "FORMAT JSON" if job in ("filter", "where-if", "compute") else "FORMAT CSV, HEADER"
     query = QUERIES[job].replace("?", "$log")
     target = out.replace("'", "''")
     con.execute(f"COPY ({query}) TO '{target}' ({fmt})", {"log": log})

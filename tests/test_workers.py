@@ -112,13 +112,16 @@ def test_benchmark_framework_jobs_small(tmp_path):
     DuckDB's, and the table gives each job's median ratio and input MB/s."""
     pytest.importorskip("duckdb")
     p = subprocess.run([sys.executable, str(ROOT / "test_scripts" / "benchmark.py"),
-                        "--jobs", "aggregate,count,filter", "--pairs", "1", "--sizes", "5K",
+                        "--jobs", "aggregate,count,filter,where-if,compute", "--pairs", "1",
+                        "--sizes", "5K",
                         "--visitors", "2000", "--sites", "30", "--workdir", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     rows = [line.split() for line in p.stdout.splitlines() if line.strip().startswith("5,000")]
     assert [r[1] for r in rows] == ["aggregate/sluice", "aggregate/duckdb", "count/sluice",
-                                    "count/duckdb", "filter/sluice", "filter/duckdb"]
+                                    "count/duckdb", "filter/sluice", "filter/duckdb",
+                                    "where-if/sluice", "where-if/duckdb", "compute/sluice",
+                                    "compute/duckdb"]
     assert all(r[-1] == "yes" for r in rows)
 
 
