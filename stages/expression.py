@@ -41,7 +41,7 @@ import msgspec
 import numpy as np
 
 from pipeline import Problem
-from pipeline.columns import Columns, column_of
+from pipeline.columns import Columns, column_of, values_of
 
 from .fields import MISSING, column, column_values
 
@@ -248,6 +248,7 @@ _CODES = {bool: _BOOL, int: _INT, float: _FLOAT, str: _STR, type(None): _NULL,
 _LIMIT = 1 << 63
 _DECIMAL_LIMIT = 10 ** 38
 _encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 
 def _code(value: Any) -> int:
@@ -314,35 +315,27 @@ class Expression:
         import pyarrow as pa
         n = len(batch)
         inputs = [self._input(batch, p) for p in self.paths]
-        py = [i for i, x in enumerate(inputs) if isinstance(x, list)]
-        if not py:
+        mixed = [x for x in inputs if isinstance(x, _Mixed)]
+        if not mixed or all(m.one is not None for m in mixed):
             groups = [np.arange(n)]
-            codes: list[np.ndarray] = []
         else:
-            codes = [self._codes(inputs[i]) for i in py]
-            key = np.stack(codes, axis=1) if len(codes) > 1 else codes[0][:, None]
-            _, which = np.unique(key, axis=0, return_inverse=True)
-            which = which.reshape(-1)
-            order = np.argsort(which, kind="stable")
-            bounds = np.flatnonzero(np.diff(which[order])) + 1
+            key = np.zeros(n, dtype=np.int64)  # the records' codes as one number
+            for m in mixed:
+                key = key * 16 + (m.codes.astype(np.int64) + 1)
+            order = np.argsort(key, kind="stable")
+            bounds = np.flatnonzero(np.diff(key[order])) + 1
             groups = np.split(order, bounds) if n else [order]
         failed: dict[int, str] = {}
         parts: list[tuple[np.ndarray, pa.Array]] = []
         for idx in groups:
-            columns = []
-            for j, x in enumerate(inputs):
-                if isinstance(x, list):
-                    code = int(codes[py.index(j)][idx[0]]) if len(idx) else _NULL
-                    columns.append(_sql_array([x[i] for i in idx], code))
-                elif len(idx) == n:
-                    columns.append(x)
-                else:
-                    columns.append(x.take(pa.array(idx)))
+            whole = len(idx) == n
+            columns = [x.typed(idx, whole) if isinstance(x, _Mixed) else
+                       x if whole else x.take(pa.array(idx)) for x in inputs]
             self._run(idx, columns, parts, failed, [0])
         return Outcome(_scatter(parts, n), failed)
 
-    # the value of each path, as an Arrow array (Columns, where the column is typed) or
-    # as Python values (MISSING where absent), grouped by type in evaluate()
+    # the value of each path: an Arrow array where every record's value there has one
+    # JSON type (or none), else a _Mixed, whose records evaluate() groups by type
     def _input(self, batch: Any, path: tuple[str, ...]) -> Any:
         import pyarrow as pa
         if batch.__class__ is Columns:
@@ -350,25 +343,18 @@ class Expression:
             if found is None:
                 return pa.nulls(len(batch))
             array, json_text, rest = found
-            if not json_text and not rest and not _has_json(array.type):
-                return array
-            return column_values(batch, path)
-        values: Any = batch
-        for name in path:
-            values = column(name)(values)
-        return values
-
-    @staticmethod
-    def _codes(values: list[Any]) -> np.ndarray:
-        """Each value's SQL type code; a null takes its batch's most common type, so
-        that it joins a group rather than making one."""
-        codes = np.fromiter(map(_code, values), dtype=np.int8, count=len(values))
-        nulls = codes == _NULL
-        if nulls.any() and not nulls.all():
-            typed = codes[~nulls]
-            counts = np.bincount(typed)
-            codes[nulls] = int(np.argmax(counts))
-        return codes
+            if not rest and not _has_json(array.type):
+                return _Mixed(array) if json_text else array
+            values = column_values(batch, path)
+        else:
+            values = batch
+            for name in path:
+                values = column(name)(values)
+        made = column_of(values, MISSING)  # C-level where the values allow
+        if made is None:  # text Arrow cannot hold (a lone surrogate): value by value
+            return _Mixed(None, values)
+        array, json_text = made
+        return _Mixed(array) if json_text or _has_json(array.type) else array
 
     def _table(self, columns: list[pa.Array], n: int) -> pa.Table:
         """The paths' columns as a table DuckDB reads: `a.b` as field b of a struct a."""
@@ -454,6 +440,91 @@ class Expression:
             take = pa.array(sub)
             self._run(idx[sub], [pa.nulls(len(sub)) if null else c.take(take)
                                  for c, null in zip(columns, pattern)], parts, failed, spent)
+
+
+class _Mixed:
+    """A field whose values in a batch are of several JSON types: each record's type
+    code (`codes`; a null takes the batch's most common type, so that it joins a group
+    rather than making one) and, for a group of records, their values as the Arrow
+    array of that type (`typed`). From a JSON column (each value's JSON text, worked
+    on column-wise), or from Python values where Arrow cannot hold them."""
+
+    def __init__(self, text: Any, values: list[Any] | None = None):
+        import pyarrow as pa
+        self.text, self.values = text, values
+        true = _json_codes(text) if values is None else \
+            np.fromiter(map(_code, values), dtype=np.int8, count=len(values))
+        if values is None and pa.types.is_struct(text.type):  # objects holding JSON text
+            true = np.where(np.asarray(text.is_null(), dtype=bool), _NULL, _OBJECT) \
+                .astype(np.int8)
+            self.values = values_of(text, False, MISSING)
+            self.text = None
+        self.true = true
+        codes = true.copy()
+        nulls = codes == _NULL
+        if nulls.any() and not nulls.all():
+            codes[nulls] = int(np.argmax(np.bincount(codes[~nulls])))
+        self.codes = codes
+        kinds = np.unique(codes)
+        self.one = int(kinds[0]) if len(kinds) == 1 else None  # the batch is one group
+
+    def typed(self, idx: np.ndarray, whole: bool) -> pa.Array:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        code = int(self.codes[idx[0]]) if len(idx) else _NULL
+        if self.text is None:  # Python values
+            assert self.values is not None
+            return _sql_array([self.values[i] for i in idx], code)
+        part = self.text if whole else self.text.take(pa.array(idx))
+        if code == _NULL:
+            return pa.nulls(len(idx))
+        nulls = self.true[idx] == _NULL
+        if nulls.any():  # a JSON null that joined this group: NULL of its type
+            part = pc.if_else(pa.array(nulls), pa.scalar(None, pa.string()), part)
+        if code == _INT:
+            return pc.cast(part, pa.int64())
+        if code == _FLOAT:
+            return pc.cast(part, pa.float64())
+        if code == _BOOL:
+            return pc.equal(part, "true")
+        if code == _TEXT:  # an array: its JSON text, as it is
+            return part
+        if code == _STR and not pc.any(pc.match_substring(part, "\\")).as_py():
+            return pc.utf8_slice_codeunits(part, 1, -1)  # no escapes: drop the quotes
+        values = [MISSING if t is None else _decode(t) for t in part.to_pylist()]
+        return _sql_array(values, code)
+
+
+def _json_codes(text: pa.Array) -> np.ndarray:
+    """The type code of each value of a JSON column from its text: `"` a string, t/f a
+    boolean, n null, { an object, [ an array; a number is a float if it has a `.`, `e`
+    or `E`, else an integer (one of more than 18 digits is checked for 64 bits)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    n = len(text)
+    data = text.cast(pa.binary())
+    valid = np.asarray(data.is_valid(), dtype=bool)
+    first = np.zeros(n, dtype=np.uint8)
+    if valid.any():  # the first byte of each text (a JSON text is never empty)
+        firsts = pc.binary_slice(data, 0, 1).fill_null(b"\0")
+        starts = np.frombuffer(firsts.buffers()[1], dtype=np.int32, count=n + 1,
+                               offset=firsts.offset * 4)[:-1]
+        first = np.frombuffer(firsts.buffers()[2], dtype=np.uint8)[starts]
+    codes = np.full(n, _INT, dtype=np.int8)
+    codes[first == ord('"')] = _STR
+    codes[(first == ord("t")) | (first == ord("f"))] = _BOOL
+    codes[(first == ord("n")) | ~valid] = _NULL
+    codes[first == ord("{")] = _OBJECT
+    codes[first == ord("[")] = _TEXT
+    numbers = codes == _INT
+    if numbers.any():
+        floats = np.asarray(pc.match_substring_regex(text, "[.eE]").fill_null(False),
+                            dtype=bool)
+        codes[numbers & floats] = _FLOAT
+        long = numbers & ~floats & (np.asarray(pc.utf8_length(text).fill_null(0)) > 18)
+        for i in np.flatnonzero(long).tolist():
+            codes[i] = _code(_decode(text[i].as_py()))
+    return codes
 
 
 def _has_json(t: Any) -> bool:
