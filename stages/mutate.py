@@ -362,9 +362,9 @@ class Mutate(Processor):
         ops, to_builtins = self.ops, msgspec.to_builtins
         for batch in batches:
             if isinstance(batch, Columns):
-                out = self._on_columns(batch) if self.plan else batch
+                out, kept_rows = self._on_columns(batch) if self.plan else (batch, None)
                 if out is not None:
-                    yield self._computed(out) if self.computes else out
+                    yield self._computed(out, batch, kept_rows) if self.computes else out
                     continue
                 batch = batch.records()  # a value no column can hold: record by record
             records, kept = [], []
@@ -390,12 +390,17 @@ class Mutate(Processor):
                     kept.append(i)
             out = batch.take(kept)
             out[:] = records  # the changed records, with their originals' origins
-            yield self._computed(out) if self.computes else out
+            yield self._computed(out, batch, np.asarray(kept, dtype=np.int64)) \
+                if self.computes else out
 
     # -- compute --------------------------------------------------------------------------
-    def _computed(self, batch: Any) -> Any:
+    def _computed(self, batch: Any, given: Any, rows: np.ndarray | None) -> Any:
         """The batch with each `compute` field set, in order; on columns a top-level
-        field is a column, anything else is set record by record."""
+        field is a column, anything else is set record by record. A record it rejects
+        goes to the dead-letter file as it was given to the stage (`given`; `rows`:
+        where each record of `batch` is in it, None where they are one to one)."""
+        if rows is None:
+            rows = np.arange(len(batch))
         for path, expr in self.computes:
             outcome = expr.evaluate(batch)
             failed = outcome.failed
@@ -410,11 +415,14 @@ class Mutate(Processor):
                     batch = batch.records()
                 batch = self._set_records(batch, path, outcome.values, failed)
             if failed:
-                reject(self.ctx, self.name, batch, failed, f"compute {'.'.join(path)!r}")
+                reject(self.ctx, self.name, given, {int(rows[i]): why for i, why in
+                                                   failed.items()},
+                       f"compute {'.'.join(path)!r}")
                 keep = np.ones(len(batch), dtype=bool)
                 keep[list(failed)] = False
                 batch = batch.filter(keep) if batch.__class__ is Columns else \
                     batch.take(np.flatnonzero(keep).tolist())
+                rows = rows[keep]
         return batch
 
     @staticmethod
@@ -445,8 +453,9 @@ class Mutate(Processor):
         self.ctx.reject(raw, reason, stage=self.name, at=batch.locate(i), file=batch.source)
 
     # -- on columns -----------------------------------------------------------------------
-    def _on_columns(self, batch: Columns) -> Columns | None:
-        """The operations on a batch of columns, or None if a changed field's values
+    def _on_columns(self, batch: Columns) -> tuple[Columns | None, np.ndarray | None]:
+        """The operations on a batch of columns, and where its records are in `batch`
+        if some were rejected (else None); (None, None) if a changed field's values
         cannot be held in a column, or its records' orders of fields in one column
         order (the caller then works record by record)."""
         from .mutate_columns import Frame  # here: a run without columns does not load Arrow
@@ -457,15 +466,15 @@ class Mutate(Processor):
                 self._by_record(frame, paths, op, rejected)
         columns = frame.columns() if frame.exact else None
         if columns is None:
-            return None
+            return None, None
         out = batch.with_columns(columns)
         if rejected:
             for i in sorted(rejected):
                 self._reject_one(batch, i, rejected[i])
             keep = np.ones(len(batch), dtype=bool)
             keep[list(rejected)] = False
-            out = out.filter(keep)
-        return out
+            return out.filter(keep), np.flatnonzero(keep)
+        return out, None
 
     @staticmethod
     def _by_record(frame: Any, paths: Any, op: Any, rejected: dict[int, str]) -> None:

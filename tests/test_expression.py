@@ -324,12 +324,12 @@ def ref_condition(r):
     return True, None
 
 
-def test_where_if_matches_the_reference_with_1_and_2_workers(tmp_path):
-    lines = mixed_records(3000, 7)
+def run_1_and_2(tmp_path: Path, lines: list[str], stage: str) -> tuple[str, list[dict]]:
+    """The output file and the dead-letter entries of a run of `stage` on `lines`, the
+    same with 1 worker and with 2 (the input cut into two parts)."""
     data = tmp_path / "in.jsonl"
     data.write_text("\n".join(lines) + "\n")
-    cfg = write(tmp_path, "p.yaml", HEAD.replace("in.jsonl", str(data)) +
-                "  - where: {if: \"status >= 500 AND starts_with(path, '/api')\"}\n"
+    cfg = write(tmp_path, "p.yaml", HEAD.replace("in.jsonl", str(data)) + stage +
                 f"  - jsonl-output: {{path: {tmp_path}/out.jsonl}}\n")
     outs = []
     for workers in ("1", "2"):
@@ -340,7 +340,13 @@ def test_where_if_matches_the_reference_with_1_and_2_workers(tmp_path):
                 .read_text().splitlines()]
         outs.append(((tmp_path / "out.jsonl").read_text(), dead))
     assert outs[0] == outs[1]
-    kept, dead = outs[0]
+    return outs[0]
+
+
+def test_where_if_matches_the_reference_with_1_and_2_workers(tmp_path):
+    lines = mixed_records(3000, 7)
+    kept, dead = run_1_and_2(tmp_path, lines, "  - where: {if: \"status >= 500 AND "
+                                              "starts_with(path, '/api')\"}\n")
     expect_kept, expect_failed = [], []
     for number, line in enumerate(lines, 1):
         try:
@@ -372,19 +378,7 @@ def ref_compute(r):
 
 def test_mutate_compute_matches_the_reference_with_1_and_2_workers(tmp_path):
     lines = mixed_records(2000, 11)
-    data = tmp_path / "in.jsonl"
-    data.write_text("\n".join(lines) + "\n")
-    cfg = write(tmp_path, "p.yaml", HEAD.replace("in.jsonl", str(data)) +
-                "  - mutate: {compute: {kms: \"ms / 1000\"}}\n"
-                f"  - jsonl-output: {{path: {tmp_path}/out.jsonl}}\n")
-    outs = []
-    for workers in ("1", "2"):
-        p = cli("-c", cfg, "--state-dir", str(tmp_path / f"s{workers}"), "-w", workers,
-                "--fresh")
-        assert p.returncode == 0, p.stderr
-        outs.append(((tmp_path / "out.jsonl").read_text(),
-                     (tmp_path / f"s{workers}" / "dead_letter.jsonl").read_text()))
-    assert outs[0] == outs[1]
+    out, dead = run_1_and_2(tmp_path, lines, "  - mutate: {compute: {kms: \"ms / 1000\"}}\n")
     expect, failed = [], []
     for number, line in enumerate(lines, 1):
         try:
@@ -396,8 +390,7 @@ def test_mutate_compute_matches_the_reference_with_1_and_2_workers(tmp_path):
             failed.append(number)
         else:
             expect.append(got)
-    assert [json.loads(x) for x in outs[0][0].splitlines()] == expect
-    dead = [json.loads(x) for x in outs[0][1].splitlines()]
+    assert [json.loads(x) for x in out.splitlines()] == expect
     assert [d["line"] for d in dead if d["stage"] == "mutate"] == failed
     assert {d["reason"] for d in dead if d["stage"] == "mutate"} == {
         "compute 'kms': No function matches the given name and argument types "
@@ -451,12 +444,14 @@ def test_compute_values_json_cannot_hold_are_rejected(text, reason):
 
 
 def test_compute_runs_last_in_order_and_sets_nested_fields():
-    out, rejected = mutate([{"n": "41", "d": {"x": 1}}, {"n": "1", "d": "text"}],
+    out, rejected = mutate([{"n": "x"}, {"n": "41", "d": {"x": 1}}, {"n": "1", "d": "text"}],
                            convert={"n": "int"},
                            compute={"m": "n + 1", "d.y": "m * 2", "z": "d.y"})
     assert out == [{"n": 41, "d": {"x": 1, "y": 84}, "m": 42, "z": 84}]
-    assert rejected == [({"n": 1, "d": "text", "m": 2},
-                         "compute 'd.y': cannot set it: 'd' is a string, not an object")]
+    assert rejected == [  # each as it came to the stage: a reject can be replayed
+        ({"n": "x"}, "field 'n': cannot convert 'x' to int"),
+        ({"n": "1", "d": "text"}, "compute 'd.y': cannot set it: 'd' is a string, not an "
+                                  "object")]
 
 
 def test_where_if_and_compute_resume_at_every_boundary(tmp_path):
