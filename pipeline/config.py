@@ -96,6 +96,7 @@ class PipelineConfig:
     trunk: list[int] = field(default_factory=list)
     branches: dict[str, list[int]] = field(default_factory=dict)
     fork_line: int | None = None
+    split: str = "fork"  # `fork`, or `route` (a fork whose branches take some records)
 
     def identity(self) -> str:
         """Hash of everything that changes results: the stages, options and branches."""
@@ -228,12 +229,13 @@ def _parse(ld: YamlDoc, registry: Registry) -> PipelineConfig:
     if not isinstance(pipeline_node, yaml.SequenceNode) or not pipeline_node.value:
         raise ld.fail("`pipeline` must be a non-empty list of stages", pipeline_node)
     for n, item in enumerate(pipeline_node.value):
-        if isinstance(item, yaml.MappingNode) and len(item.value) == 1 and \
-                isinstance(item.value[0][0], yaml.ScalarNode) and \
-                item.value[0][0].value == "fork":
+        split = item.value[0][0].value if isinstance(item, yaml.MappingNode) and \
+            len(item.value) == 1 and isinstance(item.value[0][0], yaml.ScalarNode) else None
+        if split in ("fork", "route"):
             if n != len(pipeline_node.value) - 1:
-                raise ld.fail("`fork` must be the last element of `pipeline`", item)
-            _fork(ld, cfg, item.value[0][0], item.value[0][1], registry)
+                raise ld.fail(f"`{split}` must be the last element of `pipeline`", item)
+            (_fork if split == "fork" else _route)(ld, cfg, item.value[0][0],
+                                                    item.value[0][1], registry)
         else:
             cfg.trunk.append(len(cfg.stages))
             cfg.stages.append(_stage(ld, item, registry))
@@ -257,23 +259,108 @@ def _fork(ld: YamlDoc, cfg: PipelineConfig, key: yaml.Node, node: yaml.Node,
     if not isinstance(node, yaml.MappingNode) or not node.value:
         raise ld.fail("`fork` must map branch names to lists of stages", node)
     for name_node, stages_node in node.value:
-        name = ld.key(name_node, "a fork branch name")
-        if "/" in name or not name.isprintable():
-            raise ld.fail(f"fork: a branch name must be printable text without '/'; "
-                          f"got {name!r}", name_node)
+        name = _branch_name(ld, name_node, "fork")
         if not isinstance(stages_node, yaml.SequenceNode) or not stages_node.value:
             raise ld.fail(f"fork branch {name!r} must be a non-empty list of stages",
                           stages_node)
-        cfg.branches[name] = []
-        for item in stages_node.value:
-            try:
-                spec = _stage(ld, item, registry)
-            except ConfigError as exc:
-                where, _, what = str(exc).partition(": ")
-                raise ConfigError(f"{where}: fork branch {name!r}: {what}") from None
-            spec.branch = name
-            cfg.branches[name].append(len(cfg.stages))
-            cfg.stages.append(spec)
+        _branch(ld, cfg, name, stages_node, registry, [])
+
+
+def _branch_name(ld: YamlDoc, node: yaml.Node, split: str) -> str:
+    name = ld.key(node, f"a {split} branch name")
+    if "/" in name or not name.isprintable():
+        raise ld.fail(f"{split}: a branch name must be printable text without '/'; "
+                      f"got {name!r}", node)
+    return name
+
+
+def _branch(ld: YamlDoc, cfg: PipelineConfig, name: str, stages_node: yaml.Node,
+            registry: Registry, first: list[StageSpec]) -> None:
+    """A branch of a fork (or route): `first` (the route's filter), then its stages."""
+    cfg.branches[name] = []
+    specs = list(first)
+    for item in stages_node.value:
+        try:
+            specs.append(_stage(ld, item, registry))
+        except ConfigError as exc:
+            where, _, what = str(exc).partition(": ")
+            raise ConfigError(f"{where}: {cfg.split} branch {name!r}: {what}") from None
+    for spec in specs:
+        spec.branch = name
+        cfg.branches[name].append(len(cfg.stages))
+        cfg.stages.append(spec)
+
+
+ROUTE_KEYS = ("if", "stages")
+
+
+def _route(ld: YamlDoc, cfg: PipelineConfig, key: yaml.Node, node: yaml.Node,
+           registry: Registry) -> None:
+    """`- route: {mode: first|all, NAME: {if: COND, stages: [...]}, ..., default: [...]}`:
+    a `route` stage at the end of the trunk marks each record's branches, and each
+    branch starts with a `routed` stage that keeps its records (stages/route.py)."""
+    cfg.fork_line, cfg.split = key.start_mark.line + 1, "route"
+    if not isinstance(node, yaml.MappingNode) or not node.value:
+        raise ld.fail("`route` must map branch names to {if: CONDITION, stages: [...]}",
+                      node)
+    mode, default, branches = "first", None, []
+    for name_node, value_node in node.value:
+        name = _branch_name(ld, name_node, "route")
+        if name == "mode":
+            mode = ld.value(value_node)
+            if mode not in ("first", "all"):
+                raise ld.fail(f"route: `mode` must be 'first' or 'all'; got {mode!r}",
+                              value_node)
+        elif name == "default":
+            if not isinstance(value_node, yaml.SequenceNode) or not value_node.value:
+                raise ld.fail("route: `default` must be a non-empty list of stages (the "
+                              "records no condition took)", value_node)
+            default = value_node
+        else:
+            if not isinstance(value_node, yaml.MappingNode):
+                raise ld.fail(f"route branch {name!r} must be {{if: CONDITION, stages: "
+                              f"[...]}}", value_node)
+            parts = {ld.key(k, f"a key of route branch {name!r}"): (k, v)
+                     for k, v in value_node.value}
+            for k in parts:
+                if k not in ROUTE_KEYS:
+                    raise ld.fail(f"route branch {name!r}: unknown key {k!r}"
+                                  f"{suggest(k, ROUTE_KEYS)}; expected if, stages",
+                                  parts[k][0])
+            for k in ROUTE_KEYS:
+                if k not in parts:
+                    raise ld.fail(f"route branch {name!r}: missing {k!r}", name_node)
+            stages_node = parts["stages"][1]
+            if not isinstance(stages_node, yaml.SequenceNode) or not stages_node.value:
+                raise ld.fail(f"route branch {name!r}: `stages` must be a non-empty list "
+                              f"of stages", stages_node)
+            branches.append((name, parts["if"][1], stages_node))
+    if not branches:
+        raise ld.fail("route: give at least one branch with a condition", node)
+    cls, filt = registry.get("route"), registry.get("routed")
+    if len(branches) + (default is not None) > cls.MAX_BRANCHES:  # type: ignore[attr-defined]
+        raise ld.fail(f"route: at most {cls.MAX_BRANCHES} branches", node)  # type: ignore
+    conditions = {}
+    for name, cond_node, _ in branches:
+        text = ld.value(cond_node)
+        problem = cls.check_condition(text)  # type: ignore[attr-defined]
+        if problem:
+            raise ld.fail(f"route branch {name!r}: `if` {problem}", cond_node,
+                          getattr(problem, "offset", None))
+        conditions[name] = text
+    line = cfg.fork_line
+    cfg.trunk.append(len(cfg.stages))
+    cfg.stages.append(StageSpec("route", cls, {"if": conditions, "mode": mode,
+                                               "default": default is not None}, line))
+    every = [(name, stages) for name, _, stages in branches]
+    if default is not None:
+        if "default" in conditions:
+            raise ld.fail("route: `default` is the branch of the records no condition "
+                          "took; name the other branch otherwise", node)
+        every.append(("default", default))
+    for k, (name, stages_node) in enumerate(every):
+        _branch(ld, cfg, name, stages_node, registry,
+                [StageSpec("routed", filt, {"branch": k}, stages_node.start_mark.line + 1)])
 
 
 def _section(ld: YamlDoc, node: yaml.Node, name: str, keys: dict[str, Any],
@@ -329,6 +416,9 @@ def _stage(ld: YamlDoc, item: yaml.Node, registry: Registry) -> StageSpec:
         cls = registry.get(name)
     except ConfigError as exc:
         raise ld.fail(str(exc), name_node) from None
+    if getattr(cls, "part_of_route", False):
+        raise ld.fail(f"stage {name!r} is made by `route` (the last element of "
+                      f"`pipeline`, with branches) and cannot be given on its own", name_node)
     line = name_node.start_mark.line + 1
     spec = StageSpec(name=name, cls=cls, options={}, line=line)
     declared = {o.name: o for o in cls.options}
@@ -378,13 +468,13 @@ def check_wiring(cfg: PipelineConfig) -> None:
         for name, idx in cfg.branches.items():
             last = cfg.stages[idx[-1]]
             if last.cls.role is not Role.OUTPUT:
-                raise ConfigError(f"fork branch {name!r} must end with an output; "
+                raise ConfigError(f"{cfg.split} branch {name!r} must end with an output; "
                                   f"{last.name!r} is a {last.cls.role.value}", cfg.path,
                                   last.line)
             middle += [cfg.stages[i] for i in idx[:-1]]
     for spec in middle:
         if spec.cls.role in (Role.INPUT, Role.OUTPUT):
-            where = f"fork branch {spec.branch!r}: " if spec.branch else ""
+            where = f"{cfg.split} branch {spec.branch!r}: " if spec.branch else ""
             after = " (before a fork, every output goes at the end of a branch)" if \
                 cfg.branches and not spec.branch and spec.cls.role is Role.OUTPUT else ""
             raise ConfigError(f"{where}stage {spec.name!r} is an {spec.cls.role.value}; only "

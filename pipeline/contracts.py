@@ -108,7 +108,7 @@ def check_kinds(cfg: PipelineConfig) -> None:
         kind, accepts = produced[before], spec.cls.accepts
         if kind == ANY or ANY in accepts or kind in accepts:
             continue
-        where = f"fork branch {spec.branch!r}: " if spec.branch else ""
+        where = f"{cfg.split} branch {spec.branch!r}: " if spec.branch else ""
         raise ConfigError(f"{where}stage {spec.name!r} accepts {_kinds_text(accepts)} "
                           f"records, but {_producer(prev)} produces {kind} records",
                           cfg.path, spec.line)
@@ -142,7 +142,7 @@ def check_fields(cfg: PipelineConfig) -> None:
             continue
         problem = spec.cls.check_fields(spec.options, given, kinds[before])
         if problem:
-            where = f"fork branch {spec.branch!r}: " if spec.branch else ""
+            where = f"{cfg.split} branch {spec.branch!r}: " if spec.branch else ""
             raise ConfigError(f"{where}stage {spec.name!r}: {problem}, the fields of the "
                               f"records {_producer(cfg.stages[before])} produces",
                               cfg.path, spec.line)
@@ -185,8 +185,8 @@ def check_destinations(cfg: PipelineConfig) -> None:
             other = seen.setdefault(key, spec)
             if other is spec:
                 continue
-            where = f"fork branch {spec.branch!r}: " if spec.branch else ""
-            them = f"stage {other.name!r}" + (f" in fork branch {other.branch!r}"
+            where = f"{cfg.split} branch {spec.branch!r}: " if spec.branch else ""
+            them = f"stage {other.name!r}" + (f" in {cfg.split} branch {other.branch!r}"
                                                if other.branch else "")
             if other.cls.role is Role.INPUT:
                 why = f"{dest} is the input of {them} (line {other.line}): writing it " \

@@ -17,6 +17,7 @@ def builtin_stages() -> list[type[Stage]]:
     from .json_decode import JsonDecode
     from .jsonl_output import JsonlOutput
     from .mutate import Mutate
+    from .route import Route, RouteBranch
     from .parquet_output import ParquetOutput
     from .site_state_reducer import SiteStateReducer
     from .sorted_stdout_output import SortedStdoutOutput
@@ -25,4 +26,4 @@ def builtin_stages() -> list[type[Stage]]:
 
     return [FileInput, JsonDecode, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
             SortedStdoutOutput, SummaryJsonOutput, JsonlOutput, CsvOutput,
-            ParquetOutput]
+            ParquetOutput, Route, RouteBranch]

@@ -594,16 +594,18 @@ def json_value(value: Any) -> Any:
     return str(value)  # an interval, a UUID: their text
 
 
-def reject(ctx: Any, stage: str, batch: Any, failed: dict[int, str], what: str) -> None:
-    """Send the records an expression failed for to the dead-letter file, in order."""
+def reject(ctx: Any, stage: str, batch: Any, failed: dict[int, str],
+           what: str = "") -> None:
+    """Send the records an expression failed for to the dead-letter file, in order,
+    each with its reason (after `what: `)."""
     for i in sorted(failed):
         record = batch.record(i) if batch.__class__ is Columns else batch[i]
         try:
             raw = msgspec.json.encode(record)
         except (TypeError, ValueError, OverflowError):
             raw = repr(record).encode()
-        ctx.reject(raw, f"{what}: {failed[i]}", stage=stage, at=batch.locate(i),
-                   file=batch.source)
+        ctx.reject(raw, f"{what}: {failed[i]}" if what else failed[i], stage=stage,
+                   at=batch.locate(i), file=batch.source)
 
 
 def holds(outcome: Outcome, n: int) -> np.ndarray:

@@ -336,6 +336,7 @@ def run_1_and_2(tmp_path: Path, lines: list[str], stage: str) -> tuple[str, list
         p = cli("-c", cfg, "--state-dir", str(tmp_path / f"s{workers}"), "-w", workers,
                 "--fresh")
         assert p.returncode == 0, p.stderr
+        assert bool(list((tmp_path / f"s{workers}").glob("*/plan.json"))) == (workers == "2")
         dead = [json.loads(x) for x in (tmp_path / f"s{workers}" / "dead_letter.jsonl")
                 .read_text().splitlines()]
         outs.append(((tmp_path / "out.jsonl").read_text(), dead))
@@ -344,7 +345,7 @@ def run_1_and_2(tmp_path: Path, lines: list[str], stage: str) -> tuple[str, list
 
 
 def test_where_if_matches_the_reference_with_1_and_2_workers(tmp_path):
-    lines = mixed_records(3000, 7)
+    lines = mixed_records(12000, 7)  # over 512 KiB: 2 workers run it in parts
     kept, dead = run_1_and_2(tmp_path, lines, "  - where: {if: \"status >= 500 AND "
                                               "starts_with(path, '/api')\"}\n")
     expect_kept, expect_failed = [], []
@@ -377,7 +378,7 @@ def ref_compute(r):
 
 
 def test_mutate_compute_matches_the_reference_with_1_and_2_workers(tmp_path):
-    lines = mixed_records(2000, 11)
+    lines = mixed_records(12000, 11)
     out, dead = run_1_and_2(tmp_path, lines, "  - mutate: {compute: {kms: \"ms / 1000\"}}\n")
     expect, failed = [], []
     for number, line in enumerate(lines, 1):

@@ -27,7 +27,7 @@ def test_builtins_are_registered_by_name():
         "aggregate": "reducer", "count": "reducer", "csv-output": "output",
         "dedupe": "reducer", "file-input": "input", "json-decode": "processor",
         "jsonl-output": "output", "mutate": "processor", "parquet-output": "output",
-        "site-state-reducer": "reducer",
+        "route": "processor", "routed": "processor", "site-state-reducer": "reducer",
         "sorted-stdout-output": "output", "summary-json-output": "output",
         "where": "processor"}
 

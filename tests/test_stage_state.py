@@ -22,6 +22,7 @@ from stages.jsonl_output import JsonlOutput
 from stages.parquet_output import ParquetOutput
 from stages.mutate import Mutate
 from stages.site_state_reducer import SiteStateReducer
+from stages.route import Route, RouteBranch
 from stages.where import Where
 from conftest import generate
 
@@ -55,6 +56,16 @@ def file_output(cls, **opts):
     return sample
 
 
+ROUTE = {"if": {"a": "site_id = '76'", "b": "type = 'status'"}, "mode": "all",
+         "default": True}
+
+
+def routed(log):
+    route, ctx = Route(**ROUTE), Ctx()
+    route.open(ctx)
+    return list(route.process(iter(decoded_batches(log))))
+
+
 SAMPLES = {
     "file-input": lambda log: ("input", lambda: FileInput(path=str(log), block_size=4096)),
     "json-decode": lambda log: ("processor", JsonDecode, raw_batches(log)),
@@ -75,6 +86,8 @@ SAMPLES = {
     "parquet-output": file_output(ParquetOutput, columns={
         "id": "auto", "from": "string", "timestamp": "float", "type": "auto", "site_id": "json"},
                                   row_group_rows=7),
+    "route": lambda log: ("processor", lambda: Route(**ROUTE), decoded_batches(log)),
+    "routed": lambda log: ("processor", lambda: RouteBranch(branch=1), routed(log)),
     # run once at the end and hold no state between batches:
     "sorted-stdout-output": None,
     "summary-json-output": None,

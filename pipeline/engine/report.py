@@ -77,6 +77,8 @@ class RunReport:
         parts = [read, f"{records:,} records"]
         if "duplicates" in c:  # only where a stage drops duplicates
             parts.append(f"{c['duplicates']:,} duplicates skipped")
+        if c.get("unrouted"):  # a route without a default branch dropped some
+            parts.append(f"{c['unrouted']:,} unrouted")
         tail = f"rejected {self.rejected:,} of {lines:,} lines"
         if self.rejected:
             tail += f" (reasons in {self.dead_letter})"

@@ -63,7 +63,7 @@ def graph_text(cfg: PipelineConfig) -> str:
     names = list(cfg.branches)
     for b, name in enumerate(names):
         last = b == len(names) - 1
-        out.append(f"{'`' if last else '|'}-({kinds[cfg.trunk[-1]]})-> fork branch {name!r}")
+        out.append(f"{'`' if last else '|'}-({kinds[cfg.trunk[-1]]})-> {cfg.split} branch {name!r}")
         pad = "    " if last else "|   "
         idx = cfg.branches[name]
         for n, i in enumerate(idx):
@@ -92,6 +92,6 @@ def chain_text(cfg: PipelineConfig) -> str:
     trunk = " -> ".join(cfg.stages[i].name for i in cfg.trunk)
     if not cfg.branches:
         return trunk
-    return trunk + " -> fork(" + "; ".join(
+    return trunk + f" -> {cfg.split}(" + "; ".join(
         f"{name}: " + " -> ".join(cfg.stages[i].name for i in idx)
         for name, idx in cfg.branches.items()) + ")"
