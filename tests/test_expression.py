@@ -344,17 +344,24 @@ def run_1_and_2(tmp_path: Path, lines: list[str], stage: str) -> tuple[str, list
     return outs[0]
 
 
-def test_where_if_matches_the_reference_with_1_and_2_workers(tmp_path):
-    lines = mixed_records(12000, 7)  # over 512 KiB: 2 workers run it in parts
-    kept, dead = run_1_and_2(tmp_path, lines, "  - where: {if: \"status >= 500 AND "
-                                              "starts_with(path, '/api')\"}\n")
-    expect_kept, expect_failed = [], []
+def judged(lines: list[str], reference) -> list[tuple[int, dict, object, object]]:
+    """(line number, record, value, failure) of the reference on each JSON line."""
+    out = []
     for number, line in enumerate(lines, 1):
         try:
             r = json.loads(line)
         except ValueError:
             continue
-        got, failure = ref_condition(r)
+        out.append((number, r, *reference(r)))
+    return out
+
+
+def test_where_if_matches_the_reference_with_1_and_2_workers(tmp_path):
+    lines = mixed_records(12000, 7)  # over 512 KiB: 2 workers run it in parts
+    kept, dead = run_1_and_2(tmp_path, lines, "  - where: {if: \"status >= 500 AND "
+                                              "starts_with(path, '/api')\"}\n")
+    expect_kept, expect_failed = [], []
+    for number, r, got, failure in judged(lines, ref_condition):
         if failure is not None:
             expect_failed.append(number)
         elif got:
@@ -381,12 +388,7 @@ def test_mutate_compute_matches_the_reference_with_1_and_2_workers(tmp_path):
     lines = mixed_records(12000, 11)
     out, dead = run_1_and_2(tmp_path, lines, "  - mutate: {compute: {kms: \"ms / 1000\"}}\n")
     expect, failed = [], []
-    for number, line in enumerate(lines, 1):
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        got, failure = ref_compute(r)
+    for number, _, got, failure in judged(lines, ref_compute):
         if failure:
             failed.append(number)
         else:
