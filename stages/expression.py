@@ -48,7 +48,9 @@ from .fields import MISSING, column, column_values
 if TYPE_CHECKING:
     import pyarrow as pa
 
-LOADS = ("pyarrow", "duckdb")  # what a stage with an expression imports (Stage.loads_with)
+# what a stage with an expression loads (Stage.loads_with): the memory budget imports
+# these and calls this module's warm_up(), to count what DuckDB takes once it works
+LOADS = ("pyarrow", "stages.expression")
 _PREFIX = "SELECT "
 _NOWHERE = (1 << 64) - 1  # DuckDB's query_location when it has none
 
@@ -133,6 +135,14 @@ def connection() -> Any:
             "autoload_known_extensions": False, "threads": 1, "lock_configuration": True})
         _local.con, _local.pid = con, os.getpid()
     return con
+
+
+def warm_up() -> None:
+    """Open this process's database and evaluate once: DuckDB's memory at work (about
+    60 MB: its libraries, then what its first query allocates), which the memory
+    budget counts in every process (pipeline.engine.budget.own_rss)."""
+    import pyarrow as pa
+    connection().from_arrow(pa.table({"x": [1]})).project("x + 1").fetchall()
 
 
 # -- parsing ---------------------------------------------------------------------------

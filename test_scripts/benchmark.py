@@ -17,6 +17,8 @@
                 visitor1, JSON lines to a file
     compute     `mutate: {compute: ...}`: each record's hour of the day and whether it
                 is a status, JSON lines to a file
+    route       `route` to three JSON-lines files: statuses, messages of visitor1*
+                senders, the rest (default)
 
 Each framework job (aggregate, count, filter, where-if, compute) is a Sluice run with default settings
 against DuckDB answering the same question (a query from test_scripts/duckdb_jobs.py
@@ -147,6 +149,7 @@ FRAMEWORK = {  # job: (config, where Sluice writes, what the output holds)
     "filter": (None, "out.jsonl", "ids"),
     "where-if": (None, "out.jsonl", "ids"),
     "compute": (None, "out.jsonl", "computed"),
+    "route": (None, "out.jsonl", "routed"),
 }
 CONFIGS = {  # the framework jobs whose config is written here, with the log and output
     "where-if": """\
@@ -165,6 +168,19 @@ pipeline:
         hour: "floor(timestamp / 3600) % 24"
         is_status: "type = 'status'"
   - jsonl-output: {{path: {out}}}
+""",
+    "route": """\
+pipeline:
+  - file-input: {{path: {log}}}
+  - json-decode: {{schema: object}}
+  - route:
+      statuses:
+        if: "type = 'status'"
+        stages: [jsonl-output: {{path: {statuses}}}]
+      visitors:
+        if: "starts_with(\\"from\\", 'visitor1')"
+        stages: [jsonl-output: {{path: {visitors}}}]
+      default: [jsonl-output: {{path: {rest}}}]
 """,
 }
 FILTER_CONFIG = """\
@@ -189,6 +205,9 @@ def framework_output(kind: str, path: str) -> list:
     if kind == "ids":
         with open(path, "rb") as fh:
             return [json.loads(line)["id"] for line in fh if line.strip()]
+    if kind == "routed":  # the ids in each branch's file, in order
+        return [framework_output("ids", path + suffix)
+                for suffix in (".statuses", ".visitors", ".rest")]
     if kind == "computed":
         with open(path, "rb") as fh:
             return [(r["id"], r["hour"], r["is_status"]) for r in map(json.loads, fh)]
@@ -213,7 +232,9 @@ def run_framework(job: str, log: str, workdir: str, pairs: int, sluice_args: lis
         config = os.path.join(workdir, f"{job}.yaml")
         with open(config, "w", encoding="utf-8") as fh:
             fh.write(CONFIGS.get(job, FILTER_CONFIG).format(
-                log=json.dumps(log), out=json.dumps(out["sluice"])))
+                log=json.dumps(log), out=json.dumps(out["sluice"]), **{
+                    branch: json.dumps(out["sluice"] + "." + branch)
+                    for branch in ("statuses", "visitors", "rest")}))
     else:
         config = os.path.join(ROOT, config)
     state = os.path.join(workdir, "state")
@@ -245,7 +266,8 @@ def run_framework(job: str, log: str, workdir: str, pairs: int, sluice_args: lis
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", default="summary",
-                   help="comma-separated: summary, aggregate, count, filter, where-if, compute")
+                   help="comma-separated: summary, aggregate, count, filter, where-if, "
+                        "compute, route")
     p.add_argument("--pairs", type=int, default=3,
                    help="alternating Sluice/DuckDB pairs for each framework job (>= 3)")
     p.add_argument("--sizes", default="1M,10M", help="comma-separated line counts: 1M,10M,50M")

@@ -11,6 +11,8 @@ JOB is one of:
     filter      the messages, reshaped as configs/mutate.yaml does; JSON lines
     where-if    the messages of senders whose name starts with visitor1; JSON lines
     compute     every record with its hour of the day and whether it is a status
+    route       statuses to OUT.statuses, else the messages of visitor1* senders to
+                OUT.visitors, else the rest to OUT.rest (the log is read once)
 
 It writes OUT the way the Sluice pipeline does (a CSV with a header, or JSON lines in
 file order), so both sides pay for writing their answer. Same semantics as the Sluice
@@ -45,7 +47,16 @@ WHERE type = 'message' AND starts_with("from", 'visitor1')""",
     "compute": f"""
 SELECT *, floor(CAST("timestamp" AS DOUBLE) / 3600) % 24 AS hour, type = 'status' AS is_status
 FROM {SOURCE.replace("'timestamp': 'JSON'", "'timestamp': 'JSON', 'data': 'JSON'")}""",
+    "route": f"""
+SELECT row_number() OVER () AS pos, *
+FROM {SOURCE.replace("'timestamp': 'JSON'", "'timestamp': 'JSON', 'data': 'JSON'")}""",
 }
+ROUTES = [  # route's branches, in order (mode first): each takes what the ones before left
+    (".statuses", "type = 'status'"),
+    (".visitors", "type IS DISTINCT FROM 'status' AND starts_with(\"from\", 'visitor1')"),
+    (".rest", "type IS DISTINCT FROM 'status' AND "
+              "NOT coalesce(starts_with(\"from\", 'visitor1'), false)"),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     job, log, out = args
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = true")
-    fmt = "FORMAT JSON" if job in ("filter", "where-if", "compute") else "FORMAT CSV, HEADER"
+    fmt = "FORMAT CSV, HEADER" if job in ("aggregate", "count") else "FORMAT JSON"
     query = QUERIES[job].replace("?", "$log")
+    if job == "route":  # read once, then each branch's records to its file, in order
+        con.execute(f"CREATE TEMP TABLE ev AS {query}", {"log": log})
+        for suffix, where in ROUTES:
+            target = (out + suffix).replace("'", "''")
+            con.execute(f"COPY (SELECT * EXCLUDE (pos) FROM ev WHERE {where} ORDER BY pos) "
+                        f"TO '{target}' ({fmt})")
+        return 0
     target = out.replace("'", "''")
     con.execute(f"COPY ({query}) TO '{target}' ({fmt})", {"log": log})
     return 0

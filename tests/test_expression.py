@@ -334,8 +334,9 @@ def run_1_and_2(tmp_path: Path, lines: list[str], stage: str) -> tuple[str, list
     outs = []
     for workers in ("1", "2"):
         p = cli("-c", cfg, "--state-dir", str(tmp_path / f"s{workers}"), "-w", workers,
-                "--fresh")
+                "--fresh", "--memory-mb", "1024")  # room for 2 workers with DuckDB
         assert p.returncode == 0, p.stderr
+        assert "fits 1 of 2" not in p.stderr
         assert bool(list((tmp_path / f"s{workers}").glob("*/plan.json"))) == (workers == "2")
         dead = [json.loads(x) for x in (tmp_path / f"s{workers}" / "dead_letter.jsonl")
                 .read_text().splitlines()]

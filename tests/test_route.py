@@ -98,7 +98,7 @@ def test_route_matches_the_reference_with_1_and_2_workers(tmp_path, mode, defaul
     runs = []
     for workers in ("1", "2"):
         p = cli("-c", cfg, "--state-dir", str(tmp_path / f"s{workers}"), "-w", workers,
-                "--fresh", "--stats")
+                "--fresh", "--stats", "--memory-mb", "1024")  # room for 2 workers
         assert p.returncode == 0, p.stderr
         got = {}
         for name in expected:
@@ -112,8 +112,9 @@ def test_route_matches_the_reference_with_1_and_2_workers(tmp_path, mode, defaul
         assert got == expected
         assert bool(list((tmp_path / f"s{workers}").glob("*/plan.json"))) == (workers == "2")
         assert [d["line"] for d in dead if d["stage"] == "route"] == rejected
-        stats = [line.split()[0] for line in p.stderr.splitlines()[1:]
-                 if line and not line.startswith("sluice")]
+        lines_out = p.stderr.splitlines()
+        table = lines_out[[k for k, x in enumerate(lines_out) if x.startswith("stage ")][0] + 1:]
+        stats = [line.split()[0] for line in table if not line.startswith(("sluice", "wall"))]
         assert stats[:3] == ["file-input", "json-decode", "route"]
         assert "errors/routed" in stats and "api/jsonl-output" in stats
         went = {i for ids in expected.values() for i in ids}

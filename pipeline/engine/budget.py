@@ -92,11 +92,15 @@ def loading(cfg: Any) -> list[str]:
 
 
 def own_rss(modules: Iterable[str] = ()) -> int:
-    """This process's resident memory, once `modules` are imported: a process that
-    runs a stage holds the libraries it loads (pyarrow's take about 37 MB), so every
-    process's share of the budget is measured with them."""
+    """This process's resident memory, once `modules` are imported (and warmed up,
+    where a module has a `warm_up()`: what it takes once at work, as an embedded
+    database's first query): a process that runs a stage holds the libraries it
+    loads (pyarrow's take about 37 MB), so every process's share of the budget is
+    measured with them."""
     for name in modules:
-        importlib.import_module(name)
+        warm = getattr(importlib.import_module(name), "warm_up", None)
+        if callable(warm):
+            warm()
     try:
         with open("/proc/self/statm", "rb") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
