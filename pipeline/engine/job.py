@@ -67,7 +67,7 @@ def _start(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRe
     segments, _ = layout(cfg)
     if source.unbounded():
         check_follow(cfg, opts, segments)
-    parts = not segments and _in_parts(cfg, opts, source)
+    parts = not segments and _in_parts(cfg, opts, source, notices)
     if not segments and not parts:  # no reducer on any path
         damaged = False
         while True:
@@ -84,12 +84,13 @@ def _start(cfg: PipelineConfig, opts: JobOptions, request: StopRequest) -> RunRe
     return Job(cfg, opts, source, notices, enabled, request, parts).execute()
 
 
-def _in_parts(cfg: PipelineConfig, opts: JobOptions, source: Input) -> bool:
+def _in_parts(cfg: PipelineConfig, opts: JobOptions, source: Input, notices: Notices) -> bool:
     """Whether a run without reducers runs in parts (plan.layout): map tasks over
     ranges of the input, in the workers, each capturing its outputs' bytes (or
     records), which the outputs here then write in input order. So it does when its
-    executor would cut the input into several pieces (several local workers, or Dask
-    and an input over a partition, and not one compressed file), the input is bounded
+    executor would cut the input into several pieces (several local workers that the
+    memory budget fits, or Dask and an input over a partition, and not one compressed
+    file), the input is bounded
     and of known size, and every output is written in parts (Output.in_parts). A
     resumed run goes on the way it started: in parts if its slot holds a plan,
     straight if it holds a straight run's checkpoints."""
@@ -104,6 +105,14 @@ def _in_parts(cfg: PipelineConfig, opts: JobOptions, source: Input) -> bool:
         return False
     kind, options = resolve(cfg, opts.executor, opts.executor_options)
     workers = kind.workers_for(opts.workers or cfg.workers, size)
+    memory = opts.memory_mb or cfg.memory_mb or DEFAULT_MEMORY_MB
+    try:  # as many as the memory budget fits: one runs straight
+        fits = Budget.fit(memory, workers, own_rss(loading(cfg))).workers
+    except SluiceError:
+        return False
+    if fits == 1 < workers:
+        notices.append(f"--memory-mb {memory} fits 1 of {workers} workers; using 1")
+    workers = fits
     piece = kind.piece_bytes(size, workers, options)
     return piece < size and len(source.ranges(piece)[0]) > 1  # a .gz file is one piece
 
