@@ -353,10 +353,7 @@ def _route(ld: YamlDoc, cfg: PipelineConfig, key: yaml.Node, node: yaml.Node,
     cfg.stages.append(StageSpec("route", cls, {"if": conditions, "mode": mode,
                                                "default": default is not None}, line))
     every = [(name, stages) for name, _, stages in branches]
-    if default is not None:
-        if "default" in conditions:
-            raise ld.fail("route: `default` is the branch of the records no condition "
-                          "took; name the other branch otherwise", node)
+    if default is not None:  # `default` is never a conditional branch's name (above)
         every.append(("default", default))
     for k, (name, stages_node) in enumerate(every):
         _branch(ld, cfg, name, stages_node, registry,

@@ -316,10 +316,6 @@ class Expression:
         """The dotted names of the fields it reads."""
         return tuple(".".join(p) for p in self.paths)
 
-    @property
-    def top_fields(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(p[0] for p in self.paths))
-
     def evaluate(self, batch: Any) -> Outcome:
         """Its value for every record of `batch` (Columns or a Batch of records)."""
         import pyarrow as pa
@@ -337,11 +333,12 @@ class Expression:
             groups = np.split(order, bounds) if n else [order]
         failed: dict[int, str] = {}
         parts: list[tuple[np.ndarray, pa.Array]] = []
+        spent = [0]  # DuckDB calls on this batch (MAX_ISOLATING)
         for idx in groups:
             whole = len(idx) == n
             columns = [x.typed(idx, whole) if isinstance(x, _Mixed) else
                        x if whole else x.take(pa.array(idx)) for x in inputs]
-            self._run(idx, columns, parts, failed, [0])
+            self._run(idx, columns, parts, failed, spent)
         return Outcome(_scatter(parts, n), failed)
 
     # the value of each path: an Arrow array where every record's value there has one
@@ -602,20 +599,6 @@ def json_value(value: Any) -> Any:
     if hasattr(value, "isoformat"):  # date, time, datetime
         return value.isoformat()
     return str(value)  # an interval, a UUID: their text
-
-
-def reject(ctx: Any, stage: str, batch: Any, failed: dict[int, str],
-           what: str = "") -> None:
-    """Send the records an expression failed for to the dead-letter file, in order,
-    each with its reason (after `what: `)."""
-    for i in sorted(failed):
-        record = batch.record(i) if batch.__class__ is Columns else batch[i]
-        try:
-            raw = msgspec.json.encode(record)
-        except (TypeError, ValueError, OverflowError):
-            raw = repr(record).encode()
-        ctx.reject(raw, f"{what}: {failed[i]}" if what else failed[i], stage=stage,
-                   at=batch.locate(i), file=batch.source)
 
 
 def holds(outcome: Outcome, n: int) -> np.ndarray:

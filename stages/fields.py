@@ -259,3 +259,17 @@ def normalize(value: Any) -> Any:
 
 
 MISSING = _MISSING
+
+
+def reject_records(ctx: Any, stage: str, batch: Any, failed: dict[int, str],
+                   what: str = "") -> None:
+    """Send records of `batch` (Columns or records) to the dead-letter file, in order,
+    each with its reason (after `what: `), as JSON text (raw bytes as they are)."""
+    for i in sorted(failed):
+        record = batch.record(i) if batch.__class__ is Columns else batch[i]
+        try:
+            raw = record if isinstance(record, bytes) else msgspec.json.encode(record)
+        except (TypeError, ValueError, OverflowError):
+            raw = repr(record)
+        ctx.reject(raw, f"{what}: {failed[i]}" if what else failed[i], stage=stage,
+                   at=batch.locate(i), file=batch.source)

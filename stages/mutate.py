@@ -12,9 +12,9 @@ import numpy as np
 from pipeline import Batch, Option, Processor
 from pipeline.columns import Columns, column_of
 
-from .expression import LOADS, ExpressionError, json_value, parse, problem, reject
-from .fields import (MISSING, NotAnObject, delete_in, get_in, json_type, path_of, set_in,
-                     show)
+from .expression import LOADS, ExpressionError, json_value, parse, problem
+from .fields import (MISSING, NotAnObject, delete_in, get_in, json_type, path_of,
+                     reject_records, set_in, show)
 
 TYPES = ("int", "float", "str", "bool")
 _INT = re.compile(r"[+-]?[0-9]+\Z")
@@ -415,9 +415,9 @@ class Mutate(Processor):
                     batch = batch.records()
                 batch = self._set_records(batch, path, outcome.values, failed)
             if failed:
-                reject(self.ctx, self.name, given, {int(rows[i]): why for i, why in
-                                                   failed.items()},
-                       f"compute {'.'.join(path)!r}")
+                reject_records(self.ctx, self.name, given,
+                               {int(rows[i]): why for i, why in failed.items()},
+                               f"compute {'.'.join(path)!r}")
                 keep = np.ones(len(batch), dtype=bool)
                 keep[list(failed)] = False
                 batch = batch.filter(keep) if batch.__class__ is Columns else \
@@ -444,13 +444,8 @@ class Mutate(Processor):
                 failed[i] = f"cannot set it: {exc}"
         return batch
 
-    def _reject(self, batch: Batch, i: int, reason: str) -> None:
-        record = batch[i]
-        try:
-            raw = record if isinstance(record, bytes) else msgspec.json.encode(record)
-        except (TypeError, ValueError, OverflowError):
-            raw = repr(record)
-        self.ctx.reject(raw, reason, stage=self.name, at=batch.locate(i), file=batch.source)
+    def _reject(self, batch: Any, i: int, reason: str) -> None:
+        reject_records(self.ctx, self.name, batch, {i: reason})
 
     # -- on columns -----------------------------------------------------------------------
     def _on_columns(self, batch: Columns) -> tuple[Columns | None, np.ndarray | None]:
@@ -470,7 +465,7 @@ class Mutate(Processor):
         out = batch.with_columns(columns)
         if rejected:
             for i in sorted(rejected):
-                self._reject_one(batch, i, rejected[i])
+                self._reject(batch, i, rejected[i])
             keep = np.ones(len(batch), dtype=bool)
             keep[list(rejected)] = False
             return out.filter(keep), np.flatnonzero(keep)
@@ -499,7 +494,3 @@ class Mutate(Processor):
         for name, values, gain in zip(names, new, gained):
             frame.gains(name, gain)
             frame.put(name, values)
-
-    def _reject_one(self, batch: Columns, i: int, reason: str) -> None:
-        self.ctx.reject(msgspec.json.encode(batch.record(i)), reason, stage=self.name,
-                        at=batch.locate(i), file=batch.source)

@@ -37,7 +37,8 @@ import numpy as np
 from pipeline import SAME, Batch, Option, Processor
 from pipeline.columns import Columns
 
-from .expression import LOADS, ExpressionError, holds, parse, problem, reject
+from .expression import LOADS, ExpressionError, holds, parse, problem
+from .fields import reject_records
 
 MAX_BRANCHES = 62  # each record's branches are bits of an int64
 MODES = ("first", "all")
@@ -137,16 +138,15 @@ class Route(Processor):
                 outcome = condition.evaluate(batch)
                 true = holds(outcome, n)
                 for i, why in outcome.failed.items():
-                    if open_[i] and i not in failed:
+                    if open_[i]:  # still open: not failed before, not routed (first)
                         failed[i] = f"route branch {name!r}: condition `{condition.text}`: {why}"
-                if failed:
-                    open_[list(failed)] = False
+                        open_[i] = False
                 take = open_ & true
                 masks[take] |= 1 << k
                 if self.mode == "first":
                     open_ &= ~true
             if failed:
-                reject(self.ctx, self.name, batch, failed)
+                reject_records(self.ctx, self.name, batch, failed)
                 masks[list(failed)] = 0
             nowhere = masks == 0
             if failed:

@@ -10,8 +10,8 @@ from pipeline import SAME, Batch, Option, Processor
 from pipeline.columns import Columns
 from pipeline.contracts import missing_fields
 
-from .expression import LOADS, ExpressionError, holds, parse, problem, reject
-from .fields import MISSING, get_in, getter, normalize, path_of
+from .expression import LOADS, ExpressionError, holds, parse, problem
+from .fields import MISSING, get_in, getter, normalize, path_of, reject_records
 
 
 def hit(value: Any, wanted: set[Any]) -> bool:
@@ -138,7 +138,7 @@ class Where(Processor):
         if self.drop:
             keep = ~keep
         if outcome.failed:
-            reject(self.ctx, self.name, batch, outcome.failed,
+            reject_records(self.ctx, self.name, batch, outcome.failed,
                    f"condition `{self.condition.text}`")
             keep[list(outcome.failed)] = False
         if isinstance(batch, Columns):

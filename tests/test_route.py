@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
-from test_expression import mixed_records
+from test_expression import judged, mixed_records
 
 HEAD = "pipeline:\n  - file-input: {path: in.jsonl}\n  - json-decode: {schema: object}\n"
 
@@ -40,29 +40,27 @@ def reference(lines, mode, default):
     """{branch: [ids]} and the line numbers rejected, as route should make them."""
     out: dict[str, list] = {"errors": [], "api": [], "default": []}
     rejected = []
-    for number, line in enumerate(lines, 1):
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        went, failed = [], False
-        for name, test in (("errors", status_500), ("api", api_path)):
-            true, fail = test(r)
-            if fail:
-                failed = True
-                break
-            if true:
-                went.append(name)
-                if mode == "first":
-                    break
+    for number, r, went, failed in judged(lines, lambda r: branches(r, mode)):
         if failed:
             rejected.append(number)
             continue
-        if not went and default:
-            went = ["default"]
-        for name in went:
+        for name in went or (["default"] if default else []):
             out[name].append(r["id"])
     return out, rejected
+
+
+def branches(r, mode):
+    """(the branches a record goes to, whether a condition it needed failed)."""
+    went = []
+    for name, test in (("errors", status_500), ("api", api_path)):
+        true, fail = test(r)
+        if fail:
+            return [], True
+        if true:
+            went.append(name)
+            if mode == "first":
+                break
+    return went, False
 
 
 def route_config(tmp_path: Path, data: Path, mode: str, default: bool) -> str:

@@ -54,6 +54,11 @@ class Budget:
             self.buffer_bytes = min(self.buffer_bytes, max(self.reduce_bytes // 8, 4096))
         self.workers, self.memory_mb, self.base_bytes = workers, memory_mb, base_bytes
 
+    def cut(self, asked: int) -> str:
+        """The notice of a run given fewer workers than `asked`."""
+        return (f"--memory-mb {self.memory_mb} fits {self.workers} of {asked} workers; "
+                f"using {self.workers}")
+
     @staticmethod
     def fit(memory_mb: int, workers: int, base_bytes: int) -> "Budget":
         """The budget for at most `workers` workers; fewer if they would not fit."""

@@ -90,8 +90,8 @@ def _in_parts(cfg: PipelineConfig, opts: JobOptions, source: Input, notices: Not
     records), which the outputs here then write in input order. So it does when its
     executor would cut the input into several pieces (several local workers that the
     memory budget fits, or Dask and an input over a partition, and not one compressed
-    file), the input is bounded
-    and of known size, and every output is written in parts (Output.in_parts). A
+    file), the input is bounded and of known size, and every output is written in
+    parts (Output.in_parts). A
     resumed run goes on the way it started: in parts if its slot holds a plan,
     straight if it holds a straight run's checkpoints."""
     size = source.estimated_bytes()
@@ -104,17 +104,23 @@ def _in_parts(cfg: PipelineConfig, opts: JobOptions, source: Input, notices: Not
     if not all(isinstance(out, Output) and out.in_parts for out in outputs):
         return False
     kind, options = resolve(cfg, opts.executor, opts.executor_options)
-    workers = kind.workers_for(opts.workers or cfg.workers, size)
-    memory = opts.memory_mb or cfg.memory_mb or DEFAULT_MEMORY_MB
-    try:  # as many as the memory budget fits: one runs straight
-        fits = Budget.fit(memory, workers, own_rss(loading(cfg))).workers
+    try:  # as many workers as the memory budget fits: one runs straight
+        budget, asked = fit_budget(cfg, opts, kind, size)
     except SluiceError:
         return False
-    if fits == 1 < workers:
-        notices.append(f"--memory-mb {memory} fits 1 of {workers} workers; using 1")
-    workers = fits
-    piece = kind.piece_bytes(size, workers, options)
+    if budget.workers == 1 < asked:  # (a Job says so itself)
+        notices.append(budget.cut(asked))
+    piece = kind.piece_bytes(size, budget.workers, options)
     return piece < size and len(source.ranges(piece)[0]) > 1  # a .gz file is one piece
+
+
+def fit_budget(cfg: PipelineConfig, opts: JobOptions, kind: Any, size: int
+               ) -> tuple[Budget, int]:
+    """The memory budget of a run, with as many of the workers asked for (returned
+    too) as it fits; SluiceError if not even one fits."""
+    asked = kind.workers_for(opts.workers or cfg.workers, size)
+    memory = opts.memory_mb or cfg.memory_mb or DEFAULT_MEMORY_MB
+    return Budget.fit(memory, asked, own_rss(loading(cfg))), asked
 
 
 class Job:
@@ -160,13 +166,10 @@ class Job:
     def _attempt(self) -> RunReport:
         cfg, opts = self.cfg, self.opts
         kind, options = resolve(cfg, opts.executor, opts.executor_options)
-        memory = opts.memory_mb or cfg.memory_mb or DEFAULT_MEMORY_MB
         size = self.source.estimated_bytes() or 0
-        workers = kind.workers_for(opts.workers or cfg.workers, size)
-        budget = Budget.fit(memory, workers, own_rss(loading(cfg)))
-        if budget.workers < workers:
-            self.notices.append(f"--memory-mb {memory} fits {budget.workers} of "
-                                f"{workers} workers; using {budget.workers}")
+        budget, asked = fit_budget(cfg, opts, kind, size)
+        if budget.workers < asked:
+            self.notices.append(budget.cut(asked))
         slot = os.path.abspath(slot_dir(opts.state_dir, cfg.path, self.source.describe()))
         with SlotLock(slot):
             work = slot if self.enabled else slot + ".scratch"
