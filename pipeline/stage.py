@@ -152,6 +152,11 @@ class Stage:
     #   records it passes on that a stage after it reads (`reads`); None: any of them
 
     @classmethod
+    def is_order_free(cls, options: dict[str, Any]) -> bool:
+        """order_free, with these options (aggregate is not, with first() or last())."""
+        return cls.order_free
+
+    @classmethod
     def output_kind(cls, options: dict[str, Any], given: str) -> str:
         """The kind of records this stage emits with these options, given `given`."""
         return given if cls.produces == SAME else cls.produces

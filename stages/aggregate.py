@@ -1,9 +1,12 @@
-"""aggregate: exact group-by with count, count_distinct, min, max and sum."""
+"""aggregate: group-by with exact counts, distinct counts, min, max, sum, avg, first,
+last and top values, and bounded percentiles and approximate distinct counts."""
 from __future__ import annotations
 
+import heapq
 import re
+from fractions import Fraction
 from operator import itemgetter
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import msgspec
 import numpy as np
@@ -13,13 +16,24 @@ from pipeline.columns import Columns
 from pipeline.contracts import missing_fields
 from pipeline.keyed import ArrowTables, KeyedReducer, ReduceIO
 
-from .aggregate_values import _extremes, _sum_result, _sums, order_key
+from . import aggregate_sketches as sketches
+from .aggregate_values import _extremes, _firsts, _sum_result, _sums, order_key
 from .fields import MISSING, column, path_of, set_in, show
 
-FUNCTIONS = ("count", "count_distinct", "min", "max", "sum")
-_METRIC = re.compile(r"\s*([a-z_]+)\s*(?:\(\s*([^()\s]*)\s*\)\s*)?\Z")
-_SPEC_HELP = "count, count_distinct(FIELD), min(FIELD), max(FIELD) or sum(FIELD)"
+FUNCTIONS = ("count", "count_distinct", "approx_count_distinct", "min", "max", "sum", "avg",
+             "first", "last", "top", "percentile")
+NUMERIC = ("sum", "avg", "percentile")  # a record whose field is another value is rejected
+TOP_MAX = 1000
+_METRIC = re.compile(r"\s*([a-z_]+)\s*(?:\(\s*([^(),\s]*)\s*(?:,\s*([^(),\s]*)\s*)?\)\s*)?\Z")
+_SPEC_HELP = ("count, count_distinct(F), approx_count_distinct(F), min(F), max(F), sum(F), "
+              "avg(F), first(F), last(F), top(F, N) or percentile(F, P)")
 _decode = msgspec.json.decode
+
+
+class Metric(NamedTuple):
+    func: str
+    field: str | None
+    arg: Any = None  # top's N (an int), percentile's P (a Fraction)
 
 
 def _missing_as_null(obj: Any) -> None:
@@ -33,23 +47,45 @@ _key = msgspec.json.Encoder(order="sorted", enc_hook=_missing_as_null).encode
 _SUMMABLE = {int, float, type(None), type(MISSING)}
 
 
-def parse_metric(spec: Any) -> tuple[str, str | None] | str:
-    """("min", "timestamp") for "min(timestamp)", or the reason it is not a metric."""
+def _argument(func: str, text: str | None, spec: str) -> Any:
+    """top's N or percentile's P, checked; or the reason it is wrong (a str)."""
+    if func == "top":
+        if text is None:
+            return 10
+        if not re.fullmatch(r"[0-9]+", text) or not 1 <= int(text) <= TOP_MAX:
+            return f"`top` takes a count from 1 to {TOP_MAX}, as in top(path, 5); got {spec!r}"
+        return int(text)
+    if text is None or not re.fullmatch(r"[0-9]+(\.[0-9]+)?", text) \
+            or not 0 <= Fraction(text) <= 100:
+        return (f"`percentile` takes a percentage from 0 to 100, as in "
+                f"percentile(latency, 95); got {spec!r}")
+    return Fraction(text)
+
+
+def parse_metric(spec: Any) -> Metric | str:
+    """Metric("min", "timestamp") for "min(timestamp)", or the reason it is not a metric."""
     m = _METRIC.match(spec) if isinstance(spec, str) else None
     if m is None or m.group(1) not in FUNCTIONS:
         return f"expected {_SPEC_HELP}; got {spec!r}"
-    func, field = m.group(1), m.group(2)
+    func, field, arg = m.groups()
     if func == "count":
         if field is not None:
             return f"`count` counts records and takes no field; got {spec!r}"
-        return func, None
+        return Metric(func, None)
     if not field or "" in field.split("."):
-        return f"`{func}` needs a field, as in {func}(timestamp); got {spec!r}"
-    return func, field
+        example = {"top": "top(path, 5)", "percentile": "percentile(latency, 95)"}
+        return (f"`{func}` needs a field, as in "
+                f"{example.get(func, func + '(timestamp)')}; got {spec!r}")
+    if func in ("top", "percentile"):
+        value = _argument(func, arg, spec)
+        return value if isinstance(value, str) else Metric(func, field, value)
+    if arg is not None:
+        return f"`{func}` takes one field; got {spec!r}"
+    return Metric(func, field)
 
 
 class Aggregate(KeyedReducer):
-    """Group records by fields and compute exact counts, distinct counts, min, max, sum.
+    """Group records by fields and compute metrics of each group.
 
         - aggregate:
             by: [site_id, type]
@@ -57,8 +93,7 @@ class Aggregate(KeyedReducer):
               records: count
               senders: count_distinct(from)
               first: min(timestamp)
-              last: max(timestamp)
-              total: sum(timestamp)
+              p95: percentile(latency, 95)
 
     Emits one object per group: the `by` fields, then the metrics in config order. A
     dotted `by` field reads a nested value (`data.status`) and writes it nested the
@@ -75,21 +110,35 @@ class Aggregate(KeyedReducer):
 
     - `count`: records in the group.
     - `count_distinct(F)`: distinct values of F (equal as above); 0 if none.
+    - `approx_count_distinct(F)`: the same, exact up to 1,024 distinct values, beyond
+      that a HyperLogLog estimate (4,096 registers: relative standard error 1.6%).
     - `min(F)`, `max(F)`: the least / greatest value of F in the order above, so
       numbers come before strings whatever their values (min of 3 and "a" is 3, max
       is "a"); of 1 and 1.0, min is 1 and max is 1.0. null if F had no value.
     - `sum(F)`: exact, independent of how the input was split: an int if every value
       was an int, else the exact sum rounded once to the nearest double (as
-      math.fsum); null if F had no value or the sum is beyond the double range. A
-      record whose F is not a number (a string, bool, array or object) is sent to the
-      dead-letter file: `field 'F': sum(F) needs a number, got 'abc'`.
+      math.fsum); null if F had no value or the sum is beyond the double range.
+    - `avg(F)`: the exact sum over the number of values, rounded once to a double.
+    - `first(F)`, `last(F)`: the value of F in the group's first / last record (in
+      file order) that has one.
+    - `top(F, N)`: the N most frequent values of F, as [{"value": v, "count": n}, ...],
+      most frequent first, ties in the order above; exact. N defaults to 10.
+    - `percentile(F, P)`: the nearest-rank P-th percentile (0-100) of F's numbers
+      (the least value with at least P% of the values at or below it, as DuckDB's
+      quantile_disc): exact while the group has at most 1,024 values, beyond that within
+      1% of the exact value (a mergeable log-bucket histogram); the 0th and 100th are
+      always exact. Numbers are compared as doubles.
 
-    A record whose metric field is missing or null does not count towards that
-    metric (`count` still counts it). The state is spilled by a hash of the group
-    (partial aggregates of about 65,536 records at a time, and the distinct (group,
-    value) pairs of distinct counts, as Arrow tables), so memory does not grow with the
-    number of groups; equal groups and values are always confirmed on their JSON
-    texts, never on a hash alone.
+    `sum`, `avg` and `percentile` need numbers: a record whose F is a string, bool,
+    array or object is sent to the dead-letter file (`field 'F': sum(F) needs a number,
+    got 'abc'`). A record whose metric field is missing or null does not count towards
+    that metric (`count` still counts it). Every metric is independent of how the input
+    was split over workers, and of where a killed run resumed.
+
+    The state is spilled by a hash of the group (partial aggregates of about 65,536
+    records at a time, and the distinct (group, value) pairs of distinct counts and top
+    values, as Arrow tables), so memory does not grow with the number of groups; equal
+    groups and values are always confirmed on their JSON texts, never on a hash alone.
     """
 
     name = "aggregate"
@@ -97,12 +146,14 @@ class Aggregate(KeyedReducer):
     produces = "object"
     options = (
         Option("by", list, doc="fields to group by, in order (may be empty: one group)"),
-        Option("metrics", dict, doc="{name: count | count_distinct(F) | min(F) | max(F) "
-                                    "| sum(F)}, in output order"),
+        Option("metrics", dict, doc="{name: count | count_distinct(F) | "
+                                    "approx_count_distinct(F) | min(F) | max(F) | sum(F) | "
+                                    "avg(F) | first(F) | last(F) | top(F, N) | "
+                                    "percentile(F, P)}, in output order"),
     )
-    spills = {"partials": None, "distinct": ArrowTables(), "dcounts": None}
+    spills = {"partials": None, "distinct": ArrowTables(), "dcounts": None, "tops": None}
     loads = ("pyarrow",)
-    order_free = True  # groups, counts, min, max and exact sums: any order
+    order_free = True  # any order, unless first() or last() is asked: see is_order_free
     columnar = True  # its fields are read a column at a time from either
     phases = 2  # 0: count each bucket's distinct pairs; 1: combine each bucket's groups
     reduce_row_bytes = 500
@@ -135,6 +186,11 @@ class Aggregate(KeyedReducer):
         return None
 
     @classmethod
+    def is_order_free(cls, options: dict[str, Any]) -> bool:
+        return not any(isinstance(m, Metric) and m.func in ("first", "last")
+                       for m in map(parse_metric, options.get("metrics", {}).values()))
+
+    @classmethod
     def output_fields(cls, options: dict[str, Any], given: Any) -> Any:
         return tuple(options.get("by", [])) + tuple(options.get("metrics", {}))
 
@@ -144,15 +200,15 @@ class Aggregate(KeyedReducer):
         used = list(options.get("by", []))
         for spec in options.get("metrics", {}).values():
             parsed = parse_metric(spec)
-            if isinstance(parsed, tuple) and parsed[1] is not None:
-                used.append(parsed[1])
+            if isinstance(parsed, Metric) and parsed.field is not None:
+                used.append(parsed.field)
         return used
 
     @classmethod
     def reads(cls, options: dict[str, Any]) -> tuple[str, ...] | None:
         # a record whose summed field is not a number goes whole to the dead letters
-        if any(isinstance(p, tuple) and p[0] == "sum"
-               for p in map(parse_metric, options.get("metrics", {}).values())):
+        if any(isinstance(m, Metric) and m.func in NUMERIC
+               for m in map(parse_metric, options.get("metrics", {}).values())):
             return None
         return tuple(cls._used(options))
 
@@ -166,21 +222,34 @@ class Aggregate(KeyedReducer):
         super().__init__(**options)
         self.by_cols = [column(f) for f in self.by]
         self.by_paths = [path_of(f) for f in self.by]
-        self.metric_list: list[tuple[str, str, str | None]] = []
-        for name, spec in self.metrics.items():
-            func, field = parse_metric(spec)  # type: ignore[misc]
-            self.metric_list.append((name, func, field))
-        fields = sorted({f for _, _, f in self.metric_list if f is not None})
+        self.metric_list: list[tuple[str, Metric]] = [
+            (name, parse_metric(spec)) for name, spec in self.metrics.items()]  # type: ignore
+        fields = sorted({m.field for _, m in self.metric_list if m.field is not None})
         self.field_index = {f: i for i, f in enumerate(fields)}
         self.field_cols = [column(f) for f in fields]
-        self.slots = [(i, func, self.field_index[f]) for i, (_, func, f)
-                      in enumerate(self.metric_list, start=1) if func in ("min", "max", "sum")]
-        self.distinct = [(i, self.field_index[f]) for i, (_, func, f)
-                         in enumerate(self.metric_list, start=1) if func == "count_distinct"]
-        self.sums = [(self.field_index[f], f) for _, func, f in self.metric_list
-                     if func == "sum"]
+        # the slots of a partial aggregate: [records, then one per metric]; percentile
+        # metrics of one field share the first one's slot (one state, several ranks)
+        self.slots: list[tuple[int, str, int]] = []
+        self.owner: dict[int, int] = {}  # metric slot -> the slot that holds its state
+        shared: dict[int, int] = {}
+        for i, (_, m) in enumerate(self.metric_list, start=1):
+            if m.func in ("count", "count_distinct", "top"):
+                continue
+            f = self.field_index[m.field]  # type: ignore[index]
+            if m.func == "percentile":
+                self.owner[i] = shared.setdefault(f, i)
+                if self.owner[i] != i:
+                    continue
+            self.slots.append((i, m.func, f))
+        self.distinct = [(i, self.field_index[m.field], m.arg)  # type: ignore[index]
+                         for i, (_, m) in enumerate(self.metric_list, start=1)
+                         if m.func in ("count_distinct", "top")]
+        self.numeric = sorted({(self.field_index[m.field], m.field, m.func)  # type: ignore
+                               for _, m in self.metric_list if m.func in NUMERIC})
+        self.ordered = any(func in ("first", "last") for _, func, _ in self.slots)
         self.held_keys: list[bytes] = []  # rows update() has taken and not yet spilled:
         self.held_cols: list[list[Any]] = [[] for _ in fields]  # see settle()
+        self.held_orders: list[np.ndarray] = []  # their file order (first and last)
 
     @property
     def hold_rows(self) -> int:
@@ -192,15 +261,16 @@ class Aggregate(KeyedReducer):
     # -- map side -------------------------------------------------------------------
     def update(self, batch: Batch) -> None:
         """Take one batch's group keys and metric fields (after sending the records
-        whose summed field is not a number to the dead-letter file); once about
-        `hold_rows` are held, fold them into partial aggregates and spill them."""
+        whose field for sum, avg or percentile is not a number to the dead-letter file);
+        once about `hold_rows` are held, fold them into partial aggregates and spill
+        them."""
         n = len(batch)
         if not n:
             return
         records: Any = batch  # a Batch, or Columns: the getters read either
         cols = [c(records) for c in self.field_cols]
-        if self.sums:
-            bad = self._reject_bad_sums(records, cols, batch.locate, batch.source)
+        if self.numeric:
+            bad = self._reject_not_numbers(records, cols, batch.locate, batch.source)
             if bad:
                 keep = [j for j in range(n) if j not in bad]
                 records = (records.take(keep) if isinstance(records, Columns)
@@ -215,6 +285,8 @@ class Aggregate(KeyedReducer):
             self.held_keys += [b"[]"] * n
         for held, col in zip(self.held_cols, cols):
             held += col
+        if self.ordered:
+            self.held_orders.append(self.orders(n))
         if len(self.held_keys) >= self.hold_rows:
             self.settle()
 
@@ -226,7 +298,9 @@ class Aggregate(KeyedReducer):
         gkeys, cols = self.held_keys, self.held_cols
         if not gkeys:
             return
+        orders = np.concatenate(self.held_orders) if self.ordered else None
         self.held_keys, self.held_cols = [], [[] for _ in self.field_cols]
+        self.held_orders = []
         index: dict[bytes, int] = {}
         setdefault = index.setdefault
         gids = [setdefault(k, len(index)) for k in gkeys]
@@ -235,10 +309,16 @@ class Aggregate(KeyedReducer):
         empty = [None] * len(self.metric_list)
         accs = [[c, *empty] for c in np.bincount(gids, minlength=len(groups)).tolist()]
         for i, func, f in self.slots:
-            if func == "sum":
-                _sums(i, cols[f], gids, accs)
-            else:
+            if func in ("sum", "avg"):
+                _sums(i, cols[f], gids, accs, counted=func == "avg")
+            elif func in ("min", "max"):
                 _extremes(i, func == "min", cols[f], gids, accs)
+            elif func in ("first", "last"):
+                _firsts(i, func == "last", cols[f], gids, orders, accs)
+            elif func == "percentile":
+                _quantiles(i, cols[f], gids, accs)
+            else:
+                _distincts(i, cols[f], gids, accs)
         spill = self._writer()
         hashes = self._hashes(groups)
         buckets = keys.bucket_of(hashes, self.nbuckets)
@@ -257,13 +337,13 @@ class Aggregate(KeyedReducer):
         import pyarrow as pa
         import pyarrow.compute as pc
         n = len(gids)
-        texts = [v for _, f in self.distinct for v in map(_key, cols[f])]
+        texts = [v for _, f, _ in self.distinct for v in map(_key, cols[f])]
         table = pa.table({
-            "m": pa.array(np.repeat(np.array([i for i, _ in self.distinct], np.uint8), n)),
+            "m": pa.array(np.repeat(np.array([i for i, _, _ in self.distinct], np.uint8), n)),
             "g": pa.array(np.tile(np.array(gids, np.int32), len(self.distinct))),
             "v": pa.array(texts, pa.binary())})
         table = table.filter(pc.not_equal(table.column("v"), b"null"))  # no value
-        table = table.group_by(["m", "g", "v"], use_threads=False).aggregate([])
+        table = table.group_by(["m", "g", "v"], use_threads=False).aggregate([("v", "count")])
         if not table.num_rows:
             return
         v = table.column("v").combine_chunks()
@@ -274,18 +354,19 @@ class Aggregate(KeyedReducer):
                                           value_hash), self.nbuckets)
         order = np.argsort(buckets, kind="stable")
         table = pa.table({"m": table.column("m"), "g": pa.array(groups, pa.binary()).take(g),
-                          "v": v}).take(order)
+                          "v": v, "c": table.column("v_count")}).take(order)
         buckets = buckets[order]
         cuts = np.flatnonzero(np.diff(buckets)) + 1
         for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(buckets)]):
             spill.add_objects("distinct", int(buckets[lo]), [table.slice(lo, hi - lo)])
         pa.default_memory_pool().release_unused()  # what group_by freed (see below)
 
-    def _reject_bad_sums(self, records: Any, cols: list[list[Any]], locate: Any,
-                         source: str | None) -> set[int]:
-        """Reject the records whose summed field is not a number; their positions."""
+    def _reject_not_numbers(self, records: Any, cols: list[list[Any]], locate: Any,
+                            source: str | None) -> set[int]:
+        """Reject the records whose field for sum, avg or percentile is not a number;
+        their positions."""
         bad: set[int] = set()
-        for f, field in self.sums:
+        for f, field, func in self.numeric:
             col = cols[f]
             if set(map(type, col)) <= _SUMMABLE:
                 continue
@@ -298,7 +379,7 @@ class Aggregate(KeyedReducer):
                         raw: Any = msgspec.json.encode(record)
                     except (TypeError, ValueError, OverflowError):
                         raw = repr(record)
-                    self.ctx.reject(raw, f"field {field!r}: sum({field}) needs a number, "
+                    self.ctx.reject(raw, f"field {field!r}: {func}({field}) needs a number, "
                                          f"got {show(v)}", stage=self.name,
                                     at=locate(j), file=source)
         return bad
@@ -311,19 +392,28 @@ class Aggregate(KeyedReducer):
 
     # -- reduce side ------------------------------------------------------------------
     def reduce(self, phase: int, bucket: int, io: ReduceIO) -> Iterable[tuple[Any, Any]] | None:
-        return self._count_distinct(bucket, io) if phase == 0 else self._groups(bucket, io)
+        return self._values(bucket, io) if phase == 0 else self._groups(bucket, io)
 
-    def _count_distinct(self, bucket: int, io: ReduceIO) -> None:
-        """Phase 0: this bucket's distinct (metric, group, value) triples, counted per
-        (group, metric) and sent to the group's bucket for phase 1."""
+    def _values(self, bucket: int, io: ReduceIO) -> None:
+        """Phase 0: this bucket's distinct (metric, group, value) triples, counted: how
+        many values each (group, metric) has here, and for top() its most frequent
+        ones here, sent to the group's bucket for phase 1. A triple's records all come
+        to one bucket, so its count here is its whole count, and a value in a group's
+        top N overall is in the top N of its bucket."""
         import pyarrow as pa
+        import pyarrow.compute as pc
         tables = [t for frame in io.frames("distinct", bucket) for t in frame]
         if not tables:
             return None
         # equal triples are equal JSON texts (bytes compared exactly, not hashed)
         seen = pa.concat_tables(tables).group_by(["m", "g", "v"], use_threads=False
-                                                 ).aggregate([])
+                                                 ).aggregate([("c", "sum")])
         del tables
+        tops = {i: n for i, _, n in self.distinct if n is not None}
+        if tops:
+            wanted = pc.is_in(seen.column("m"), pa.array(list(tops), pa.uint8()))
+            self._tops(seen.filter(wanted), tops, io)
+            seen = seen.filter(pc.invert(wanted))
         counts = seen.group_by(["g", "m"], use_threads=False).aggregate([("v", "count")])
         del seen
         items = list(zip(counts.column("g").to_pylist(), counts.column("m").to_pylist(),
@@ -332,12 +422,47 @@ class Aggregate(KeyedReducer):
         # Arrow's allocator keeps what group_by freed for its next use: give it back, so
         # that a worker holds one bucket's peak at a time, not the largest one kept
         pa.default_memory_pool().release_unused()
-        buckets = keys.bucket_of(self._hashes([g for g, _, _ in items]),
-                                 self.nbuckets)
-        for b in np.unique(buckets).tolist():
-            io.add_objects("dcounts", b, [items[j]
-                                          for j in np.flatnonzero(buckets == b).tolist()])
+        self._send(io, "dcounts", items)
         return None
+
+    def _send(self, io: ReduceIO, name: str, items: list[tuple[Any, ...]]) -> None:
+        """Items (group, ...) to their group's bucket, for phase 1."""
+        buckets = keys.bucket_of(self._hashes([item[0] for item in items]), self.nbuckets)
+        for b in np.unique(buckets).tolist():
+            io.add_objects(name, b, [items[j] for j in np.flatnonzero(buckets == b).tolist()])
+
+    def _tops(self, table: Any, tops: dict[int, int], io: ReduceIO) -> None:
+        """Each (group, top metric)'s N most frequent values in this bucket (more where
+        counts tie at the N-th: those are then ordered by value)."""
+        if not table.num_rows:
+            return
+        table = table.sort_by([("g", "ascending"), ("m", "ascending"), ("c_sum", "descending")])
+        g = table.column("g").combine_chunks().dictionary_encode().indices.to_numpy()
+        m = table.column("m").to_numpy()
+        c = table.column("c_sum").to_numpy()
+        n = len(c)
+        starts = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (m[1:] != m[:-1])])
+        ends = np.r_[starts[1:], n]
+        limit = np.array([tops[k] for k in m[starts].tolist()], np.int64)
+        # the N-th count of each run (its last count if it has fewer): keep those at least
+        nth = c[np.minimum(starts + limit - 1, ends - 1)]
+        run = np.repeat(np.arange(len(starts)), ends - starts)
+        keep = np.flatnonzero(c >= nth[run])
+        texts = table.column("v").take(keep).to_pylist()
+        groups = table.column("g").take(starts).to_pylist()
+        kept_run, kept_c = run[keep].tolist(), c[keep].tolist()
+        items = []
+        lo = 0
+        for r, (group, metric) in enumerate(zip(groups, m[starts].tolist())):
+            hi = lo
+            while hi < len(kept_run) and kept_run[hi] == r:
+                hi += 1
+            pairs = list(zip(texts[lo:hi], kept_c[lo:hi]))
+            if len(pairs) > tops[metric]:
+                pairs = _top_pairs(pairs, tops[metric])
+            items.append((group, metric, pairs))
+            lo = hi
+        self._send(io, "tops", items)
 
     def _groups(self, bucket: int, io: ReduceIO) -> list[tuple[Any, Any]]:
         """Phase 1: every partial aggregate of this bucket's groups, combined."""
@@ -353,6 +478,10 @@ class Aggregate(KeyedReducer):
         for frame in io.frames("dcounts", bucket):
             for group, i, n in frame:
                 dcounts[(group, i)] = dcounts.get((group, i), 0) + n
+        tops: dict[tuple[bytes, int], list[tuple[bytes, int]]] = {}
+        for frame in io.frames("tops", bucket):
+            for group, i, pairs in frame:
+                tops.setdefault((group, i), []).extend(pairs)
         out = []
         for key, acc in accs.items():
             values = _decode(key)
@@ -362,22 +491,35 @@ class Aggregate(KeyedReducer):
                     record[path[0]] = value
                 else:
                     set_in(record, path, value)
-            for i, (name, func, _) in enumerate(self.metric_list, start=1):
-                if func == "count":
+            for i, (name, m) in enumerate(self.metric_list, start=1):
+                if m.func == "count":
                     record[name] = acc[0]
-                elif func == "count_distinct":
+                elif m.func == "count_distinct":
                     record[name] = dcounts.get((key, i), 0)
-                elif acc[i] is None:
-                    record[name] = None
-                elif func == "sum":
-                    record[name] = _sum_result(acc[i])
+                elif m.func == "top":
+                    pairs = _top_pairs(tops.get((key, i), []), m.arg)
+                    record[name] = [{"value": _decode(v), "count": c} for v, c in pairs]
                 else:
-                    value = acc[i][1]
-                    record[name] = (msgspec.to_builtins(value)
-                                    if isinstance(value, (dict, list, msgspec.Struct)) else value)
+                    record[name] = self._result(m, acc[self.owner.get(i, i)])
             out.append(((*map(order_key, values), key), record))
         out.sort(key=itemgetter(0))
         return out
+
+    @staticmethod
+    def _result(m: Metric, slot: Any) -> Any:
+        if m.func == "approx_count_distinct":
+            return 0 if slot is None else sketches.distinct_estimate(slot)
+        if slot is None:
+            return None
+        if m.func == "sum":
+            return _sum_result(slot)
+        if m.func == "avg":
+            return _sum_result(slot, slot[3])
+        if m.func == "percentile":
+            return sketches.quantile(slot, m.arg)
+        value = slot[1]  # min, max, first, last: (order, value)
+        return (msgspec.to_builtins(value)
+                if isinstance(value, (dict, list, msgspec.Struct)) else value)
 
     def _combine(self, acc: list[Any], part: list[Any]) -> None:
         acc[0] += part[0]
@@ -388,10 +530,47 @@ class Aggregate(KeyedReducer):
             old = acc[i]
             if old is None:
                 acc[i] = new
-            elif func == "sum":
+            elif func in ("sum", "avg"):
                 old[0] += new[0]
                 if new[1] is not None:
                     old[1] = (old[1] or 0) + new[1]
                 old[2] = old[2] and new[2]
-            elif new[0] < old[0] if func == "min" else new[0] > old[0]:
-                acc[i] = new
+                if func == "avg":
+                    old[3] += new[3]
+            elif func == "percentile":
+                sketches.merge_quantiles(old, new)
+            elif func == "approx_count_distinct":
+                sketches.merge_distinct(old, new)
+            elif new[0] < old[0] if func in ("min", "first") else new[0] > old[0]:
+                acc[i] = new  # min, max: (order key, value); first, last: (file order, value)
+
+
+def _top_pairs(pairs: list[tuple[bytes, int]], n: int) -> list[tuple[bytes, int]]:
+    """The n most frequent of (value's JSON text, count) pairs, ties in value order."""
+    return heapq.nsmallest(n, pairs, key=lambda p: (-p[1], order_key(_decode(p[0]))))
+
+
+def _quantiles(i: int, col: list[Any], gids: list[int], accs: list[list[Any]]) -> None:
+    """Each group's percentile state of one batch's column (numbers, checked before)."""
+    picked = [j for j, v in enumerate(col) if v.__class__ is int or v.__class__ is float]
+    if not picked:
+        return
+    values = sketches.as_doubles([col[j] for j in picked])
+    floats = np.fromiter((col[j].__class__ is float for j in picked), bool, len(picked))
+    g = np.array(gids, np.int64)[picked]
+    order = np.argsort(g, kind="stable")
+    g, values, floats = g[order], values[order], floats[order]
+    cuts = np.flatnonzero(np.diff(g)) + 1
+    for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(g)]):
+        accs[int(g[lo])][i] = sketches.quantile_state(values[lo:hi],
+                                                       not floats[lo:hi].any())
+
+
+def _distincts(i: int, col: list[Any], gids: list[int], accs: list[list[Any]]) -> None:
+    """Each group's approx_count_distinct state of one batch's column."""
+    sets: dict[int, set[bytes]] = {}
+    for g, v in zip(gids, col):
+        if v is not None and v is not MISSING:
+            sets.setdefault(g, set()).add(_key(v))
+    for g, texts in sets.items():
+        accs[g][i] = sketches.distinct_state(texts)

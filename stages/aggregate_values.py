@@ -17,6 +17,8 @@ _NONE = object()
 
 # one partial aggregate: [records, slot per metric]; a slot is None until a value came:
 #   min/max: (order key, value)    sum: [int total, float total * 2**1074, all -0.0]
+#   first/last: (file order, value)   avg: sum's three, then the number of values
+#   percentile, approx_count_distinct: see aggregate_sketches
 #   count, count_distinct: unused (count is the record count; distinct values are
 #   spilled as pairs and counted in the first reduce phase)
 
@@ -123,11 +125,14 @@ def _numeric_extremes(i: int, least: bool, col: list[Any], gids: list[int],
     return True
 
 
-def _sums(i: int, col: list[Any], gids: list[int], accs: list[list[Any]]) -> None:
-    """Each group's exact sum of one batch's column (numbers only: checked before)."""
+def _sums(i: int, col: list[Any], gids: list[int], accs: list[list[Any]],
+          counted: bool = False) -> None:
+    """Each group's exact sum of one batch's column (numbers only: checked before),
+    and with `counted`, how many numbers it summed (for avg)."""
     ints: dict[int, int] = {}
     floats: dict[int, int] = {}
     signed: set[int] = set()  # groups with a value other than -0.0
+    numbers: dict[int, int] = {}
     for g, v in zip(gids, col):
         if v.__class__ is int:
             ints[g] = ints.get(g, 0) + v
@@ -135,11 +140,34 @@ def _sums(i: int, col: list[Any], gids: list[int], accs: list[list[Any]]) -> Non
             floats[g] = floats.get(g, 0) + _scaled(v)
             if v != 0.0 or math.copysign(1.0, v) > 0:
                 signed.add(g)
+        else:
+            continue
+        if counted:
+            numbers[g] = numbers.get(g, 0) + 1
     for g, total in ints.items():
         accs[g][i] = [total, floats.get(g), False]
     for g, scaled in floats.items():
         if g not in ints:
             accs[g][i] = [0, scaled, g not in signed]
+    for g, n in numbers.items():
+        accs[g][i].append(n)
+
+
+def _firsts(i: int, last: bool, col: list[Any], gids: list[int], orders: Any,
+            accs: list[list[Any]]) -> None:
+    """Each group's first (or last) value of one batch's column, as (file order,
+    value); the rows are in file order, `orders` their order keys."""
+    picked = [j for j, v in enumerate(col) if v is not None and v is not MISSING]
+    if not picked:
+        return
+    g = np.array(gids, np.int64)[picked]
+    if last:
+        g = g[::-1]
+        picked.reverse()
+    present, at = np.unique(g, return_index=True)  # each group's earliest row here
+    for k, j in zip(present.tolist(), at.tolist()):
+        row = picked[j]
+        accs[k][i] = (int(orders[row]), col[row])
 
 
 def _scaled(x: float) -> int:
@@ -148,14 +176,16 @@ def _scaled(x: float) -> int:
     return n << (SCALE + 1 - d.bit_length())
 
 
-def _sum_result(s: list[Any]) -> Any:
-    total, scaled, negzero = s
-    if scaled is None:
+def _sum_result(s: list[Any], count: int | None = None) -> Any:
+    """The exact sum (an int if every value was one), or with `count` the exact
+    average: either rounded once to a double; None beyond the double range."""
+    total, scaled, negzero = s[:3]
+    if scaled is None and count is None:
         return total  # every value was an integer
-    exact = (total << SCALE) + scaled
+    exact = (total << SCALE) + (scaled or 0)
     if exact == 0:
         return -0.0 if negzero else 0.0
     try:
-        return exact / (1 << SCALE)  # int / int: correctly rounded
+        return exact / ((count or 1) << SCALE)  # int / int: correctly rounded
     except OverflowError:
         return None  # beyond the double range

@@ -312,13 +312,33 @@ def test_rows_held_across_batches_spill_once_enough_are_held(tmp_path, monkeypat
 
 # -- options -----------------------------------------------------------------------------
 
+HELP = ('count, count_distinct(F), approx_count_distinct(F), min(F), '
+        'max(F), sum(F), avg(F), first(F), last(F), top(F, N) or percentile(F, P)')
+
+
 @pytest.mark.parametrize("options,problem", [
-    ({"by": ["a"], "metrics": {}}, "`metrics` needs at least one {name: count, "
-     "count_distinct(FIELD), min(FIELD), max(FIELD) or sum(FIELD)}"),
-    ({"by": ["a"], "metrics": {"m": "avg(x)"}}, "metric 'm': expected count, "
-     "count_distinct(FIELD), min(FIELD), max(FIELD) or sum(FIELD); got 'avg(x)'"),
-    ({"by": ["a"], "metrics": {"m": 3}}, "metric 'm': expected count, count_distinct(FIELD), "
-     "min(FIELD), max(FIELD) or sum(FIELD); got 3"),
+    ({"by": ["a"], "metrics": {}}, f"`metrics` needs at least one {{name: {HELP}}}"),
+    ({"by": ["a"], "metrics": {"m": "mean(x)"}}, f"metric 'm': expected {HELP}; got 'mean(x)'"),
+    ({"by": ["a"], "metrics": {"m": 3}}, f"metric 'm': expected {HELP}; got 3"),
+    ({"by": ["a"], "metrics": {"m": "top(x, 0)"}},
+     "metric 'm': `top` takes a count from 1 to 1000, as in top(path, 5); got 'top(x, 0)'"),
+    ({"by": ["a"], "metrics": {"m": "top(x, 1001)"}},
+     "metric 'm': `top` takes a count from 1 to 1000, as in top(path, 5); got 'top(x, 1001)'"),
+    ({"by": ["a"], "metrics": {"m": "top(x,)"}},
+     "metric 'm': `top` takes a count from 1 to 1000, as in top(path, 5); got 'top(x,)'"),
+    ({"by": ["a"], "metrics": {"m": "top()"}},
+     "metric 'm': `top` needs a field, as in top(path, 5); got 'top()'"),
+    ({"by": ["a"], "metrics": {"m": "percentile(x)"}},
+     "metric 'm': `percentile` takes a percentage from 0 to 100, as in "
+     "percentile(latency, 95); got 'percentile(x)'"),
+    ({"by": ["a"], "metrics": {"m": "percentile(x, 100.5)"}},
+     "metric 'm': `percentile` takes a percentage from 0 to 100, as in "
+     "percentile(latency, 95); got 'percentile(x, 100.5)'"),
+    ({"by": ["a"], "metrics": {"m": "percentile(x, -1)"}},
+     "metric 'm': `percentile` takes a percentage from 0 to 100, as in "
+     "percentile(latency, 95); got 'percentile(x, -1)'"),
+    ({"by": ["a"], "metrics": {"m": "count_distinct(x, 2)"}},
+     "metric 'm': `count_distinct` takes one field; got 'count_distinct(x, 2)'"),
     ({"by": ["a"], "metrics": {"m": "count(x)"}},
      "metric 'm': `count` counts records and takes no field; got 'count(x)'"),
     ({"by": ["a"], "metrics": {"m": "min()"}},
@@ -353,8 +373,7 @@ def test_bad_metric_is_refused_at_config_load_with_its_line(tmp_path):
     p = cli("validate", "-c", str(cfg))
     assert p.returncode == 2
     assert p.stderr == (f"sluice: error: {cfg}:4: stage 'aggregate': metric 'n': expected "
-                        "count, count_distinct(FIELD), min(FIELD), max(FIELD) or sum(FIELD); "
-                        "got 'median(timestamp)'\n")
+                        f"{HELP}; got 'median(timestamp)'\n")
 
 
 # -- through main.py, into every file output ------------------------------------------

@@ -80,7 +80,11 @@ SAMPLES = {
     "aggregate": lambda log: ("reducer", lambda: Aggregate(
         by=["site_id", "type"], metrics={"n": "count", "senders": "count_distinct(from)",
                                          "first": "min(timestamp)", "last": "max(timestamp)",
-                                         "total": "sum(timestamp)"}), decoded_batches(log)),
+                                         "total": "sum(timestamp)", "mean": "avg(timestamp)",
+                                         "earliest": "first(from)", "latest": "last(from)",
+                                         "top": "top(from, 3)", "p90": "percentile(timestamp, 90)",
+                                         "approx": "approx_count_distinct(from)"}),
+        decoded_batches(log)),
     "jsonl-output": file_output(JsonlOutput),
     "csv-output": file_output(CsvOutput, columns=["id", "from", "timestamp"]),
     "parquet-output": file_output(ParquetOutput, columns={

@@ -178,7 +178,8 @@ class Plan:
         if seg.source is None or seg.branches:
             return False
         source = self.segments[seg.source[0]].leaves[seg.source[1]]
-        return source.keyed and all(self.cfg.stages[i].cls.order_free for i in seg.stages)
+        return source.keyed and all(self.cfg.stages[i].cls.is_order_free(self.cfg.stages[i].options)
+                                    for i in seg.stages)
 
     def reduce_tasks(self, k: int, leaf: int, phase: int, groups: int) -> list[ReduceTask]:
         lf = self.segments[k].leaves[leaf]

@@ -34,8 +34,8 @@ from pipeline.stage import Input, Output, Role, Stage
 from pipeline.state.checkpoint import CheckpointStore, read_checked_json, write_checked_json
 from pipeline.state.deadletter import DeadLetter
 
-STATE_VERSION = 6  # 3: checksums; 4: the engine's subpackages; 5: dedupe's string keys;
-#                    6: aggregate's distinct values as Arrow tables
+STATE_VERSION = 7  # 3: checksums; 4: the engine's subpackages; 5: dedupe's string keys;
+#                    6: aggregate's distinct values as Arrow tables; 7: and their counts
 RESULT_FILE = "result.json"
 
 
