@@ -17,7 +17,7 @@ from pipeline.contracts import missing_fields
 from pipeline.keyed import ArrowTables, KeyedReducer, ReduceIO
 
 from . import aggregate_sketches as sketches
-from .aggregate_values import _extremes, _firsts, _sum_result, _sums, order_key
+from .aggregate_values import _extremes, _firsts, _sum_result, _sums, number_kinds, order_key
 from .fields import MISSING, column, path_of, set_in, show
 
 FUNCTIONS = ("count", "count_distinct", "approx_count_distinct", "min", "max", "sum", "avg",
@@ -247,7 +247,8 @@ class Aggregate(KeyedReducer):
         self.numeric = sorted({(self.field_index[m.field], m.field, m.func)  # type: ignore
                                for _, m in self.metric_list if m.func in NUMERIC})
         self.ordered = any(func in ("first", "last") for _, func, _ in self.slots)
-        self.held_keys: list[bytes] = []  # rows update() has taken and not yet spilled:
+        self.held_keys: list[Any] = []  # rows update() has taken and not yet spilled:
+        self.held_raw = True  # held_keys are the `by` strings themselves (see _hold_keys),
         self.held_cols: list[list[Any]] = [[] for _ in fields]  # see settle()
         self.held_orders: list[np.ndarray] = []  # their file order (first and last)
 
@@ -279,16 +280,33 @@ class Aggregate(KeyedReducer):
                 n = len(records)
                 if not n:
                     return
-        if self.by_cols:
-            self.held_keys += map(_key, zip(*[c(records) for c in self.by_cols]))
-        else:
-            self.held_keys += [b"[]"] * n
+        self._hold_keys(records, n)
         for held, col in zip(self.held_cols, cols):
             held += col
         if self.ordered:
             self.held_orders.append(self.orders(n))
         if len(self.held_keys) >= self.hold_rows:
             self.settle()
+
+    def _hold_keys(self, records: Any, n: int) -> None:
+        """Hold each record's group: while every `by` value is a string, the strings
+        themselves (a tuple of them for several fields), which group as their JSON
+        texts would and are far quicker to hash; else the JSON texts (`_key`)."""
+        if not self.by_cols:
+            self.held_raw = False
+            self.held_keys += [b"[]"] * n
+            return
+        cols = [c(records) for c in self.by_cols]
+        if not self.held_keys:
+            self.held_raw = True
+        if self.held_raw and all(set(map(type, col)) == {str} for col in cols):
+            self.held_keys += zip(*cols) if len(cols) > 1 else cols[0]
+            return
+        if self.held_raw:  # the held ones as JSON texts too, so that all compare alike
+            single = len(cols) == 1
+            self.held_keys = [_key((k,) if single else k) for k in self.held_keys]
+            self.held_raw = False
+        self.held_keys += map(_key, zip(*cols))
 
     def settle(self) -> None:
         """Fold the held rows into partial aggregates, one per group, and spill them
@@ -301,11 +319,14 @@ class Aggregate(KeyedReducer):
         orders = np.concatenate(self.held_orders) if self.ordered else None
         self.held_keys, self.held_cols = [], [[] for _ in self.field_cols]
         self.held_orders = []
-        index: dict[bytes, int] = {}
+        index: dict[Any, int] = {}
         setdefault = index.setdefault
         gids = [setdefault(k, len(index)) for k in gkeys]
         del gkeys
         groups = list(index)
+        if self.held_raw:
+            groups = [_key(g if len(self.by_cols) > 1 else (g,)) for g in groups]
+        self.held_raw = True
         empty = [None] * len(self.metric_list)
         accs = [[c, *empty] for c in np.bincount(gids, minlength=len(groups)).tolist()]
         for i, func, f in self.slots:
@@ -552,11 +573,12 @@ def _top_pairs(pairs: list[tuple[bytes, int]], n: int) -> list[tuple[bytes, int]
 
 def _quantiles(i: int, col: list[Any], gids: list[int], accs: list[list[Any]]) -> None:
     """Each group's percentile state of one batch's column (numbers, checked before)."""
-    picked = [j for j, v in enumerate(col) if v.__class__ is int or v.__class__ is float]
-    if not picked:
+    kinds = number_kinds(col)
+    picked = np.flatnonzero(kinds)
+    if not len(picked):
         return
-    values = sketches.as_doubles([col[j] for j in picked])
-    floats = np.fromiter((col[j].__class__ is float for j in picked), bool, len(picked))
+    values = sketches.as_doubles([col[j] for j in picked.tolist()])
+    floats = kinds[picked] == 2
     g = np.array(gids, np.int64)[picked]
     order = np.argsort(g, kind="stable")
     g, values, floats = g[order], values[order], floats[order]

@@ -125,32 +125,63 @@ def _numeric_extremes(i: int, least: bool, col: list[Any], gids: list[int],
     return True
 
 
+_KIND = {int: 1, float: 2}
+
+
+def number_kinds(col: list[Any]) -> np.ndarray:
+    """Each value's kind: 1 an int, 2 a float, 0 anything else (bools are not ints)."""
+    get = _KIND.get
+    return np.fromiter([get(t, 0) for t in map(type, col)], np.int8, len(col))
+
+
 def _sums(i: int, col: list[Any], gids: list[int], accs: list[list[Any]],
           counted: bool = False) -> None:
     """Each group's exact sum of one batch's column (numbers only: checked before),
-    and with `counted`, how many numbers it summed (for avg)."""
+    and with `counted`, how many numbers it summed (for avg). Ints that cannot
+    overflow 64 bits are summed in numpy; floats one by one, exactly (_scaled)."""
+    kinds = number_kinds(col)
+    g = np.asarray(gids, np.int64)
     ints: dict[int, int] = {}
+    rows = np.flatnonzero(kinds == 1)
+    values = _int64s([col[j] for j in rows.tolist()])
+    if values is not None:
+        gi = g[rows]
+        order = np.argsort(gi, kind="stable")
+        gi = gi[order]
+        starts = np.flatnonzero(np.r_[True, gi[1:] != gi[:-1]])
+        ints = dict(zip(gi[starts].tolist(), np.add.reduceat(values[order], starts).tolist()))
+    else:
+        for j in rows.tolist():
+            ints[gids[j]] = ints.get(gids[j], 0) + col[j]
     floats: dict[int, int] = {}
     signed: set[int] = set()  # groups with a value other than -0.0
-    numbers: dict[int, int] = {}
-    for g, v in zip(gids, col):
-        if v.__class__ is int:
-            ints[g] = ints.get(g, 0) + v
-        elif v.__class__ is float:
-            floats[g] = floats.get(g, 0) + _scaled(v)
-            if v != 0.0 or math.copysign(1.0, v) > 0:
-                signed.add(g)
-        else:
-            continue
-        if counted:
-            numbers[g] = numbers.get(g, 0) + 1
-    for g, total in ints.items():
-        accs[g][i] = [total, floats.get(g), False]
-    for g, scaled in floats.items():
-        if g not in ints:
-            accs[g][i] = [0, scaled, g not in signed]
-    for g, n in numbers.items():
-        accs[g][i].append(n)
+    for j in np.flatnonzero(kinds == 2).tolist():
+        v, k = col[j], gids[j]
+        floats[k] = floats.get(k, 0) + _scaled(v)
+        if v != 0.0 or math.copysign(1.0, v) > 0:
+            signed.add(k)
+    for k, total in ints.items():
+        accs[k][i] = [total, floats.get(k), False]
+    for k, scaled in floats.items():
+        if k not in ints:
+            accs[k][i] = [0, scaled, k not in signed]
+    if counted:
+        numbers = np.bincount(g[kinds > 0])
+        for k in np.flatnonzero(numbers).tolist():
+            accs[k][i].append(int(numbers[k]))
+
+
+def _int64s(values: list[int]) -> np.ndarray | None:
+    """Ints as int64, if none of their sums can overflow (else None)."""
+    if not values:
+        return None
+    try:
+        array = np.array(values, np.int64)
+    except OverflowError:
+        return None
+    if max(-int(array.min()), int(array.max())) >= (1 << 62) // len(array):
+        return None
+    return array
 
 
 def _firsts(i: int, last: bool, col: list[Any], gids: list[int], orders: Any,

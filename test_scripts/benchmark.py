@@ -19,8 +19,10 @@
                 is a status, JSON lines to a file
     route       `route` to three JSON-lines files: statuses, messages of visitor1*
                 senders, the rest (default)
+    stats       aggregate by site_id: count, avg(timestamp), percentile(timestamp, 95),
+                CSV out (p95 compared within 1%: exact up to 1,024 values a site)
 
-Each framework job (aggregate, count, filter, where-if, compute) is a Sluice run with default settings
+Each framework job (aggregate, count, filter, where-if, compute, route, stats) is a Sluice run with default settings
 against DuckDB answering the same question (a query from test_scripts/duckdb_jobs.py
 writing the same kind of file), in --pairs alternating pairs (Sluice, DuckDB, Sluice,
 ...); its ratio is the median of the pairs' ratios, and every output is compared with
@@ -150,6 +152,7 @@ FRAMEWORK = {  # job: (config, where Sluice writes, what the output holds)
     "where-if": (None, "out.jsonl", "ids"),
     "compute": (None, "out.jsonl", "computed"),
     "route": (None, "out.jsonl", "routed"),
+    "stats": (None, "-", "stats"),
 }
 CONFIGS = {  # the framework jobs whose config is written here, with the log and output
     "where-if": """\
@@ -168,6 +171,15 @@ pipeline:
         hour: "floor(timestamp / 3600) % 24"
         is_status: "type = 'status'"
   - jsonl-output: {{path: {out}}}
+""",
+    "stats": """\
+pipeline:
+  - file-input: {{path: {log}}}
+  - json-decode: {{schema: object}}
+  - aggregate:
+      by: [site_id]
+      metrics: {{records: count, mean: avg(timestamp), p95: "percentile(timestamp, 95)"}}
+  - csv-output: {{path: "-", columns: [site_id, records, mean, p95]}}
 """,
     "route": """\
 pipeline:
@@ -197,6 +209,20 @@ pipeline:
 """
 
 
+class Approx(float):
+    """A number equal to any within `rel` of it (relative)."""
+
+    def __new__(cls, value: float, rel: float) -> "Approx":
+        number = super().__new__(cls, value)
+        number.rel = rel
+        return number
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, float) and abs(other - self) <= self.rel * abs(self)
+
+    __hash__ = float.__hash__
+
+
 def framework_output(kind: str, path: str) -> list:
     """What a job's output file holds, comparable across Sluice and DuckDB: CSV rows
     (the header, then the rows sorted, numbers as floats), or the ids in order."""
@@ -208,6 +234,10 @@ def framework_output(kind: str, path: str) -> list:
     if kind == "routed":  # the ids in each branch's file, in order
         return [framework_output("ids", path + suffix)
                 for suffix in (".statuses", ".visitors", ".rest")]
+    if kind == "stats":  # avg to 1e-12 (DuckDB sums doubles), p95 to 1% (beyond 1,024
+        rows = framework_output("csv", path)  # values a site: Sluice's stated error)
+        return rows[:1] + [[site, n, Approx(mean, 1e-12), Approx(p95, 0.01)]
+                           for site, n, mean, p95 in rows[1:]]
     if kind == "computed":
         with open(path, "rb") as fh:
             return [(r["id"], r["hour"], r["is_status"]) for r in map(json.loads, fh)]
@@ -267,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", default="summary",
                    help="comma-separated: summary, aggregate, count, filter, where-if, "
-                        "compute, route")
+                        "compute, route, stats")
     p.add_argument("--pairs", type=int, default=3,
                    help="alternating Sluice/DuckDB pairs for each framework job (>= 3)")
     p.add_argument("--sizes", default="1M,10M", help="comma-separated line counts: 1M,10M,50M")

@@ -11,6 +11,7 @@ JOB is one of:
     filter      the messages, reshaped as configs/mutate.yaml does; JSON lines
     where-if    the messages of senders whose name starts with visitor1; JSON lines
     compute     every record with its hour of the day and whether it is a status
+    stats       per site: count, avg(timestamp), quantile_disc(timestamp, 0.95); CSV
     route       statuses to OUT.statuses, else the messages of visitor1* senders to
                 OUT.visitors, else the rest to OUT.rest (the log is read once)
 
@@ -44,6 +45,11 @@ FROM {SOURCE} WHERE type = 'message'""",
     "where-if": f"""
 SELECT * FROM {SOURCE.replace("'timestamp': 'JSON'", "'timestamp': 'JSON', 'data': 'JSON'")}
 WHERE type = 'message' AND starts_with("from", 'visitor1')""",
+    "stats": f"""
+SELECT site_id->>'$' AS site_id, count(*) AS records,
+       avg(CAST("timestamp" AS DOUBLE)) AS mean,
+       quantile_disc(CAST("timestamp" AS DOUBLE), 0.95) AS p95
+FROM {SOURCE} GROUP BY site_id ORDER BY site_id""",
     "compute": f"""
 SELECT *, floor(CAST("timestamp" AS DOUBLE) / 3600) % 24 AS hour, type = 'status' AS is_status
 FROM {SOURCE.replace("'timestamp': 'JSON'", "'timestamp': 'JSON', 'data': 'JSON'")}""",
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     job, log, out = args
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = true")
-    fmt = "FORMAT CSV, HEADER" if job in ("aggregate", "count") else "FORMAT JSON"
+    fmt = "FORMAT CSV, HEADER" if job in ("aggregate", "count", "stats") else "FORMAT JSON"
     query = QUERIES[job].replace("?", "$log")
     if job == "route":  # read once, then each branch's records to its file, in order
         con.execute(f"CREATE TEMP TABLE ev AS {query}", {"log": log})

@@ -325,3 +325,17 @@ def test_hyperloglog_is_unbiased_within_its_standard_error():
         errors.append(sketches.distinct_estimate(sketches.distinct_state(texts)) / 5000 - 1)
     mean = sum(errors) / len(errors)
     assert abs(mean) < 0.01 and max(map(abs, errors)) < 0.06
+
+
+def test_the_percentile_measurement_script_runs_small():
+    import subprocess
+    import sys
+    from conftest import ROOT
+    p = subprocess.run([sys.executable, str(ROOT / "test_scripts" / "percentile_choice.py"),
+                        "--values", "20000", "--pieces", "5"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "the same from 5 pieces in two orders: True" in p.stdout
+    errors = [float(line.split("error ")[1].split("%")[0]) for line in p.stdout.splitlines()
+              if "error " in line]
+    assert len(errors) == 3 and all(abs(e) <= 1.0 for e in errors)
