@@ -303,7 +303,7 @@ def _route(ld: YamlDoc, cfg: PipelineConfig, key: yaml.Node, node: yaml.Node,
     if not isinstance(node, yaml.MappingNode) or not node.value:
         raise ld.fail("`route` must map branch names to {if: CONDITION, stages: [...]}",
                       node)
-    mode, default, branches = "first", None, []
+    mode, default, branches, on_failure = "first", None, [], None
     for name_node, value_node in node.value:
         name = _branch_name(ld, name_node, "route")
         if name == "mode":
@@ -311,6 +311,11 @@ def _route(ld: YamlDoc, cfg: PipelineConfig, key: yaml.Node, node: yaml.Node,
             if mode not in ("first", "all"):
                 raise ld.fail(f"route: `mode` must be 'first' or 'all'; got {mode!r}",
                               value_node)
+        elif name == "on_failure":
+            on_failure = ld.value(value_node)
+            if on_failure not in ("dead-letter", "keep", "drop"):
+                raise ld.fail(f"route: `on_failure` must be 'dead-letter', 'keep' or 'drop'; "
+                              f"got {on_failure!r}", value_node)
         elif name == "default":
             if not isinstance(value_node, yaml.SequenceNode) or not value_node.value:
                 raise ld.fail("route: `default` must be a non-empty list of stages (the "
@@ -350,8 +355,10 @@ def _route(ld: YamlDoc, cfg: PipelineConfig, key: yaml.Node, node: yaml.Node,
         conditions[name] = text
     line = cfg.fork_line
     cfg.trunk.append(len(cfg.stages))
-    cfg.stages.append(StageSpec("route", cls, {"if": conditions, "mode": mode,
-                                               "default": default is not None}, line))
+    options = {"if": conditions, "mode": mode, "default": default is not None}
+    if on_failure is not None:
+        options["on_failure"] = on_failure
+    cfg.stages.append(StageSpec("route", cls, options, line))
     every = [(name, stages) for name, _, stages in branches]
     if default is not None:  # `default` is never a conditional branch's name (above)
         every.append(("default", default))

@@ -106,9 +106,13 @@ def check_kinds(cfg: PipelineConfig) -> None:
     for before, i in _pairs(cfg):
         spec, prev = cfg.stages[i], cfg.stages[before]
         kind, accepts = produced[before], spec.cls.accepts
-        if kind == ANY or ANY in accepts or kind in accepts:
-            continue
         where = f"{cfg.split} branch {spec.branch!r}: " if spec.branch else ""
+        if kind == ANY or ANY in accepts or kind in accepts:
+            problem = spec.cls.check_kind(spec.options, kind)
+            if problem:
+                raise ConfigError(f"{where}stage {spec.name!r}: {problem} (from "
+                                  f"{_producer(prev)})", cfg.path, spec.line)
+            continue
         raise ConfigError(f"{where}stage {spec.name!r} accepts {_kinds_text(accepts)} "
                           f"records, but {_producer(prev)} produces {kind} records",
                           cfg.path, spec.line)

@@ -197,6 +197,12 @@ class Stage:
         return None
 
     @classmethod
+    def check_kind(cls, options: dict[str, Any], kind: str) -> str | None:
+        """Why this stage, with these options, cannot take records of `kind` (one it
+        accepts), or None. Checked at load; the loader adds which stage gives them."""
+        return None
+
+    @classmethod
     def check_fields(cls, options: dict[str, Any], given: tuple[str, ...],
                      kind: str) -> str | None:
         """Why this stage cannot work on records of `kind` with these (known) fields,

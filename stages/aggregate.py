@@ -18,6 +18,7 @@ from pipeline.keyed import ArrowTables, KeyedReducer, ReduceIO
 
 from . import aggregate_sketches as sketches
 from .aggregate_values import _extremes, _firsts, _sum_result, _sums, number_kinds, order_key
+from .failures import DROPPED, KEPT, ON_FAILURE
 from .fields import MISSING, column, path_of, set_in, show
 
 FUNCTIONS = ("count", "count_distinct", "approx_count_distinct", "min", "max", "sum", "avg",
@@ -131,7 +132,9 @@ class Aggregate(KeyedReducer):
 
     `sum`, `avg` and `percentile` need numbers: a record whose F is a string, bool,
     array or object is sent to the dead-letter file (`field 'F': sum(F) needs a number,
-    got 'abc'`). A record whose metric field is missing or null does not count towards
+    got 'abc'`); with `on_failure: drop` it is dropped, with `on_failure: keep` it
+    still counts and that value of F counts as missing, for every metric of F (there
+    is no record to give a `_failures` field: aggregate emits groups). A record whose metric field is missing or null does not count towards
     that metric (`count` still counts it). Every metric is independent of how the input
     was split over workers, and of where a killed run resumed.
 
@@ -150,6 +153,7 @@ class Aggregate(KeyedReducer):
                                     "approx_count_distinct(F) | min(F) | max(F) | sum(F) | "
                                     "avg(F) | first(F) | last(F) | top(F, N) | "
                                     "percentile(F, P)}, in output order"),
+        ON_FAILURE,
     )
     spills = {"partials": None, "distinct": ArrowTables(), "dcounts": None, "tops": None}
     loads = ("pyarrow",)
@@ -251,6 +255,7 @@ class Aggregate(KeyedReducer):
         self.held_raw = True  # held_keys are the `by` strings themselves (see _hold_keys),
         self.held_cols: list[list[Any]] = [[] for _ in fields]  # see settle()
         self.held_orders: list[np.ndarray] = []  # their file order (first and last)
+        self.failures_kept = self.failures_dropped = 0
 
     @property
     def hold_rows(self) -> int:
@@ -384,26 +389,45 @@ class Aggregate(KeyedReducer):
 
     def _reject_not_numbers(self, records: Any, cols: list[list[Any]], locate: Any,
                             source: str | None) -> set[int]:
-        """Reject the records whose field for sum, avg or percentile is not a number;
-        their positions."""
-        bad: set[int] = set()
+        """The records whose field for sum, avg or percentile is not a number: sent to
+        the dead-letter file or dropped (their positions returned), or with on_failure:
+        keep, counted with that value made missing (in `cols`)."""
+        bad: dict[int, str] = {}
         for f, field, func in self.numeric:
             col = cols[f]
             if set(map(type, col)) <= _SUMMABLE:
                 continue
+            cols[f] = col = list(col)  # (changed below, with keep)
             for j, v in enumerate(col):
-                if v.__class__ not in _SUMMABLE and j not in bad:
-                    bad.add(j)
-                    record = (records.record(j) if isinstance(records, Columns)
-                              else records[j])
-                    try:
-                        raw: Any = msgspec.json.encode(record)
-                    except (TypeError, ValueError, OverflowError):
-                        raw = repr(record)
-                    self.ctx.reject(raw, f"field {field!r}: {func}({field}) needs a number, "
-                                         f"got {show(v)}", stage=self.name,
-                                    at=locate(j), file=source)
-        return bad
+                if v.__class__ not in _SUMMABLE:
+                    bad.setdefault(j, f"field {field!r}: {func}({field}) needs a number, "
+                                      f"got {show(v)}")
+                    if self.on_failure == "keep":
+                        col[j] = None
+        if self.on_failure == "keep":
+            self.failures_kept += len(bad)
+            return set()
+        if self.on_failure == "drop":
+            self.failures_dropped += len(bad)
+            return set(bad)
+        for j in sorted(bad):
+            record = records.record(j) if isinstance(records, Columns) else records[j]
+            try:
+                raw: Any = msgspec.json.encode(record)
+            except (TypeError, ValueError, OverflowError):
+                raw = repr(record)
+            self.ctx.reject(raw, bad[j], stage=self.name, at=locate(j), file=source)
+        return set(bad)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**super().snapshot(), KEPT: self.failures_kept, DROPPED: self.failures_dropped}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self.failures_kept, self.failures_dropped = state[KEPT], state[DROPPED]
+
+    def counters(self) -> dict[str, int]:
+        return {**super().counters(), KEPT: self.failures_kept, DROPPED: self.failures_dropped}
 
     @staticmethod
     def _hashes(texts: list[bytes]) -> np.ndarray:

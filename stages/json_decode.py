@@ -15,6 +15,7 @@ from pipeline import Batch, Option, Processor
 from pipeline.columns import Columns
 from pipeline.config import suggest
 
+from .failures import FIELD, ON_FAILURE, OnFailure
 from .fields import MISSING, column, get_in, json_type, path_of, set_in, show
 from .site_event import SITE_EVENT_FIELDS, SiteEventType
 
@@ -145,7 +146,7 @@ def _is_utf8(data: bytes) -> bool:
         return False
 
 
-class JsonDecode(Processor):
+class JsonDecode(OnFailure, Processor):
     """Decode each line as JSON and validate it against a schema; reject the rest.
 
         - json-decode:
@@ -180,13 +181,21 @@ class JsonDecode(Processor):
                       choices=tuple(SCHEMAS)),
                Option("fields", dict, None, "with schema: object, declared fields and types: "
                       "{id: str, timestamp: float, data.status: str}",
-                      check=check_field_types))
+                      check=check_field_types),
+               ON_FAILURE)
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> str | None:
         if options.get("fields") is not None and options.get("schema", "site-event") != "object":
             return "option 'fields' needs schema: object (site-event records have their own)"
+        if options.get("on_failure") == "keep" and options.get("schema", "site-event") != "object":
+            return ("stage 'json-decode': on_failure: keep needs schema: object (a line it "
+                    "fails on goes on as {\"message\": the line, \"_failures\": [...]})")
         return None
+
+    @classmethod
+    def check_kind(cls, options: dict[str, Any], kind: str) -> str | None:
+        return None  # it is given lines: what keep needs is checked in check_options
 
     @classmethod
     def output_kind(cls, options: dict[str, Any], given: str) -> str:
@@ -205,26 +214,32 @@ class JsonDecode(Processor):
         self.records = 0
         self.rejected = 0
         self._pending: list[tuple[int, str]] = []  # this batch's rejects: (line, reason)
+        self._kept: list[tuple[int, str]] = []  # and its failures kept (on_failure: keep)
 
     def snapshot(self) -> dict[str, int]:
-        return {"records": self.records, "rejected": self.rejected}
+        return {"records": self.records, "rejected": self.rejected, **self.failure_counts()}
 
     def restore(self, state: dict[str, int]) -> None:
         self.records, self.rejected = state["records"], state["rejected"]
+        self.restore_failure_counts(state)
 
     def counters(self) -> dict[str, int]:
-        return {"records": self.records, "rejected": self.rejected}
+        return {"records": self.records, "rejected": self.rejected, **self.failure_counts()}
 
     def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         for batch in (part for whole in batches for part in self._slices(whole)):
             out = Batch(source=batch.source)
             keep: list[Any] = []  # the lines the records came from: ranges and indices
             self._decode(batch, out, keep)
+            lines = np.zeros(0, np.int64)
             if out:
                 lines = np.concatenate(
                     [k if isinstance(k, np.ndarray) else np.array(k, np.int64) for k in keep])
                 if self._fields is not None:
                     lines = self._check_fields(batch, out, lines)
+            if self._kept:
+                lines = self._add_kept(batch, out, lines)
+            if out:
                 out.origins = batch.line_origins(lines)
             self._flush_rejects(batch)
             self.records += len(out)
@@ -353,8 +368,27 @@ class JsonDecode(Processor):
         return f"field {path!r}: expected {kind} (declared in fields){got}"
 
     def _reject(self, batch: Batch, i: int, reason: str) -> None:
-        self.rejected += 1
-        self._pending.append((i, reason))
+        if self.on_failure == "dead-letter":
+            self.rejected += 1
+            self._pending.append((i, reason))
+        elif self.on_failure == "drop":
+            self.failures_dropped += 1
+        else:
+            self.failures_kept += 1
+            self._kept.append((i, reason))
+
+    def _add_kept(self, batch: Batch, out: list[Any], lines: np.ndarray) -> np.ndarray:
+        """on_failure: keep: each line it failed on as {"message": the line (invalid
+        UTF-8 replaced), "_failures": [...]}, among the records in line order; returns
+        the records' line indices."""
+        made = [{"message": batch[i].decode("utf-8", "replace"),
+                 FIELD: [{"stage": self.name, "reason": why}]} for i, why in self._kept]
+        at = np.concatenate([lines, np.array([i for i, _ in self._kept], np.int64)])
+        self._kept.clear()
+        order = np.argsort(at, kind="stable")
+        records = [*out, *made]
+        out[:] = [records[k] for k in order.tolist()]
+        return at[order]
 
     def _flush_rejects(self, batch: Batch) -> None:
         """The batch's rejects, in line order (a line that decoded but broke `fields`

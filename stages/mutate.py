@@ -13,6 +13,7 @@ from pipeline import Batch, Option, Processor
 from pipeline.columns import Columns, column_of
 
 from .expression import LOADS, ExpressionError, json_value, parse, problem
+from .failures import ON_FAILURE, OnFailure, as_records, with_failure_field
 from .fields import (MISSING, NotAnObject, delete_in, get_in, json_type, path_of,
                      reject_records, set_in, show)
 
@@ -156,7 +157,7 @@ def _names(value: Any) -> bool:
     return all(isinstance(k, str) and k and "" not in k.split(".") for k in value)
 
 
-class Mutate(Processor):
+class Mutate(OnFailure, Processor):
     """Rename, remove, set, copy, convert and compute fields; records come out as
     objects.
 
@@ -202,8 +203,11 @@ class Mutate(Processor):
     (1/0 is Infinity) or is binary, goes to the dead-letter file.
 
     `rename`, `set`, `copy` or `compute` into a path through a value that is not an
-    object (set
-    `data.status` where `data` is a string) rejects the record too.
+    object (set `data.status` where `data` is a string) rejects the record too.
+
+    `on_failure: keep` passes a record it would reject on instead, with each failed
+    operation left undone (the field as it was) and a `_failures` entry for each;
+    `on_failure: drop` drops it (see stages/failures.py).
 
     On columns, an operation on top-level fields is a column operation (a rename
     relabels a column, `set` makes a constant one, `convert` of integers to strings
@@ -225,6 +229,7 @@ class Mutate(Processor):
         Option("convert", dict, None, "{field: int|float|str|bool}: change a value's type"),
         Option("compute", dict, None, "{field: SQL expression}: set a field to a computed "
                                       "value", check=_expressions),
+        ON_FAILURE,
     )
 
     @classmethod
@@ -233,7 +238,7 @@ class Mutate(Processor):
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> str | None:
-        ops = [o.name for o in cls.options]
+        ops = [o.name for o in cls.options if o is not ON_FAILURE]
         if not any(options.get(o) for o in ops):
             return ("stage 'mutate': give at least one of `rename`, `remove`, `set`, "
                     "`copy`, `convert` or `compute`")
@@ -263,7 +268,7 @@ class Mutate(Processor):
 
     @classmethod
     def output_fields(cls, options: dict[str, Any], given: Any) -> Any:
-        """The fields after the five operations, when the fields before are known."""
+        """The fields after the six operations, when the fields before are known."""
         if given is None:
             return None
         fields = list(given)
@@ -277,7 +282,7 @@ class Mutate(Processor):
         added = list(options.get("set") or {}) + list(options.get("compute") or {})
         added += [dst for src, dst in (options.get("copy") or {}).items() if under(src)]
         fields += [f for f in added if f not in fields]
-        return tuple(fields)
+        return with_failure_field(options, tuple(fields))
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -301,6 +306,15 @@ class Mutate(Processor):
         self.ops: list[Callable[[dict[str, Any]], str | None]] = [p[3] for p in self.plan]
         self.computes = [(path_of(field), parse(text))
                          for field, text in (self.compute or {}).items()]
+
+    def snapshot(self) -> dict[str, int]:
+        return self.failure_counts()
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.restore_failure_counts(state)
+
+    def counters(self) -> dict[str, int]:
+        return self.failure_counts()
 
     # Each operation changes a record (a dict this stage owns) in place and returns
     # None, or returns the reason the record is rejected.
@@ -368,6 +382,8 @@ class Mutate(Processor):
                     continue
                 batch = batch.records()  # a value no column can hold: record by record
             records, kept = [], []
+            failures: dict[int, list[str]] = {}  # record -> why, in order
+            keep_failed = self.on_failure == "keep"
             for i, original in enumerate(batch):
                 # a fresh top-level dict (set_in/delete_in copy nested ones they change),
                 # so the input record is never changed
@@ -375,23 +391,41 @@ class Mutate(Processor):
                     record = dict(original)
                 elif isinstance(original, msgspec.Struct):
                     record = to_builtins(original)
-                else:
-                    self._reject(batch, i, "not a JSON object: got " + (
+                else:  # nothing to keep or tag: always a dead letter
+                    reject_records(self.ctx, self.name, batch, {i: "not a JSON object: got " + (
                         "raw bytes (put mutate after json-decode)"
-                        if isinstance(original, bytes) else json_type(original, article=True)))
+                        if isinstance(original, bytes) else json_type(original, article=True))})
                     continue
-                for op in ops:
+                skipped: list[int] = []
+                for j, op in enumerate(ops):
                     reason = op(record)
-                    if reason is not None:
-                        self._reject(batch, i, reason)
+                    if reason is None:
+                        continue
+                    failures.setdefault(i, []).append(reason)
+                    if not keep_failed:
                         break
-                else:
-                    records.append(record)
-                    kept.append(i)
+                    skipped.append(j)  # kept: undone (it may have changed the record)
+                    record = self._redo(original, j, skipped)
+                if i in failures and not keep_failed:
+                    continue
+                records.append(record)
+                kept.append(i)
+            tags = self.failed(batch, failures)
             out = batch.take(kept)
             out[:] = records  # the changed records, with their originals' origins
+            if tags:
+                self.tag(out, {k: tags[i] for k, i in enumerate(kept) if i in tags})
             yield self._computed(out, batch, np.asarray(kept, dtype=np.int64)) \
                 if self.computes else out
+
+    def _redo(self, original: Any, upto: int, skipped: list[int]) -> dict[str, Any]:
+        """A fresh copy of `original` with the operations before `upto` done again,
+        but the `skipped` ones (the failed ones on_failure: keep leaves undone)."""
+        record = dict(original) if isinstance(original, dict) else msgspec.to_builtins(original)
+        for j, op in enumerate(self.ops[:upto]):
+            if j not in skipped:
+                op(record)  # as before: it did not fail on this same record then
+        return record
 
     # -- compute --------------------------------------------------------------------------
     def _computed(self, batch: Any, given: Any, rows: np.ndarray | None) -> Any:
@@ -401,28 +435,29 @@ class Mutate(Processor):
         where each record of `batch` is in it, None where they are one to one)."""
         if rows is None:
             rows = np.arange(len(batch))
+        keep_failed = self.on_failure == "keep"
         for path, expr in self.computes:
             outcome = expr.evaluate(batch)
             failed = outcome.failed
+            column = None
             if batch.__class__ is Columns and len(path) == 1:
                 column = _as_column(outcome.values, failed)
-                if column is not None:
+                if column is not None and not (failed and keep_failed):
                     batch = batch.with_column(path[0], *column)
-                else:
-                    batch = self._set_records(batch.records(), path, outcome.values, failed)
-            else:
-                if batch.__class__ is Columns:
-                    batch = batch.records()
-                batch = self._set_records(batch, path, outcome.values, failed)
-            if failed:
-                reject_records(self.ctx, self.name, given,
-                               {int(rows[i]): why for i, why in failed.items()},
-                               f"compute {'.'.join(path)!r}")
-                keep = np.ones(len(batch), dtype=bool)
-                keep[list(failed)] = False
-                batch = batch.filter(keep) if batch.__class__ is Columns else \
-                    batch.take(np.flatnonzero(keep).tolist())
-                rows = rows[keep]
+            if column is None or (failed and keep_failed):  # (kept: its field as it was)
+                batch = self._set_records(as_records(batch), path, outcome.values, failed)
+            if not failed:
+                continue
+            what = f"compute {'.'.join(path)!r}"
+            kept = self.failed(given, {int(rows[i]): why for i, why in failed.items()}, what)
+            if kept:
+                self.tag(batch, {i: kept[int(rows[i])] for i in failed})
+                continue
+            keep = np.ones(len(batch), dtype=bool)
+            keep[list(failed)] = False
+            batch = batch.filter(keep) if batch.__class__ is Columns else \
+                batch.take(np.flatnonzero(keep).tolist())
+            rows = rows[keep]
         return batch
 
     @staticmethod
@@ -444,9 +479,6 @@ class Mutate(Processor):
                 failed[i] = f"cannot set it: {exc}"
         return batch
 
-    def _reject(self, batch: Any, i: int, reason: str) -> None:
-        reject_records(self.ctx, self.name, batch, {i: reason})
-
     # -- on columns -----------------------------------------------------------------------
     def _on_columns(self, batch: Columns) -> tuple[Columns | None, np.ndarray | None]:
         """The operations on a batch of columns, and where its records are in `batch`
@@ -464,8 +496,9 @@ class Mutate(Processor):
             return None, None
         out = batch.with_columns(columns)
         if rejected:
-            for i in sorted(rejected):
-                self._reject(batch, i, rejected[i])
+            if self.on_failure == "keep":  # the operations after a failed one still run
+                return None, None          # on it: record by record
+            self.failed(batch, rejected)
             keep = np.ones(len(batch), dtype=bool)
             keep[list(rejected)] = False
             return out.filter(keep), np.flatnonzero(keep)

@@ -26,7 +26,10 @@ run in parts like a fork's.
   one, nowhere (counted as `unrouted`).
 - A record a condition it needs cannot be computed for (with `first`, the conditions
   up to the first true one; with `all`, every one) goes to the dead-letter file once,
-  with the branch and the reason, and to no branch.
+  with the branch and the reason, and to no branch. With `on_failure: keep` (a key of
+  `route`, beside `mode`) a condition that fails is not true for it, and the record
+  goes on with a `_failures` entry for each failed condition (to a later branch, the
+  default, or nowhere); `on_failure: drop` drops it (see stages/failures.py).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from pipeline import SAME, Batch, Option, Processor
 from pipeline.columns import Columns
 
 from .expression import LOADS, ExpressionError, holds, parse, problem
-from .fields import reject_records
+from .failures import ON_FAILURE, OnFailure, as_records
 
 MAX_BRANCHES = 62  # each record's branches are bits of an int64
 MODES = ("first", "all")
@@ -62,7 +65,7 @@ class Routed:
         return iter(zip(records, self.masks.tolist()))
 
 
-class Route(Processor):
+class Route(OnFailure, Processor):
     """Send each record to the branches whose condition holds for it: made by the
     config loader from the last element of `pipeline`,
 
@@ -88,6 +91,7 @@ class Route(Processor):
                choices=MODES),
         Option("default", bool, False, "whether the records no condition took have a "
                                        "branch (last)"),
+        ON_FAILURE,
     )
 
     @classmethod
@@ -120,41 +124,49 @@ class Route(Processor):
         self.unrouted = 0
 
     def snapshot(self) -> dict[str, int]:
-        return {"unrouted": self.unrouted}
+        return {"unrouted": self.unrouted, **self.failure_counts()}
 
     def restore(self, state: dict[str, int]) -> None:
         self.unrouted = state["unrouted"]
+        self.restore_failure_counts(state)
 
     def counters(self) -> dict[str, int]:
-        return {"unrouted": self.unrouted}
+        return {"unrouted": self.unrouted, **self.failure_counts()}
 
     def process(self, batches: Iterator[Batch]) -> Iterator[Any]:
+        keep_failed = self.on_failure == "keep"
         for batch in batches:
             n = len(batch)
             masks = np.zeros(n, dtype=np.int64)
             open_ = np.ones(n, dtype=bool)  # not yet routed (mode first), not failed
-            failed: dict[int, str] = {}
+            failed: dict[int, list[str]] = {}
             for k, (name, condition) in enumerate(zip(self.names, self.conditions)):
                 outcome = condition.evaluate(batch)
                 true = holds(outcome, n)
                 for i, why in outcome.failed.items():
                     if open_[i]:  # still open: not failed before, not routed (first)
-                        failed[i] = f"route branch {name!r}: condition `{condition.text}`: {why}"
-                        open_[i] = False
+                        failed.setdefault(i, []).append(
+                            f"route branch {name!r}: condition `{condition.text}`: {why}")
+                        open_[i] = keep_failed  # kept: the other conditions go on
+                        true[i] = False
                 take = open_ & true
                 masks[take] |= 1 << k
                 if self.mode == "first":
                     open_ &= ~true
-            if failed:
-                reject_records(self.ctx, self.name, batch, failed)
+            kept = self.failed(batch, failed)
+            if failed and not kept:
                 masks[list(failed)] = 0
             nowhere = masks == 0
-            if failed:
+            if failed and not kept:
                 nowhere[list(failed)] = False
             if self.default:
                 masks[nowhere] |= 1 << len(self.names)
             else:
                 self.unrouted += int(nowhere.sum())
+            if kept:
+                batch = as_records(batch)
+                batch = batch.take(range(n))  # a batch of its own to tag
+                self.tag(batch, kept)
             yield Routed(batch, masks)
 
 

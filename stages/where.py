@@ -11,7 +11,8 @@ from pipeline.columns import Columns
 from pipeline.contracts import missing_fields
 
 from .expression import LOADS, ExpressionError, holds, parse, problem
-from .fields import MISSING, get_in, getter, normalize, path_of, reject_records
+from .failures import ON_FAILURE, OnFailure, as_records
+from .fields import MISSING, get_in, getter, normalize, path_of
 
 
 def hit(value: Any, wanted: set[Any]) -> bool:
@@ -29,7 +30,7 @@ def _condition(text: Any) -> str | None:
     return None
 
 
-class Where(Processor):
+class Where(OnFailure, Processor):
     """Keep the records whose field equals a value or is one of several values, or for
     which a condition holds.
 
@@ -47,7 +48,8 @@ class Where(Processor):
     `if` takes an SQL expression (see stages/expression.py and the README's
     "Expressions"): a record is kept where it is true, dropped where it is false or
     NULL (`drop: true`: the other way round); a record it cannot be computed for goes
-    to the dead-letter file with the reason.
+    to the dead-letter file with the reason (`on_failure: keep` passes it on with a
+    `_failures` field instead, `drop` drops it: see stages/failures.py).
 
     On columns, the test runs once per distinct value of the field in a batch, and an
     Arrow lookup keeps the records whose value passed.
@@ -65,6 +67,7 @@ class Where(Processor):
         Option("if", str, None, "keep records for which this SQL condition is true",
                check=_condition),
         Option("drop", bool, False, "drop the matching records instead of keeping them"),
+        ON_FAILURE,
     )
 
     @classmethod
@@ -110,40 +113,51 @@ class Where(Processor):
         self.kept = self.dropped = 0
 
     def snapshot(self) -> dict[str, int]:
-        return {"kept": self.kept, "dropped": self.dropped}
+        return {"kept": self.kept, "dropped": self.dropped, **self.failure_counts()}
 
     def restore(self, state: dict[str, int]) -> None:
         self.kept, self.dropped = state["kept"], state["dropped"]
+        self.restore_failure_counts(state)
+
+    def counters(self) -> dict[str, int]:
+        return self.failure_counts()
 
     def process(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         get, wanted, drop = self.get, self.wanted, self.drop
         for batch in batches:
-            rejected = 0
+            failed = 0
             if self.condition is not None:
-                out, rejected = self._where(batch)
+                out, failed = self._where(batch)
             elif isinstance(batch, Columns):
                 out = batch.filter(self._matches(batch) != drop)
             else:
                 out = batch.take(i for i, r in enumerate(batch) if hit(get(r), wanted) != drop)
             self.kept += len(out)
-            self.dropped += len(batch) - len(out) - rejected
+            self.dropped += len(batch) - len(out) - failed
             yield out
 
     def _where(self, batch: Any) -> tuple[Any, int]:
         """The records the condition keeps (or, with drop, does not), and how many it
-        could not be computed for: those go to the dead-letter file."""
+        could not be computed for and did not pass on (see on_failure)."""
         assert self.condition is not None
         outcome = self.condition.evaluate(batch)
         keep = holds(outcome, len(batch))
         if self.drop:
             keep = ~keep
-        if outcome.failed:
-            reject_records(self.ctx, self.name, batch, outcome.failed,
-                   f"condition `{self.condition.text}`")
-            keep[list(outcome.failed)] = False
+        failed = outcome.failed
+        kept = self.failed(batch, failed, f"condition `{self.condition.text}`")
+        keep[list(failed)] = False
+        keep[list(kept)] = True  # on_failure: keep passes them on
+        if kept:
+            batch = as_records(batch)
         if isinstance(batch, Columns):
-            return batch.filter(keep), len(outcome.failed)
-        return batch.take(np.flatnonzero(keep).tolist()), len(outcome.failed)
+            return batch.filter(keep), len(failed)
+        rows = np.flatnonzero(keep)
+        out = batch.take(rows.tolist())
+        if kept:
+            at = np.searchsorted(rows, list(kept))  # where each is in `out`
+            self.tag(out, dict(zip(at.tolist(), kept.values())))
+        return out, len(failed) - len(kept)
 
     def _matches(self, batch: Columns) -> np.ndarray:
         """Which records of a batch of columns match (a record without the field does

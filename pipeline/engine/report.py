@@ -79,6 +79,10 @@ class RunReport:
             parts.append(f"{c['duplicates']:,} duplicates skipped")
         if c.get("unrouted"):  # a route without a default branch dropped some
             parts.append(f"{c['unrouted']:,} unrouted")
+        if c.get("kept_with_failures"):  # on_failure: keep
+            parts.append(f"{c['kept_with_failures']:,} failures kept in _failures")
+        if c.get("dropped_on_failure"):  # on_failure: drop
+            parts.append(f"{c['dropped_on_failure']:,} dropped on failure")
         tail = f"rejected {self.rejected:,} of {lines:,} lines"
         if self.rejected:
             tail += f" (reasons in {self.dead_letter})"
