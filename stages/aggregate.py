@@ -252,8 +252,8 @@ class Aggregate(KeyedReducer):
                                for _, m in self.metric_list if m.func in NUMERIC})
         self.ordered = any(func in ("first", "last") for _, func, _ in self.slots)
         self.held_keys: list[Any] = []  # rows update() has taken and not yet spilled:
-        self.held_raw = True  # held_keys are the `by` strings themselves (see _hold_keys),
         self.held_cols: list[list[Any]] = [[] for _ in fields]  # see settle()
+        self.held_raw = True  # whether held_keys are the `by` strings (see _hold_keys)
         self.held_orders: list[np.ndarray] = []  # their file order (first and last)
         self.failures_kept = self.failures_dropped = 0
 
