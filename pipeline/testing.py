@@ -73,8 +73,9 @@ def _roundtrip(state: Any) -> Any:
     return pickle.loads(pickle.dumps(state))
 
 
-def _records(batches: Iterable[Batch]) -> list[list[Any]]:
-    return [list(b) for b in batches]
+def _records(batches: Iterable[Any]) -> list[list[Any]]:
+    """Each batch's records (a columnar stage's Columns as dicts)."""
+    return [list(b.records()) if hasattr(b, "records") else list(b) for b in batches]
 
 
 def check_resume(make: Callable[[], Stage], batches: list[Batch] | None = None,

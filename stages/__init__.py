@@ -14,6 +14,7 @@ def builtin_stages() -> list[type[Stage]]:
     from .csv_output import CsvOutput
     from .dedupe import Dedupe
     from .file_input import FileInput
+    from .grok import Grok
     from .json_decode import JsonDecode
     from .jsonl_output import JsonlOutput
     from .mutate import Mutate
@@ -24,6 +25,6 @@ def builtin_stages() -> list[type[Stage]]:
     from .summary_json_output import SummaryJsonOutput
     from .where import Where
 
-    return [FileInput, JsonDecode, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
+    return [FileInput, JsonDecode, Grok, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
             SortedStdoutOutput, SummaryJsonOutput, JsonlOutput, CsvOutput,
             ParquetOutput, Route, RouteBranch]

@@ -13,6 +13,7 @@ from pipeline import Batch, Processor, Role
 from pipeline.keyed import reduce_buckets, result_batches
 from pipeline.testing import Context, ResumeMismatch, check_resume
 from stages.file_input import FileInput
+from stages.grok import Grok
 from stages.json_decode import JsonDecode
 from stages.aggregate import Aggregate
 from stages.count import Count
@@ -69,6 +70,9 @@ def routed(log):
 SAMPLES = {
     "file-input": lambda log: ("input", lambda: FileInput(path=str(log), block_size=4096)),
     "json-decode": lambda log: ("processor", JsonDecode, raw_batches(log)),
+    "grok": lambda log: ("processor", lambda: Grok(
+        match=['"from":"%{DATA:from}".*"timestamp":%{NUMBER:ts:float}', '"id":"%{UUID:id}"'],
+        on_failure="keep"), raw_batches(log)),
     "where": lambda log: ("processor", lambda: Where(field="site_id", **{"in": ["76", "dc"]}),
                           decoded_batches(log)),
     "dedupe": lambda log: ("reducer", lambda: Dedupe(field="id"), decoded_batches(log)),

@@ -11,7 +11,7 @@ def test_stages_lists_every_stage_with_kind_and_doc():
     assert p.returncode == 0
     lines = p.stdout.splitlines()
     assert [x.split()[0] for x in lines] == [
-        "aggregate", "count", "csv-output", "dedupe", "file-input", "json-decode",
+        "aggregate", "count", "csv-output", "dedupe", "file-input", "grok", "json-decode",
         "jsonl-output", "mutate", "parquet-output", "route", "routed", "site-state-reducer",
         "sorted-stdout-output", "summary-json-output", "where"]
     assert lines[4] == ("file-input            input      Read lines from files; each batch is "
