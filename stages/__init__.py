@@ -13,6 +13,7 @@ def builtin_stages() -> list[type[Stage]]:
     from .count import Count
     from .csv_output import CsvOutput
     from .dedupe import Dedupe
+    from .dissect import Dissect
     from .file_input import FileInput
     from .grok import Grok
     from .json_decode import JsonDecode
@@ -25,6 +26,6 @@ def builtin_stages() -> list[type[Stage]]:
     from .summary_json_output import SummaryJsonOutput
     from .where import Where
 
-    return [FileInput, JsonDecode, Grok, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
+    return [FileInput, JsonDecode, Grok, Dissect, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
             SortedStdoutOutput, SummaryJsonOutput, JsonlOutput, CsvOutput,
             ParquetOutput, Route, RouteBranch]

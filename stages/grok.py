@@ -142,6 +142,18 @@ class Grok(OnFailure, Processor):
     )
 
     @classmethod
+    def compile(cls, options: dict[str, Any]) -> list[Compiled]:
+        """The stage's patterns, compiled; GrokError, naming the pattern, if one is not."""
+        library = _library(options)
+        out = []
+        for text in _matches(options):
+            try:
+                out.append(compile_pattern(text, library))
+            except GrokError as exc:
+                raise GrokError(f"match {text!r}: {exc}") from None
+        return out
+
+    @classmethod
     def check_options(cls, options: dict[str, Any]) -> str | None:
         matches = _matches(options)
         if not matches or not all(isinstance(m, str) and m for m in matches):
@@ -152,15 +164,14 @@ class Grok(OnFailure, Processor):
                 return f"stage 'grok': pattern names are letters, digits and _; got {name!r}"
             if not isinstance(text, str):
                 return f"stage 'grok': pattern {name!r} must be text; got {text!r}"
-        library = _library(options)
-        for text in matches:
-            try:
-                compiled = compile_pattern(text, library)
-            except GrokError as exc:
-                return f"stage 'grok': match {text!r}: {exc}"
-            if options.get("field") is not None and options["field"] in {
-                    f for _, f, _ in compiled.captures}:
-                continue  # it replaces the field it parsed: allowed
+        return cls._compiles(options)
+
+    @classmethod
+    def _compiles(cls, options: dict[str, Any]) -> str | None:
+        try:
+            cls.compile(options)
+        except GrokError as exc:
+            return f"stage {cls.name!r}: {exc}"
         return None
 
     @classmethod
@@ -178,8 +189,7 @@ class Grok(OnFailure, Processor):
         if options.get("field") is not None:
             return None  # the fields given, and what the patterns capture
         try:
-            fields = [f for text in _matches(options)
-                      for _, f, _ in compile_pattern(text, _library(options)).captures]
+            fields = [f for c in cls.compile(options) for _, f, _ in c.captures]
         except GrokError:
             return None
         if options.get("on_failure") == "keep":
@@ -188,8 +198,7 @@ class Grok(OnFailure, Processor):
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        library = _library(options)
-        self.compiled = [compile_pattern(text, library) for text in _matches(options)]
+        self.compiled = self.compile(options)
         self.fields = list(dict.fromkeys(f for c in self.compiled for _, f, _ in c.captures))
         self.get = column(self.field) if self.field is not None else None
 
@@ -260,6 +269,9 @@ class Grok(OnFailure, Processor):
             for group, field, conversion in compiled.captures:
                 got = found.field(group)
                 got = pc.if_else(pc.equal(got, ""), pa.scalar(None, pa.string()), got)
+                if conversion == "append":  # dissect's %{+field}: after what it has
+                    values[field] = _appended(values.get(field), self._place(None, got, rows, n))
+                    continue
                 if conversion is not None:
                     got = self._convert(got, field, conversion, rows, failed)
                 values[field] = self._place(values.get(field), got, rows, n)
@@ -355,5 +367,13 @@ class Grok(OnFailure, Processor):
             self.tag(result, dict(zip(at.tolist(), kept.values())))
         return result
 
+
+
+def _appended(old: Any, new: Any) -> Any:
+    """`old` and `new` joined by a space where both are there, else whichever is."""
+    import pyarrow.compute as pc
+    if old is None:
+        return new
+    return pc.coalesce(pc.binary_join_element_wise(old, new, " "), old, new)
 
 Grok.__doc__ = (Grok.__doc__ or "") + "\n    Patterns: " + ", ".join(sorted(PATTERNS)) + ".\n"

@@ -13,6 +13,7 @@ from pipeline import Batch, Processor, Role
 from pipeline.keyed import reduce_buckets, result_batches
 from pipeline.testing import Context, ResumeMismatch, check_resume
 from stages.file_input import FileInput
+from stages.dissect import Dissect
 from stages.grok import Grok
 from stages.json_decode import JsonDecode
 from stages.aggregate import Aggregate
@@ -70,6 +71,8 @@ def routed(log):
 SAMPLES = {
     "file-input": lambda log: ("input", lambda: FileInput(path=str(log), block_size=4096)),
     "json-decode": lambda log: ("processor", JsonDecode, raw_batches(log)),
+    "dissect": lambda log: ("processor", lambda: Dissect(
+        pattern='{"id":"%{id}","from":"%{from}"%{?rest}', on_failure="drop"), raw_batches(log)),
     "grok": lambda log: ("processor", lambda: Grok(
         match=['"from":"%{DATA:from}".*"timestamp":%{NUMBER:ts:float}', '"id":"%{UUID:id}"'],
         on_failure="keep"), raw_batches(log)),
