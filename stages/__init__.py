@@ -12,6 +12,7 @@ def builtin_stages() -> list[type[Stage]]:
     from .aggregate import Aggregate
     from .count import Count
     from .csv_output import CsvOutput
+    from .date import Date
     from .dedupe import Dedupe
     from .dissect import Dissect
     from .file_input import FileInput
@@ -26,6 +27,6 @@ def builtin_stages() -> list[type[Stage]]:
     from .summary_json_output import SummaryJsonOutput
     from .where import Where
 
-    return [FileInput, JsonDecode, Grok, Dissect, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
+    return [FileInput, JsonDecode, Grok, Dissect, Date, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
             SortedStdoutOutput, SummaryJsonOutput, JsonlOutput, CsvOutput,
             ParquetOutput, Route, RouteBranch]

@@ -25,7 +25,7 @@ def test_builtins_are_registered_by_name():
     reg = main.build_registry()
     assert {n: reg.get(n).role.value for n in reg.names()} == {
         "aggregate": "reducer", "count": "reducer", "csv-output": "output",
-        "dedupe": "reducer", "dissect": "processor", "file-input": "input", "grok": "processor",
+        "date": "processor", "dedupe": "reducer", "dissect": "processor", "file-input": "input", "grok": "processor",
         "json-decode": "processor",
         "jsonl-output": "output", "mutate": "processor", "parquet-output": "output",
         "route": "processor", "routed": "processor", "site-state-reducer": "reducer",

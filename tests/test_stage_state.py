@@ -13,6 +13,7 @@ from pipeline import Batch, Processor, Role
 from pipeline.keyed import reduce_buckets, result_batches
 from pipeline.testing import Context, ResumeMismatch, check_resume
 from stages.file_input import FileInput
+from stages.date import Date
 from stages.dissect import Dissect
 from stages.grok import Grok
 from stages.json_decode import JsonDecode
@@ -51,6 +52,12 @@ def decoded_batches(log):
     return list(dec.process(iter(raw_batches(log))))
 
 
+def decoded_object_batches(log):
+    dec = JsonDecode(schema="object")
+    dec.open(Ctx())
+    return list(dec.process(iter(raw_batches(log))))
+
+
 def file_output(cls, **opts):
     def sample(log):
         path = log.parent / f"out-{cls.name}"
@@ -71,6 +78,9 @@ def routed(log):
 SAMPLES = {
     "file-input": lambda log: ("input", lambda: FileInput(path=str(log), block_size=4096)),
     "json-decode": lambda log: ("processor", JsonDecode, raw_batches(log)),
+    "date": lambda log: ("processor", lambda: Date(
+        field="timestamp", formats=["epoch"], target="at", on_failure="keep", **{"as": "iso"}),
+        decoded_object_batches(log)),
     "dissect": lambda log: ("processor", lambda: Dissect(
         pattern='{"id":"%{id}","from":"%{from}"%{?rest}', on_failure="drop"), raw_batches(log)),
     "grok": lambda log: ("processor", lambda: Grok(

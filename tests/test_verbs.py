@@ -11,10 +11,10 @@ def test_stages_lists_every_stage_with_kind_and_doc():
     assert p.returncode == 0
     lines = p.stdout.splitlines()
     assert [x.split()[0] for x in lines] == [
-        "aggregate", "count", "csv-output", "dedupe", "dissect", "file-input", "grok", "json-decode",
+        "aggregate", "count", "csv-output", "date", "dedupe", "dissect", "file-input", "grok", "json-decode",
         "jsonl-output", "mutate", "parquet-output", "route", "routed", "site-state-reducer",
         "sorted-stdout-output", "summary-json-output", "where"]
-    assert lines[5] == ("file-input            input      Read lines from files; each batch is "
+    assert lines[6] == ("file-input            input      Read lines from files; each batch is "
                         "one block of whole lines (bytes).  [sluice (built-in)]")
 
 
