@@ -73,9 +73,9 @@ def test_every_shipped_config_passes_its_sidecar_tests():
     """`main.py test configs/` runs every *_test.yaml; all pass."""
     p = cli("test", str(CONFIGS))
     assert p.returncode == 0, p.stdout
-    assert p.stdout.splitlines()[-1] == "12 passed, 0 failed"
+    assert p.stdout.splitlines()[-1] == "13 passed, 0 failed"
     for name in ("summary", "summary_json", "site_filter", "count_by_type", "fork", "mutate",
-                 "aggregate"):
+                 "aggregate", "access_log"):
         assert (CONFIGS / f"{name}_test.yaml").exists()
         assert cli("validate", "-c", str(CONFIGS / f"{name}.yaml")).returncode == 0
 
