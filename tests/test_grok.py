@@ -241,3 +241,14 @@ def test_a_generated_access_log_parses_but_its_bad_lines(tmp_path):
     assert {d["reason"] for d in dead} == {"no pattern matched"}
     assert all(("bytes" in r) == (r["response"] != "304") for r in out)
     assert sum(":" in r["clientip"] for r in out) > 200  # IPv6 clients
+
+
+def test_the_parse_benchmark_runs_small(tmp_path):
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, str(ROOT / "test_scripts" / "parse_benchmark.py"),
+                        "--lines", "3000", "--runs", "1", "--workdir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.splitlines()[-1] == "grok and dissect wrote the same records: yes"
+    assert [line.split()[0] for line in p.stdout.splitlines()[2:4]] == ["grok", "dissect"]
