@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from itertools import accumulate
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 
 class Batch(list):
@@ -50,6 +50,18 @@ class Batch(list):
         np.cumsum(lengths, out=starts[1:])
         starts[1:] += starts[0]
         return (keep + (self.first_line or 1)), starts[keep]
+
+    def slices(self, size: int) -> Iterator["Batch"]:
+        """A batch of raw lines as batches of at most `size` lines, each with the line
+        number and byte offset of its first line (itself, whole, if it does not know
+        them, or is no longer than `size`)."""
+        if len(self) <= size or self.first_line is None or self.first_offset is None:
+            yield self
+            return
+        for a in range(0, len(self), size):
+            line, offset = self.locate(a)
+            yield Batch(self[a:a + size], first_line=line, first_offset=offset,
+                        source=self.source)
 
     def take(self, indices: Any) -> "Batch":
         """A batch of records `indices` (in that order), with their origins."""

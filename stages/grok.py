@@ -18,6 +18,7 @@ _REF = re.compile(r"%\{([A-Za-z0-9_]+)(?::([A-Za-z_][A-Za-z0-9_]*))?(?::([a-z]+)
 _ANY_REF = re.compile(r"%\{([^}]*)\}")
 CONVERSIONS = ("int", "float")
 MAX_DEPTH = 30
+SLICE = 8192  # lines parsed at a time (see process)
 
 
 class GrokError(ValueError):
@@ -212,15 +213,21 @@ class Grok(OnFailure, Processor):
         return self.failure_counts()
 
     def process(self, batches: Iterator[Any]) -> Iterator[Any]:
-        for batch in batches:
-            if not len(batch):
-                continue
-            texts, failed = self._texts(batch)
-            values, matched = self._parse(texts, failed)
-            if self.field is None:
-                yield self._records_of_lines(batch, values, matched, failed)
-            else:
-                yield self._records_with_fields(batch, values, matched, failed)
+        import pyarrow as pa
+        for whole in batches:
+            # a block of lines a slice at a time: each pattern's captures (a column per
+            # field) and the records made of them are several times the lines' size
+            for batch in whole.slices(SLICE) if isinstance(whole, Batch) else [whole]:
+                if len(batch):
+                    yield self._parsed(batch)
+            pa.default_memory_pool().release_unused()
+
+    def _parsed(self, batch: Any) -> Any:
+        texts, failed = self._texts(batch)
+        values, matched = self._parse(texts, failed)
+        if self.field is None:
+            return self._records_of_lines(batch, values, matched, failed)
+        return self._records_with_fields(batch, values, matched, failed)
 
     # -- parsing, a column at a time ------------------------------------------------------
     def _texts(self, batch: Any) -> tuple[Any, dict[int, str]]:

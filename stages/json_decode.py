@@ -258,14 +258,10 @@ class JsonDecode(OnFailure, Processor):
         are decoded a block at a time: the stages after (dedupe) pay per batch. Each
         slice keeps its lines' numbers and offsets; a batch that does not know them (a
         plugin's input) is decoded whole."""
-        if (self.schema != "object" or not self.feeds_columns or len(batch) <= SLICE
-                or batch.first_line is None or batch.first_offset is None):
+        if self.schema != "object" or not self.feeds_columns:
             yield batch
             return
-        for a in range(0, len(batch), SLICE):
-            line, offset = batch.locate(a)
-            yield Batch(batch[a:a + SLICE], first_line=line, first_offset=offset,
-                        source=batch.source)
+        yield from batch.slices(SLICE)
 
     def _decode(self, batch: Batch, out: list[Any], keep: list[Any]) -> None:
         """Blank lines and lines of invalid UTF-8 are found first (cheap C-level scans)
