@@ -19,6 +19,7 @@ def builtin_stages() -> list[type[Stage]]:
     from .grok import Grok
     from .json_decode import JsonDecode
     from .jsonl_output import JsonlOutput
+    from .kv import Kv
     from .mutate import Mutate
     from .route import Route, RouteBranch
     from .parquet_output import ParquetOutput
@@ -27,6 +28,6 @@ def builtin_stages() -> list[type[Stage]]:
     from .summary_json_output import SummaryJsonOutput
     from .where import Where
 
-    return [FileInput, JsonDecode, Grok, Dissect, Date, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
+    return [FileInput, JsonDecode, Grok, Dissect, Date, Kv, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
             SortedStdoutOutput, SummaryJsonOutput, JsonlOutput, CsvOutput,
             ParquetOutput, Route, RouteBranch]

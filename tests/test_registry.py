@@ -27,7 +27,7 @@ def test_builtins_are_registered_by_name():
         "aggregate": "reducer", "count": "reducer", "csv-output": "output",
         "date": "processor", "dedupe": "reducer", "dissect": "processor", "file-input": "input", "grok": "processor",
         "json-decode": "processor",
-        "jsonl-output": "output", "mutate": "processor", "parquet-output": "output",
+        "jsonl-output": "output", "kv": "processor", "mutate": "processor", "parquet-output": "output",
         "route": "processor", "routed": "processor", "site-state-reducer": "reducer",
         "sorted-stdout-output": "output", "summary-json-output": "output",
         "where": "processor"}

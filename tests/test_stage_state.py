@@ -17,6 +17,7 @@ from stages.date import Date
 from stages.dissect import Dissect
 from stages.grok import Grok
 from stages.json_decode import JsonDecode
+from stages.kv import Kv
 from stages.aggregate import Aggregate
 from stages.count import Count
 from stages.csv_output import CsvOutput
@@ -81,6 +82,8 @@ SAMPLES = {
     "date": lambda log: ("processor", lambda: Date(
         field="timestamp", formats=["epoch"], target="at", on_failure="keep", **{"as": "iso"}),
         decoded_object_batches(log)),
+    "kv": lambda log: ("processor", lambda: Kv(field_split=",", value_split=":",
+                                               on_failure="keep"), raw_batches(log)),
     "dissect": lambda log: ("processor", lambda: Dissect(
         pattern='{"id":"%{id}","from":"%{from}"%{?rest}', on_failure="drop"), raw_batches(log)),
     "grok": lambda log: ("processor", lambda: Grok(
