@@ -92,15 +92,6 @@ class Date(OnFailure, Processor):
         self.get = column(self.field)
         self.path = path_of(self.target or self.field)
 
-    def snapshot(self) -> dict[str, int]:
-        return self.failure_counts()
-
-    def restore(self, state: dict[str, int]) -> None:
-        self.restore_failure_counts(state)
-
-    def counters(self) -> dict[str, int]:
-        return self.failure_counts()
-
     def process(self, batches: Iterator[Any]) -> Iterator[Any]:
         for batch in batches:
             if not len(batch):

@@ -96,6 +96,16 @@ class OnFailure:
     def restore_failure_counts(self, state: dict[str, int]) -> None:
         self.failures_kept, self.failures_dropped = state[KEPT], state[DROPPED]
 
+    # a stage whose only state is these counts; one with more extends them
+    def snapshot(self) -> dict[str, int]:
+        return self.failure_counts()
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.restore_failure_counts(state)
+
+    def counters(self) -> dict[str, int]:
+        return self.failure_counts()
+
 
 def with_failure_field(options: dict[str, Any], fields: Any) -> Any:
     """A stage's output fields (None: unknown), with `_failures` if it keeps failures."""

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import msgspec
 
 from pipeline.columns import Columns, values_of
+from pipeline.stage import ANY
 
 _MISSING = object()
 _NO_FIELDS = (str, bytes, list, tuple, int, float, type(None))  # int: bool too
@@ -273,3 +274,14 @@ def reject_records(ctx: Any, stage: str, batch: Any, failed: dict[int, str],
             raw = repr(record)
         ctx.reject(raw, f"{what}: {failed[i]}" if what else failed[i], stage=stage,
                    at=batch.locate(i), file=batch.source)
+
+
+def text_source_problem(options: dict[str, Any], kind: str, verb: str) -> str | None:
+    """Why a text parser (grok, dissect, kv) cannot take records of `kind`: raw lines
+    are parsed whole, object records by their `field`; or None."""
+    if kind == "lines" and options.get("field") is not None:
+        return ("`field` names a field of object records, but it is given raw lines; "
+                f"leave `field` out to {verb} the lines")
+    if kind not in ("lines", ANY) and options.get("field") is None:
+        return f"it is given {kind} records: name the text field to {verb} with `field`"
+    return None

@@ -7,11 +7,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline import ANY, Batch, Option, Processor
+from pipeline import Batch, Option, Processor
 from pipeline.columns import Columns
 
 from .failures import FIELD, ON_FAILURE, OnFailure, as_records
-from .fields import MISSING, column, json_type
+from .fields import MISSING, column, json_type, text_source_problem
 from .grok_patterns import PATTERNS
 
 _REF = re.compile(r"%\{([A-Za-z0-9_]+)(?::([A-Za-z_][A-Za-z0-9_]*))?(?::([a-z]+))?\}")
@@ -177,13 +177,7 @@ class Grok(OnFailure, Processor):
 
     @classmethod
     def check_kind(cls, options: dict[str, Any], kind: str) -> str | None:
-        if kind == "lines" and options.get("field") is not None:
-            return ("`field` names a field of object records, but it is given raw lines; "
-                    "leave `field` out to parse the lines")
-        if kind not in ("lines", ANY) and options.get("field") is None:
-            return (f"it is given {kind} records: name the text field to parse with "
-                    f"`field`")
-        return None
+        return text_source_problem(options, kind, "parse")
 
     @classmethod
     def output_fields(cls, options: dict[str, Any], given: Any) -> Any:
@@ -202,15 +196,6 @@ class Grok(OnFailure, Processor):
         self.compiled = self.compile(options)
         self.fields = list(dict.fromkeys(f for c in self.compiled for _, f, _ in c.captures))
         self.get = column(self.field) if self.field is not None else None
-
-    def snapshot(self) -> dict[str, int]:
-        return self.failure_counts()
-
-    def restore(self, state: dict[str, int]) -> None:
-        self.restore_failure_counts(state)
-
-    def counters(self) -> dict[str, int]:
-        return self.failure_counts()
 
     def process(self, batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa

@@ -7,10 +7,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline import ANY, Batch, Option, Processor
+from pipeline import Batch, Option, Processor
 
 from .failures import ON_FAILURE, OnFailure, as_records
-from .fields import MISSING, column, json_type
+from .fields import MISSING, column, json_type, text_source_problem
 
 
 def _check_split(text: Any) -> str | None:
@@ -58,12 +58,7 @@ class Kv(OnFailure, Processor):
 
     @classmethod
     def check_kind(cls, options: dict[str, Any], kind: str) -> str | None:
-        if kind == "lines" and options.get("field") is not None:
-            return ("`field` names a field of object records, but it is given raw lines; "
-                    "leave `field` out to split the lines")
-        if kind not in ("lines", ANY) and options.get("field") is None:
-            return f"it is given {kind} records: name the text field to split with `field`"
-        return None
+        return text_source_problem(options, kind, "split")
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -72,15 +67,6 @@ class Kv(OnFailure, Processor):
             rf"(?:^|(?<={fs}))([^{fs}{vs}\"']+){vs}"
             rf"(\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|(?:(?!{fs}).)*)", re.S)
         self.get = column(self.field) if self.field is not None else None
-
-    def snapshot(self) -> dict[str, int]:
-        return self.failure_counts()
-
-    def restore(self, state: dict[str, int]) -> None:
-        self.restore_failure_counts(state)
-
-    def counters(self) -> dict[str, int]:
-        return self.failure_counts()
 
     def pairs(self, text: str) -> dict[str, Any]:
         """The pairs of one text, as fields."""

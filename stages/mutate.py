@@ -307,15 +307,6 @@ class Mutate(OnFailure, Processor):
         self.computes = [(path_of(field), parse(text))
                          for field, text in (self.compute or {}).items()]
 
-    def snapshot(self) -> dict[str, int]:
-        return self.failure_counts()
-
-    def restore(self, state: dict[str, int]) -> None:
-        self.restore_failure_counts(state)
-
-    def counters(self) -> dict[str, int]:
-        return self.failure_counts()
-
     # Each operation changes a record (a dict this stage owns) in place and returns
     # None, or returns the reason the record is rejected.
     @staticmethod
