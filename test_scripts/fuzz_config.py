@@ -54,16 +54,23 @@ VALUES = [
     "'pipeline.stage:Output'", "'json:loads'", "'nope.nope:Nope'", "'a:b:c'", "'file-input'",
     "'-'", "'/dev/null'", "'/'", "'/proc/self/mem'", "'/nonexistent/dir/x.jsonl'",
     "'*.nothing'", "'[unclosed'", "2.5", "-0.0", "0x10", "0o17", "1_000", "+5",
+    "'percentile(x, 101)'", "'top(x, 0)'", "'top(x, 99999999999999999999)'",
+    "'approx_count_distinct()'", "'avg(a, b)'", "'%{NOPE:x}'", "'%{INT:x:long}'",
+    "'(?<=a)%{INT:x}'", "'%{a}%{b}'", "'%{+a} %{a}'", "'%{'", "keep", "drop", "dead-letter",
+    "'%d/%b/%Y'", "ISO8601", "epoch_ms", "Mars/Olympus", "iso",
 ]
 KEYS = ["pipeline", "workers", "memory_mb", "checkpoint", "executor", "emit", "path",
         "schema", "field", "equals", "in", "drop", "columns", "by", "metrics", "rename",
         "remove", "set", "copy", "convert", "missing", "block_size", "every_records",
         "every_seconds", "enabled", "strict", "type", "scheduler", "partition_mb", "fork",
         "pth", "Pipeline", "? [a]", "? {b: 1}", "<<", "''", "'a.b'", "'x/y'", "'\\0'",
-        "'\\udc80'", "1", "null", "true", "[x]"]
+        "'\\udc80'", "1", "null", "true", "[x]", "on_failure", "match", "pattern", "patterns",
+        "formats", "timezone", "target", "as", "field_split", "value_split", "prefix", "mode",
+        "if", "compute"]
 STAGES = ["file-input", "json-decode", "where", "mutate", "dedupe", "count", "aggregate",
           "site-state-reducer", "sorted-stdout-output", "summary-json-output",
-          "jsonl-output", "csv-output", "fork", "nope", ".relative:X", "os:system",
+          "jsonl-output", "csv-output", "fork", "route", "grok", "dissect", "date", "kv",
+          "routed", "nope", ".relative:X", "os:system",
           "pipeline:Stage", "stages.where:Where", "a..b:C", "json:loads", "nope.nope:Nope",
           "stages.nope:X", "pipeline.config:PipelineConfig"]
 TOP = ["workers: 1000000000", "workers: -3", "workers: 2", "workers: 1.5",
