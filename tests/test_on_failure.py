@@ -287,3 +287,25 @@ def test_json_decode_failure_counts_resume():
     out = check_resume(lambda: JsonDecode(schema="object", on_failure="keep"),
                        [lines, lines, lines])
     assert out.counters["kept_with_failures"] == 3
+
+
+def test_keep_and_drop_are_the_same_with_two_workers(tmp_path):
+    """In parts (2 workers) the kept records come out in file order, as in one process."""
+    from conftest import generate
+    log = generate(tmp_path / "log.jsonl", 30000, 5, "--bad-rate", "0.02")
+    stages = ("  - json-decode: {schema: object, on_failure: %s}\n"
+              "  - where: {if: \"coalesce(timestamp, 1) > 0\", on_failure: %s}\n")
+    for policy in ("keep", "drop"):
+        outs = []
+        for workers in ("1", "2"):
+            (tmp_path / "p.yaml").write_text(
+                "pipeline:\n  - file-input: {path: in.jsonl}\n" + stages % (policy, policy) +
+                "  - jsonl-output: {path: '-'}\n")
+            p = cli("-c", str(tmp_path / "p.yaml"), "-f", str(log), "-w", workers,
+                    "--memory-mb", "1024", "--state-dir", str(tmp_path / f"s{workers}"),
+                    "--fresh")
+            assert p.returncode == 0, p.stderr
+            outs.append((p.stdout, p.stderr.splitlines()[-1]))
+        assert outs[0] == outs[1]
+        kept = outs[0][0].count('"_failures"')
+        assert (kept > 200) == (policy == "keep")
