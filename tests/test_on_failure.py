@@ -292,6 +292,7 @@ def test_json_decode_failure_counts_resume():
 def test_keep_and_drop_are_the_same_with_two_workers(tmp_path):
     """In parts (2 workers) the kept records come out in file order, as in one process."""
     from conftest import generate
+    from pipeline.state.checkpoint import read_checked_json
     log = generate(tmp_path / "log.jsonl", 30000, 5, "--bad-rate", "0.02")
     stages = ("  - json-decode: {schema: object, on_failure: %s}\n"
               "  - where: {if: \"coalesce(timestamp, 1) > 0\", on_failure: %s}\n")
@@ -300,12 +301,15 @@ def test_keep_and_drop_are_the_same_with_two_workers(tmp_path):
         for workers in ("1", "2"):
             (tmp_path / "p.yaml").write_text(
                 "pipeline:\n  - file-input: {path: in.jsonl}\n" + stages % (policy, policy) +
-                "  - jsonl-output: {path: '-'}\n")
+                f"  - jsonl-output: {{path: out{workers}.jsonl}}\n")
+            state = tmp_path / f"s{workers}"
             p = cli("-c", str(tmp_path / "p.yaml"), "-f", str(log), "-w", workers,
-                    "--memory-mb", "1024", "--state-dir", str(tmp_path / f"s{workers}"),
-                    "--fresh")
+                    "--memory-mb", "1024", "--state-dir", str(state), "--fresh", cwd=tmp_path)
             assert p.returncode == 0, p.stderr
-            outs.append((p.stdout, p.stderr.splitlines()[-1]))
+            outs.append(((tmp_path / f"out{workers}.jsonl").read_text(),
+                         p.stderr.splitlines()[-1]))
+            plans = list(state.glob("*/plan.json"))
+            assert bool(plans and read_checked_json(plans[0])["parts"]) == (workers == "2")
         assert outs[0] == outs[1]
         kept = outs[0][0].count('"_failures"')
         assert (kept > 200) == (policy == "keep")
