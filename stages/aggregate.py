@@ -17,7 +17,9 @@ from pipeline.contracts import missing_fields
 from pipeline.keyed import ArrowTables, KeyedReducer, ReduceIO
 
 from . import aggregate_sketches as sketches
-from .aggregate_values import _extremes, _firsts, _sum_result, _sums, number_kinds, order_key
+from .aggregate_values import (_distincts, _extremes, _firsts, _quantiles, _sum_result, _sums,
+                               order_key)
+from .aggregate_values import identity_key as _key
 from .failures import DROPPED, KEPT, ON_FAILURE
 from .fields import MISSING, column, path_of, set_in, show
 
@@ -37,14 +39,6 @@ class Metric(NamedTuple):
     arg: Any = None  # top's N (an int), percentile's P (a Fraction)
 
 
-def _missing_as_null(obj: Any) -> None:
-    if obj is MISSING:
-        return None
-    raise TypeError(f"aggregate cannot compare a {type(obj).__name__}: {obj!r}")
-
-
-# a group's or a value's identity: its JSON text, object keys sorted, MISSING as null
-_key = msgspec.json.Encoder(order="sorted", enc_hook=_missing_as_null).encode
 _SUMMABLE = {int, float, type(None), type(MISSING)}
 
 
@@ -495,18 +489,14 @@ class Aggregate(KeyedReducer):
         keep = np.flatnonzero(c >= nth[run])
         texts = table.column("v").take(keep).to_pylist()
         groups = table.column("g").take(starts).to_pylist()
-        kept_run, kept_c = run[keep].tolist(), c[keep].tolist()
+        kept_c = c[keep].tolist()
+        bounds = np.searchsorted(run[keep], np.arange(len(starts) + 1)).tolist()  # per run
         items = []
-        lo = 0
         for r, (group, metric) in enumerate(zip(groups, m[starts].tolist())):
-            hi = lo
-            while hi < len(kept_run) and kept_run[hi] == r:
-                hi += 1
-            pairs = list(zip(texts[lo:hi], kept_c[lo:hi]))
+            pairs = list(zip(texts[bounds[r]:bounds[r + 1]], kept_c[bounds[r]:bounds[r + 1]]))
             if len(pairs) > tops[metric]:
                 pairs = _top_pairs(pairs, tops[metric])
             items.append((group, metric, pairs))
-            lo = hi
         self._send(io, "tops", items)
 
     def _groups(self, bucket: int, io: ReduceIO) -> list[tuple[Any, Any]]:
@@ -594,29 +584,3 @@ def _top_pairs(pairs: list[tuple[bytes, int]], n: int) -> list[tuple[bytes, int]
     """The n most frequent of (value's JSON text, count) pairs, ties in value order."""
     return heapq.nsmallest(n, pairs, key=lambda p: (-p[1], order_key(_decode(p[0]))))
 
-
-def _quantiles(i: int, col: list[Any], gids: list[int], accs: list[list[Any]]) -> None:
-    """Each group's percentile state of one batch's column (numbers, checked before)."""
-    kinds = number_kinds(col)
-    picked = np.flatnonzero(kinds)
-    if not len(picked):
-        return
-    values = sketches.as_doubles([col[j] for j in picked.tolist()])
-    floats = kinds[picked] == 2
-    g = np.array(gids, np.int64)[picked]
-    order = np.argsort(g, kind="stable")
-    g, values, floats = g[order], values[order], floats[order]
-    cuts = np.flatnonzero(np.diff(g)) + 1
-    for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(g)]):
-        accs[int(g[lo])][i] = sketches.quantile_state(values[lo:hi],
-                                                       not floats[lo:hi].any())
-
-
-def _distincts(i: int, col: list[Any], gids: list[int], accs: list[list[Any]]) -> None:
-    """Each group's approx_count_distinct state of one batch's column."""
-    sets: dict[int, set[bytes]] = {}
-    for g, v in zip(gids, col):
-        if v is not None and v is not MISSING:
-            sets.setdefault(g, set()).add(_key(v))
-    for g, texts in sets.items():
-        accs[g][i] = sketches.distinct_state(texts)

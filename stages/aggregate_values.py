@@ -1,5 +1,6 @@
-"""aggregate's values: their identity, their total order, and each group's min, max and
-exact sum of one column, the per-record work of stages/aggregate.py."""
+"""aggregate's values: their identity, their total order, and each group's partial
+metrics of one batch's column (min, max, exact sums, first and last, the percentile
+and distinct-count states), the per-record work of stages/aggregate.py."""
 from __future__ import annotations
 
 import math
@@ -9,11 +10,21 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from . import aggregate_sketches as sketches
 from .fields import MISSING
 
 SCALE = 1074  # every finite double is an integer multiple of 2**-1074
-_encode = msgspec.json.Encoder(order="sorted").encode
 _NONE = object()
+
+
+def _missing_as_null(obj: Any) -> None:
+    if obj is MISSING:
+        return None
+    raise TypeError(f"aggregate cannot compare a {type(obj).__name__}: {obj!r}")
+
+
+# a group's or a value's identity: its JSON text, object keys sorted, MISSING as null
+identity_key = msgspec.json.Encoder(order="sorted", enc_hook=_missing_as_null).encode
 
 # one partial aggregate: [records, slot per metric]; a slot is None until a value came:
 #   min/max: (order key, value)    sum: [int total, float total * 2**1074, all -0.0]
@@ -26,7 +37,7 @@ _NONE = object()
 def json_identity(value: Any) -> str:
     """The group's (or a distinct value's) identity: its JSON text, object keys sorted.
     Equal texts are equal values: 1, 1.0, "1" and true are four different values."""
-    return _encode(value).decode()
+    return identity_key(value).decode()
 
 
 def order_key(value: Any) -> tuple[Any, ...]:
@@ -220,3 +231,30 @@ def _sum_result(s: list[Any], count: int | None = None) -> Any:
         return exact / ((count or 1) << SCALE)  # int / int: correctly rounded
     except OverflowError:
         return None  # beyond the double range
+
+
+def _quantiles(i: int, col: list[Any], gids: list[int], accs: list[list[Any]]) -> None:
+    """Each group's percentile state of one batch's column (numbers, checked before)."""
+    kinds = number_kinds(col)
+    picked = np.flatnonzero(kinds)
+    if not len(picked):
+        return
+    values = sketches.as_doubles([col[j] for j in picked.tolist()])
+    floats = kinds[picked] == 2
+    g = np.array(gids, np.int64)[picked]
+    order = np.argsort(g, kind="stable")
+    g, values, floats = g[order], values[order], floats[order]
+    cuts = np.flatnonzero(np.diff(g)) + 1
+    for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(g)]):
+        accs[int(g[lo])][i] = sketches.quantile_state(values[lo:hi],
+                                                       not floats[lo:hi].any())
+
+
+def _distincts(i: int, col: list[Any], gids: list[int], accs: list[list[Any]]) -> None:
+    """Each group's approx_count_distinct state of one batch's column."""
+    sets: dict[int, set[bytes]] = {}
+    for g, v in zip(gids, col):
+        if v is not None and v is not MISSING:
+            sets.setdefault(g, set()).add(identity_key(v))
+    for g, texts in sets.items():
+        accs[g][i] = sketches.distinct_state(texts)
