@@ -102,10 +102,8 @@ class Date(OnFailure, Processor):
             keep = np.ones(len(batch), dtype=bool)
             keep[list(failed)] = False
             keep[list(kept)] = True
-            out = self._write(batch, micros, keep, set(failed))
-            if kept:
-                at = np.searchsorted(np.flatnonzero(keep), list(kept))
-                self.tag(out, dict(zip(at.tolist(), kept.values())))
+            out = self._write(batch, micros, keep, set(failed), bool(kept))
+            self.tag_rows(out, np.flatnonzero(keep), kept)
             yield out
 
     # -- parsing ----------------------------------------------------------------------------
@@ -153,10 +151,8 @@ class Date(OnFailure, Processor):
             naive = _cast(pc.if_else(aware, None, texts), pa.timestamp("us"))
         else:
             parsed = pc.strptime(texts, format=fmt, unit="us", error_is_null=True)
-            utc = parsed if parsed.type.tz is not None or "%z" in fmt else None
-            naive = None if utc is not None else parsed
-            if utc is not None and parsed.type.tz is None:
-                utc = pc.assume_timezone(parsed, "UTC")
+            # with %z Arrow gives UTC times; without, local ones
+            utc, naive = (parsed, None) if parsed.type.tz is not None else (None, parsed)
         got = np.zeros(n, dtype=np.int64)
         ok = np.zeros(n, dtype=bool)
         if utc is not None:
@@ -187,7 +183,8 @@ class Date(OnFailure, Processor):
         return pc.if_else(gap, None, utc)
 
     # -- writing ----------------------------------------------------------------------------
-    def _write(self, batch: Any, micros: np.ndarray, keep: np.ndarray, failed: set[int]) -> Any:
+    def _write(self, batch: Any, micros: np.ndarray, keep: np.ndarray, failed: set[int],
+               tagged: bool) -> Any:
         """The records kept, each read time written to the target (a failed one, kept,
         is left as it was)."""
         import pyarrow as pa
@@ -199,8 +196,7 @@ class Date(OnFailure, Processor):
                                "%Y-%m-%dT%H:%M:%SZ")  # seconds with 6 decimals: trimmed
             text = pc.replace_substring_regex(text, r"\.0+Z$", "Z")
             array = pc.replace_substring_regex(text, r"(\.[0-9]*[1-9])0+Z$", r"\1Z")
-        if batch.__class__ is Columns and len(self.path) == 1 and \
-                not (keep & _mask(failed, len(keep))).any():
+        if batch.__class__ is Columns and len(self.path) == 1 and not tagged:
             return batch.with_column(self.path[0], array).filter(keep)
         records = as_records(batch)
         rows = np.flatnonzero(keep).tolist()
@@ -209,16 +205,10 @@ class Date(OnFailure, Processor):
         for k, i in enumerate(rows):
             if i in failed:
                 continue
-            record = dict(out[k]) if isinstance(out[k], dict) else out[k]
+            record = dict(out[k])
             set_in(record, self.path, values[i])
             out[k] = record
         return out
-
-
-def _mask(rows: set[int], n: int) -> np.ndarray:
-    mask = np.zeros(n, dtype=bool)
-    mask[list(rows)] = True
-    return mask
 
 
 def _number(v: Any) -> float | None:

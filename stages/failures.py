@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from pipeline import ANY, Option
 from pipeline.columns import Columns
@@ -89,6 +90,13 @@ class OnFailure:
             new[FIELD] = entries
             records[i] = new
 
+    def tag_rows(self, out: list[Any], rows: Any, kept: dict[int, Any]) -> None:
+        """tag() the records of `out` that `kept` names by their place in the batch the
+        stage was given; `rows`: that place for each record of `out`, ascending."""
+        if kept:
+            at = np.searchsorted(np.asarray(rows), list(kept))
+            self.tag(out, dict(zip(at.tolist(), kept.values())))
+
     def failure_counts(self) -> dict[str, int]:
         """For snapshot() and counters(): what keep and drop did so far."""
         return {KEPT: self.failures_kept, DROPPED: self.failures_dropped}
@@ -105,6 +113,12 @@ class OnFailure:
 
     def counters(self) -> dict[str, int]:
         return self.failure_counts()
+
+
+def line_record(raw: bytes) -> dict[str, Any]:
+    """What a raw line a parser fails on becomes with `keep`: {"message": the line},
+    invalid UTF-8 replaced by U+FFFD (the stage then tags it)."""
+    return {"message": raw.decode("utf-8", "replace")}
 
 
 def with_failure_field(options: dict[str, Any], fields: Any) -> Any:

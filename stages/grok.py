@@ -10,7 +10,7 @@ import numpy as np
 from pipeline import Batch, Option, Processor
 from pipeline.columns import Columns
 
-from .failures import FIELD, ON_FAILURE, OnFailure, as_records
+from .failures import FIELD, ON_FAILURE, OnFailure, as_records, line_record
 from .fields import MISSING, column, json_type, text_source_problem
 from .grok_patterns import PATTERNS
 
@@ -313,12 +313,12 @@ class Grok(OnFailure, Processor):
         rows = np.flatnonzero(matched)
         if kept:  # each kept line as {"message": ..., "_failures": [...]}, in line order
             records = as_records(self._columns(batch, values, rows))
-            made = {i: {"message": batch[i].decode("utf-8", "replace")} for i in kept}
+            made = {i: line_record(batch[i]) for i in kept}
             every = sorted([*rows.tolist(), *made])
             by_row = dict(zip(rows.tolist(), records))
             out = Batch([by_row.get(i) or made[i] for i in every], source=batch.source,
                         origins=batch.line_origins(np.asarray(every, dtype=np.int64)))
-            self.tag(out, {k: kept[i] for k, i in enumerate(every) if i in kept})
+            self.tag_rows(out, every, kept)
             return out
         return self._columns(batch, values, rows)
 
@@ -354,9 +354,7 @@ class Grok(OnFailure, Processor):
             out.append(record)
         result = records.take(np.flatnonzero(keep).tolist())
         result[:] = out
-        if kept:
-            at = np.searchsorted(np.flatnonzero(keep), list(kept))
-            self.tag(result, dict(zip(at.tolist(), kept.values())))
+        self.tag_rows(result, np.flatnonzero(keep), kept)
         return result
 
 

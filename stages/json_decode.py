@@ -15,7 +15,7 @@ from pipeline import Batch, Option, Processor
 from pipeline.columns import Columns
 from pipeline.config import suggest
 
-from .failures import FIELD, ON_FAILURE, OnFailure
+from .failures import FIELD, ON_FAILURE, OnFailure, line_record
 from .fields import MISSING, column, get_in, json_type, path_of, set_in, show
 from .site_event import SITE_EVENT_FIELDS, SiteEventType
 
@@ -377,8 +377,8 @@ class JsonDecode(OnFailure, Processor):
         """on_failure: keep: each line it failed on as {"message": the line (invalid
         UTF-8 replaced), "_failures": [...]}, among the records in line order; returns
         the records' line indices."""
-        made = [{"message": batch[i].decode("utf-8", "replace"),
-                 FIELD: [{"stage": self.name, "reason": why}]} for i, why in self._kept]
+        made = [{**line_record(batch[i]), FIELD: [{"stage": self.name, "reason": why}]}
+                for i, why in self._kept]
         at = np.concatenate([lines, np.array([i for i, _ in self._kept], np.int64)])
         self._kept.clear()
         order = np.argsort(at, kind="stable")

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline import Batch, Option, Processor
 
-from .failures import ON_FAILURE, OnFailure, as_records
+from .failures import ON_FAILURE, OnFailure, as_records, line_record
 from .fields import MISSING, column, json_type, text_source_problem
 
 
@@ -99,19 +99,18 @@ class Kv(OnFailure, Processor):
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 failed[i] = f"invalid UTF-8 at byte {exc.start}"
-                made.append({"message": raw.decode("utf-8", "replace")})
+                made.append(line_record(raw))
                 continue
             fields = self.pairs(text)
             if not fields:
                 failed[i] = "no key=value pairs"
-                fields = {"message": text}
+                fields = line_record(raw)
             made.append(fields)
         kept = self.failed(batch, failed)
         rows = [i for i in range(len(batch)) if i not in failed or i in kept]
         out = Batch([made[i] for i in rows], source=batch.source,
                     origins=batch.line_origins(np.asarray(rows, dtype=np.int64)))
-        if kept:
-            self.tag(out, {k: kept[i] for k, i in enumerate(rows) if i in kept})
+        self.tag_rows(out, rows, kept)
         return out
 
     def _records(self, batch: Any) -> Any:
@@ -135,6 +134,5 @@ class Kv(OnFailure, Processor):
         for k, i in enumerate(rows):
             if made.get(i):
                 out[k] = {**out[k], **made[i]}
-        if kept:
-            self.tag(out, {k: kept[i] for k, i in enumerate(rows) if i in kept})
+        self.tag_rows(out, rows, kept)
         return out

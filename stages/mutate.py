@@ -404,8 +404,7 @@ class Mutate(OnFailure, Processor):
             tags = self.failed(batch, failures)
             out = batch.take(kept)
             out[:] = records  # the changed records, with their originals' origins
-            if tags:
-                self.tag(out, {k: tags[i] for k, i in enumerate(kept) if i in tags})
+            self.tag_rows(out, kept, tags)
             yield self._computed(out, batch, np.asarray(kept, dtype=np.int64)) \
                 if self.computes else out
 

@@ -154,9 +154,7 @@ class Where(OnFailure, Processor):
             return batch.filter(keep), len(failed)
         rows = np.flatnonzero(keep)
         out = batch.take(rows.tolist())
-        if kept:
-            at = np.searchsorted(rows, list(kept))  # where each is in `out`
-            self.tag(out, dict(zip(at.tolist(), kept.values())))
+        self.tag_rows(out, rows, kept)
         return out, len(failed) - len(kept)
 
     def _matches(self, batch: Columns) -> np.ndarray:
