@@ -187,7 +187,13 @@ class KeyedReducer(Reducer):
         the spill itself is only flushed, and goes on growing."""
         yield from self._reduce_here(memory_bytes, count=False)
 
-    def _reduce_here(self, memory_bytes: int, count: bool) -> Iterator[Batch]:
+    def reduced_pairs(self, memory_bytes: int = 256 << 20) -> Iterator[list[Any]]:
+        """This reducer's own spill reduced here, as lists of (key, record) pairs in key
+        order (a followed run's window, closing); counted like finish()."""
+        yield from self._reduce_here(memory_bytes, count=True, pairs=True)
+
+    def _reduce_here(self, memory_bytes: int, count: bool, pairs: bool = False
+                     ) -> Iterator[Any]:
         writer = self._writer()
         self.settle()
         writer.mark(durable=False)  # every row so far readable on disk
@@ -203,7 +209,10 @@ class KeyedReducer(Reducer):
                     if count and not key.startswith("_"):
                         self.reduced[key] = self.reduced.get(key, 0) + n
                 dirs.append(out)
-            yield from result_batches(self, dirs[-1:], self.nbuckets)
+            if pairs:
+                yield from merged_results(self, dirs[-1:], self.nbuckets, keyed=True)
+            else:
+                yield from result_batches(self, dirs[-1:], self.nbuckets)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -307,12 +316,13 @@ def merge_sorted_frames(streams: list[Iterator[list[Any]]]) -> Iterator[list[Any
                     head[i] = frame
 
 
-def merged_results(stage: KeyedReducer, dirs: list[str], nbuckets: int) -> Iterator[list[Any]]:
-    """Every bucket's result records, merged by key, a list at a time; one frame per
-    bucket in memory."""
+def merged_results(stage: KeyedReducer, dirs: list[str], nbuckets: int,
+                   keyed: bool = False) -> Iterator[list[Any]]:
+    """Every bucket's result records (or, `keyed`, (key, record) pairs), merged by key,
+    a list at a time; one frame per bucket in memory."""
     reader = SpillReader(dirs, stage.all_sets())
     for pairs in merge_sorted_frames([reader.frames(RESULT, b) for b in range(nbuckets)]):
-        yield [record for _key, record in pairs]
+        yield pairs if keyed else [record for _key, record in pairs]
 
 
 def bucket_batches(stage: KeyedReducer, dirs: list[str], buckets: Iterable[int]

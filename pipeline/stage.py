@@ -121,7 +121,8 @@ KINDS = {
               "list, dict)",
     "site-event": "chat-log records (json-decode's site-event schema)",
     "summary-row": "(site_id, messages, emails, operators, visitors) tuples",
-    "count-row": "(value, count) tuples",
+    "count-row": "(value, count) tuples; with a window, (window_start, window_end, value, "
+                 "count)",
     ANY: "anything: the stage does not say",
 }
 
@@ -220,6 +221,10 @@ class Stage:
 
     def restore(self, state: Any) -> None:
         """Continue from a value `snapshot()` returned."""
+
+    def committed(self) -> None:
+        """The checkpoint holding the last `snapshot()` is durable: files that only
+        older checkpoints needed may be deleted now."""
 
     def counters(self) -> dict[str, int]:
         """Named counts for the end-of-run report, e.g. {'lines': 10}."""

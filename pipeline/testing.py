@@ -47,6 +47,7 @@ class Context:
         self.rejected: list[tuple[Any, str, dict[str, Any]]] = []
         self.stop = None
         self.emitting = False
+        self.following = False
 
     def reject(self, raw: Any, reason: str, **where: Any) -> None:
         self.rejected.append((raw, reason, where))
@@ -79,10 +80,11 @@ def _records(batches: Iterable[Any]) -> list[list[Any]]:
 
 
 def check_resume(make: Callable[[], Stage], batches: list[Batch] | None = None,
-                 workdir: str | os.PathLike | None = None) -> Outcome:
+                 workdir: str | os.PathLike | None = None, following: bool = False) -> Outcome:
     """Check `make()`'s stage at every batch boundary (see the module docstring);
     return what the straight run did. `workdir` holds a keyed reducer's spill files
-    (default: a temporary directory)."""
+    (default: a temporary directory); `following`: a reducer runs as in a followed run
+    (`--follow`: a windowed one emits only the windows its watermark closed)."""
     stage = make()
     scratch = None
     if workdir is None:
@@ -101,9 +103,9 @@ def check_resume(make: Callable[[], Stage], batches: list[Batch] | None = None,
         elif isinstance(stage, Reducer):
             assert batches is not None, "a reducer needs the batches it is given"
             spill = os.path.join(str(workdir), f"spill-{stage.name}")
-            straight = _reducer(make, batches, len(batches), spill)
+            straight = _reducer(make, batches, len(batches), spill, following)
             cuts = range(len(batches))
-            again = lambda cut: _reducer(make, batches, cut, spill)  # noqa: E731
+            again = lambda cut: _reducer(make, batches, cut, spill, following)  # noqa: E731
         elif isinstance(stage, Processor):
             assert batches is not None, "a processor needs the batches it is given"
             straight = _processor(make, batches, len(batches))
@@ -155,10 +157,11 @@ def _processor(make: Callable[[], Any], batches: list[Batch], cut: int) -> Outco
     return Outcome(out, stage.counters(), ctx.rejected)
 
 
-def _reducer(make: Callable[[], Any], batches: list[Batch], cut: int, spill_dir: str
-             ) -> Outcome:
+def _reducer(make: Callable[[], Any], batches: list[Batch], cut: int, spill_dir: str,
+             following: bool = False) -> Outcome:
     shutil.rmtree(spill_dir, ignore_errors=True)
     ctx = Context()
+    ctx.following = following
     stage = make()
     stage.open(ctx)
     if isinstance(stage, KeyedReducer):

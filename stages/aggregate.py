@@ -22,6 +22,7 @@ from .aggregate_values import (_distincts, _extremes, _firsts, _quantiles, _sum_
 from .aggregate_values import identity_key as _key
 from .failures import DROPPED, KEPT, ON_FAILURE
 from .fields import MISSING, column, path_of, set_in, show
+from .windows import CLOSED, WINDOW, WINDOW_FIELDS, Windowed, names_problem, window_of, with_closed
 
 FUNCTIONS = ("count", "count_distinct", "approx_count_distinct", "min", "max", "sum", "avg",
              "first", "last", "top", "percentile")
@@ -79,7 +80,7 @@ def parse_metric(spec: Any) -> Metric | str:
     return Metric(func, field)
 
 
-class Aggregate(KeyedReducer):
+class Aggregate(Windowed, KeyedReducer):
     """Group records by fields and compute metrics of each group.
 
         - aggregate:
@@ -132,6 +133,11 @@ class Aggregate(KeyedReducer):
     that metric (`count` still counts it). Every metric is independent of how the input
     was split over workers, and of where a killed run resumed.
 
+    With `window: {field: ts, size: 1m, slide: 1m, allowed_lateness: 0s}`, groups are
+    per event-time window too: each row starts with window_start and window_end, and
+    rows come out by window, then group (see stages/windows.py; a followed run emits a
+    window once the watermark passes its end).
+
     The state is spilled by a hash of the group (partial aggregates of about 65,536
     records at a time, and the distinct (group, value) pairs of distinct counts and top
     values, as Arrow tables), so memory does not grow with the number of groups; equal
@@ -148,8 +154,10 @@ class Aggregate(KeyedReducer):
                                     "avg(F) | first(F) | last(F) | top(F, N) | "
                                     "percentile(F, P)}, in output order"),
         ON_FAILURE,
+        WINDOW,
     )
-    spills = {"partials": None, "distinct": ArrowTables(), "dcounts": None, "tops": None}
+    spills = {"partials": None, "distinct": ArrowTables(), "dcounts": None, "tops": None,
+              CLOSED: None}
     loads = ("pyarrow",)
     order_free = True  # any order, unless first() or last() is asked: see is_order_free
     columnar = True  # its fields are read a column at a time from either
@@ -181,6 +189,8 @@ class Aggregate(KeyedReducer):
             parsed = parse_metric(spec)
             if isinstance(parsed, str):
                 return f"stage 'aggregate': metric {name!r}: {parsed}"
+        if options.get("window") is not None:
+            return names_problem("aggregate", [*by, *metrics])
         return None
 
     @classmethod
@@ -190,12 +200,16 @@ class Aggregate(KeyedReducer):
 
     @classmethod
     def output_fields(cls, options: dict[str, Any], given: Any) -> Any:
-        return tuple(options.get("by", [])) + tuple(options.get("metrics", {}))
+        window = WINDOW_FIELDS if options.get("window") is not None else ()
+        return window + tuple(options.get("by", [])) + tuple(options.get("metrics", {}))
 
     @classmethod
     def _used(cls, options: dict[str, Any]) -> list[str]:
         """The fields it reads: `by`, then the metrics' fields."""
         used = list(options.get("by", []))
+        window = window_of(options)
+        if window is not None:
+            used.append(window.field)
         for spec in options.get("metrics", {}).values():
             parsed = parse_metric(spec)
             if isinstance(parsed, Metric) and parsed.field is not None:
@@ -250,6 +264,7 @@ class Aggregate(KeyedReducer):
         self.held_raw = True  # whether held_keys are the `by` strings (see _hold_keys)
         self.held_orders: list[np.ndarray] = []  # their file order (first and last)
         self.failures_kept = self.failures_dropped = 0
+        self._init_window()
 
     @property
     def hold_rows(self) -> int:
@@ -263,39 +278,53 @@ class Aggregate(KeyedReducer):
         """Take one batch's group keys and metric fields (after sending the records
         whose field for sum, avg or percentile is not a number to the dead-letter file);
         once about `hold_rows` are held, fold them into partial aggregates and spill
-        them."""
+        them. With a window, each record's rows go to its windows (Windowed)."""
         n = len(batch)
         if not n:
             return
         records: Any = batch  # a Batch, or Columns: the getters read either
         cols = [c(records) for c in self.field_cols]
-        if self.numeric:
-            bad = self._reject_not_numbers(records, cols, batch.locate, batch.source)
-            if bad:
-                keep = [j for j in range(n) if j not in bad]
-                records = (records.take(keep) if isinstance(records, Columns)
-                           else [records[j] for j in keep])
-                cols = [[c[j] for j in keep] for c in cols]
-                n = len(records)
-                if not n:
-                    return
-        self._hold_keys(records, n)
+        bad = (self._reject_not_numbers(records, cols, batch.locate, batch.source)
+               if self.numeric else set())
+        bys = [c(records) for c in self.by_cols]
+        orders = self.orders(n) if self.ordered else None
+
+        def take(target: "Aggregate", at: Any, starts: Any) -> None:
+            pick = at.tolist()
+            keys_at = [[c[j] for j in pick] for c in bys]
+            if starts is not None:  # a batch run: the window is the group's first part
+                bound = self.win.bound  # type: ignore[union-attr]
+                keys_at.insert(0, [bound(s) for s in starts.tolist()])
+            target._take(keys_at, [[c[j] for j in pick] for c in cols], len(pick),
+                         None if orders is None else orders[at])
+        if self.win is not None:
+            self._windowed(records, batch.locate, batch.source, bad, take)
+        elif bad:
+            take(self, np.array([j for j in range(n) if j not in bad], np.int64), None)
+        else:
+            self._take(bys, cols, n, orders)
+
+    def _take(self, bys: list[list[Any]], cols: list[list[Any]], n: int,
+              orders: np.ndarray | None) -> None:
+        """Hold n rows: their group's values (`bys`, a list per field) and metric fields."""
+        if not n:
+            return
+        self._hold_keys(bys, n)
         for held, col in zip(self.held_cols, cols):
             held += col
         if self.ordered:
-            self.held_orders.append(self.orders(n))
+            self.held_orders.append(orders)
         if len(self.held_keys) >= self.hold_rows:
             self.settle()
 
-    def _hold_keys(self, records: Any, n: int) -> None:
-        """Hold each record's group: while every `by` value is a string, the strings
-        themselves (a tuple of them for several fields), which group as their JSON
-        texts would and are far quicker to hash; else the JSON texts (`_key`)."""
-        if not self.by_cols:
+    def _hold_keys(self, cols: list[list[Any]], n: int) -> None:
+        """Hold each row's group: while every group value is a string, the strings
+        themselves (a tuple of them with several fields), which are cheap to hash;
+        else the JSON texts (`_key`)."""
+        if not cols:
             self.held_raw = False
             self.held_keys += [b"[]"] * n
             return
-        cols = [c(records) for c in self.by_cols]
         if not self.held_keys:
             self.held_raw = True
         if self.held_raw and all(set(map(type, col)) == {str} for col in cols):
@@ -414,11 +443,13 @@ class Aggregate(KeyedReducer):
         return set(bad)
 
     def snapshot(self) -> dict[str, Any]:
-        return {**super().snapshot(), KEPT: self.failures_kept, DROPPED: self.failures_dropped}
+        return {**super().snapshot(), KEPT: self.failures_kept, DROPPED: self.failures_dropped,
+                **self.window_state()}
 
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self.failures_kept, self.failures_dropped = state[KEPT], state[DROPPED]
+        self.restore_windows(state)
 
     def counters(self) -> dict[str, int]:
         return {**super().counters(), KEPT: self.failures_kept, DROPPED: self.failures_dropped}
@@ -431,7 +462,13 @@ class Aggregate(KeyedReducer):
 
     # -- reduce side ------------------------------------------------------------------
     def reduce(self, phase: int, bucket: int, io: ReduceIO) -> Iterable[tuple[Any, Any]] | None:
-        return self._values(bucket, io) if phase == 0 else self._groups(bucket, io)
+        if phase == 0:
+            return self._values(bucket, io)
+        return with_closed(self._groups(bucket, io), io, bucket)
+
+    def closed_pair(self, start: Any, end: Any, key: Any, record: Any) -> tuple[Any, Any]:
+        return ((order_key(start), *key),
+                {"window_start": start, "window_end": end, **record})
 
     def _values(self, bucket: int, io: ReduceIO) -> None:
         """Phase 0: this bucket's distinct (metric, group, value) triples, counted: how
@@ -521,7 +558,10 @@ class Aggregate(KeyedReducer):
         for key, acc in accs.items():
             values = _decode(key)
             record: dict[str, Any] = {}
-            for path, value in zip(self.by_paths, values):
+            if self.win is not None:  # a batch run's window: the first value
+                record["window_start"] = values[0]
+                record["window_end"] = self.win.end(values[0])
+            for path, value in zip(self.by_paths, values[self.win is not None:]):
                 if len(path) == 1:
                     record[path[0]] = value
                 else:

@@ -73,6 +73,8 @@ class Checkpointer:
             return False
         finally:  # after a failure too: the next trigger tries again
             self.pending, self.last = 0, time.monotonic()
+        for stage in self.stages:  # what that checkpoint no longer needs may go now
+            stage.committed()
         self.count += 1
         self.good, self.failing = where or f"checkpoint {self.store.seq}", False
         return True

@@ -76,6 +76,8 @@ class Context:
         self.source = "the input"  # named in a read error the barrier reports
         self.stop: Any = parent.stop if parent is not None else None  # a stop request
         self.emitting = False  # outputs show a live run's current result (--follow)
+        # the map side of a followed run: windowed reducers emit a window once complete
+        self.following: bool = parent.following if parent is not None else False
         self.records_base = 0  # records() before this run (from the checkpoint resumed)
 
     def records(self) -> int:

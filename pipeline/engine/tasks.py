@@ -34,8 +34,9 @@ from pipeline.stage import Input, Output, Role, Stage
 from pipeline.state.checkpoint import CheckpointStore, read_checked_json, write_checked_json
 from pipeline.state.deadletter import DeadLetter
 
-STATE_VERSION = 7  # 3: checksums; 4: the engine's subpackages; 5: dedupe's string keys;
-#                    6: aggregate's distinct values as Arrow tables; 7: and their counts
+STATE_VERSION = 8  # 3: checksums; 4: the engine's subpackages; 5: dedupe's string keys;
+#                    6: aggregate's distinct values as Arrow tables; 7: and their counts;
+#                    8: windows (count's rows hold their window; the closed set)
 RESULT_FILE = "result.json"
 
 
@@ -215,7 +216,7 @@ def _do_map(settings: RunSettings, task: MapTask, env: Env) -> dict[str, Any]:
             raise Stopped(source.counters().get("lines", 0))
 
     following = source.unbounded()  # it ends when stopped
-    ctx.stop = env.stop
+    ctx.stop, ctx.following = env.stop, following
     if settings.checkpoint:  # an input that breaks off keeps what was read before it
         ctx.checkpoint = lambda: checkpointer.save(complete=False)
     try:
