@@ -409,3 +409,41 @@ def test_killed_or_stopped_mid_stream_no_window_is_emitted_twice_or_lost(tmp_pat
     dead = [json.loads(line) for line in (state / "dead_letter.jsonl").read_text()
             .splitlines()]
     assert [d["line"] for d in dead] == late
+
+
+# -- the shipped access-log job ------------------------------------------------------------
+def access_reference(path):
+    """configs/access_log.yaml's answer the plain way: a regular expression of the
+    combined format, strptime, and dicts."""
+    import re
+    from datetime import datetime
+    line_re = re.compile(r'^(\S+) \S+ \S+ \[([^\]]+)\] "[^"]*" (\d{3}) (\d+|-) "')
+    groups = {}
+    for line in path.read_text().splitlines():
+        m = line_re.match(line)
+        if m is None:
+            continue
+        ip, when, status, size = m.groups()
+        t = datetime.strptime(when, "%d/%b/%Y:%H:%M:%S %z").timestamp()
+        g = groups.setdefault((int(t // 60 * 60), status), [0, None, set()])
+        g[0] += 1
+        if size != "-":
+            g[1] = (g[1] or 0) + int(size)
+        g[2].add(ip)
+    return ["window_start,window_end,response,requests,bytes,clients"] + [
+        f"{s},{s + 60},{st},{n},{'' if b is None else b},{len(ips)}"
+        for (s, st), (n, b, ips) in sorted(groups.items())]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_access_log_job_gives_its_expected_output(tmp_path, workers):
+    access = ROOT / "tests" / "data" / "access"
+    expected = (access / "access_log.expected.csv").read_text()
+    assert expected.splitlines() == access_reference(access / "sample.log")
+    done = cli("-c", str(ROOT / "configs" / "access_log.yaml"), "-w", workers,
+               "--state-dir", str(tmp_path / "s"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected
+    assert len(expected.splitlines()) > 150
+    assert done.stderr.endswith("1,200 lines read, 1,197 records; rejected 3 of 1,200 lines "
+                                f"(reasons in {tmp_path / 's' / 'dead_letter.jsonl'})\n")
