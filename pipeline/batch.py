@@ -44,6 +44,8 @@ class Batch(list):
         array of indices), for the records made of them."""
         import numpy as np
 
+        if self.origins is not None:  # records of several lines (file-input's multiline)
+            return self.origins[0][keep], self.origins[1][keep]
         lengths = np.fromiter(map(len, self), np.int64, len(self)) + 1
         starts = np.empty(len(self) + 1, np.int64)
         starts[0] = self.first_offset or 0
@@ -57,6 +59,11 @@ class Batch(list):
         them, or is no longer than `size`)."""
         if len(self) <= size or self.first_line is None or self.first_offset is None:
             yield self
+            return
+        if self.origins is not None:
+            for a in range(0, len(self), size):
+                yield Batch(self[a:a + size], source=self.source,
+                            origins=(self.origins[0][a:a + size], self.origins[1][a:a + size]))
             return
         for a in range(0, len(self), size):
             line, offset = self.locate(a)

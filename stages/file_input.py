@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from pipeline import Batch, Input, InputError, Option, a_path, positive_at_most
 
+from . import multiline
 from .follow import Follower
 
 BOM = b"\xef\xbb\xbf"
@@ -59,6 +60,9 @@ class FileInput(Input):
     With `follow: true` (or `--follow`) the files are read to their end and then watched
     for appended lines until the run is stopped (see stages/follow.py); `-` is then read
     to its end as usual.
+
+    With `multiline: {pattern, negate, what, max_lines}`, several lines make one record
+    (see stages/multiline.py); a file is then read by one process.
     """
 
     name = "file-input"
@@ -70,6 +74,9 @@ class FileInput(Input):
                check=positive_at_most(1 << 30)),
         Option("follow", bool, False, "keep reading lines appended to the files until "
                                       "stopped (SIGINT/SIGTERM)"),
+        Option("multiline", dict, None, "lines joined into one record: {pattern: '^\\s', "
+                                        "negate: false, what: previous, max_lines: 500}",
+               check=multiline.check),
     )
 
     @classmethod
@@ -77,6 +84,9 @@ class FileInput(Input):
         path = options.get("path")
         if isinstance(path, list) and not path:
             return "stage 'file-input': option 'path' must be a non-empty list of paths"
+        if options.get("multiline") is not None and options.get("follow"):
+            return ("stage 'file-input': `multiline` cannot be used with `follow` yet (a "
+                    "followed file's last record could not know when it ends)")
         return None
 
     def __init__(self, **options: Any):
@@ -90,6 +100,8 @@ class FileInput(Input):
         self.lines_read = 0
         self.label: str | None = None  # the file named in rejects, when there are several
         self.follower: Follower | None = None  # the reader when following
+        joined = multiline.parse(self.multiline) if self.multiline is not None else None
+        self.joining = joined if isinstance(joined, multiline.Spec) else None
         if self.follow and "-" not in self.files:  # stdin is read to its end, as usual
             self.follower = Follower([os.path.abspath(f) for f in self.files],
                                      self.block_size, len(self.files) > 1)
@@ -120,7 +132,7 @@ class FileInput(Input):
             return ([("follow", 0, None)] if frontier is None else []), {"files": files}
         out: list[tuple[int, int, int | None]] = []
         for i, now in enumerate(files):
-            if not now["splittable"]:
+            if not now["splittable"] or self.joining is not None:
                 if frontier is None:
                     out.append((i, 0, None))
                 continue
@@ -403,7 +415,11 @@ class FileInput(Input):
             yield from self.follower.read()
             return
         while self.index < len(self.files):
-            yield from self._read_file()
+            if self.joining is not None:
+                source = self.files[self.index] if len(self.files) > 1 else self.label
+                yield from multiline.joined(self._read_file(), self.joining, self, source)
+            else:
+                yield from self._read_file()
             if self.index + 1 >= len(self.files):
                 return
             self.index, self.offset, self.line = self.index + 1, 0, 1
