@@ -260,4 +260,6 @@ def test_the_parse_benchmark_runs_small(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.splitlines()[-1] == "grok and dissect wrote the same records: yes"
-    assert [line.split()[0] for line in p.stdout.splitlines()[2:4]] == ["grok", "dissect"]
+    assert [line.split()[0] for line in p.stdout.splitlines()[2:6]] == [
+        "grok", "dissect", "grok-window", "dissect-window"]
+    assert "grok and dissect gave the same windows: yes" in p.stdout
