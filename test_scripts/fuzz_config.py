@@ -58,6 +58,10 @@ VALUES = [
     "'approx_count_distinct()'", "'avg(a, b)'", "'%{NOPE:x}'", "'%{INT:x:long}'",
     "'(?<=a)%{INT:x}'", "'%{a}%{b}'", "'%{+a} %{a}'", "'%{'", "keep", "drop", "dead-letter",
     "'%d/%b/%Y'", "ISO8601", "epoch_ms", "Mars/Olympus", "iso",
+    "{field: ts, size: 1m}", "{field: ts, size: 1m, slide: 2m}", "{field: ts, size: 0}",
+    "{field: ts, size: 1d, slide: 1ms}", "{field: ts, gap: 5m}", "'1.5ms'", "'5 m'", "90s",
+    "{pattern: '('}", "{pattern: '^\\s', what: next}", "{pattern: x, max_lines: 0}",
+    "previous", "next",
 ]
 KEYS = ["pipeline", "workers", "memory_mb", "checkpoint", "executor", "emit", "path",
         "schema", "field", "equals", "in", "drop", "columns", "by", "metrics", "rename",
@@ -66,7 +70,8 @@ KEYS = ["pipeline", "workers", "memory_mb", "checkpoint", "executor", "emit", "p
         "pth", "Pipeline", "? [a]", "? {b: 1}", "<<", "''", "'a.b'", "'x/y'", "'\\0'",
         "'\\udc80'", "1", "null", "true", "[x]", "on_failure", "match", "pattern", "patterns",
         "formats", "timezone", "target", "as", "field_split", "value_split", "prefix", "mode",
-        "if", "compute"]
+        "if", "compute", "window", "size", "slide", "allowed_lateness", "gap", "multiline",
+        "negate", "what", "max_lines"]
 STAGES = ["file-input", "json-decode", "where", "mutate", "dedupe", "count", "aggregate",
           "site-state-reducer", "sorted-stdout-output", "summary-json-output",
           "jsonl-output", "csv-output", "fork", "route", "grok", "dissect", "date", "kv",

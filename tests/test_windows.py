@@ -270,6 +270,21 @@ def test_windowed_stages_resume_after_any_batch(tmp_path, following):
                                      "top": [{"value": 0, "count": 1}]}
 
 
+def test_out_of_order_within_the_lateness_counts_and_beyond_it_is_late():
+    """Followed, size 60 s, allowed_lateness 30 s: after 100, a record at 95 (its window
+    ends at 120, past the watermark 70) counts; after 185 (watermark 155), one at 100 is
+    late; one at 130 (window [120, 180)) still counts."""
+    from stages.count import Count
+    times = [100, 130, 95, 185, 100, 130, 250]
+    batches = [Batch([{"ts": t, "status": "x"}], first_line=i + 1, first_offset=0)
+               for i, t in enumerate(times)]
+    out = check_resume(lambda: Count(field="status", window={
+        "field": "ts", "size": 60, "allowed_lateness": 30}), batches, following=True)
+    assert [r for batch in out.records for r in batch] == [(60, 120, "x", 2),
+                                                           (120, 180, "x", 2)]
+    assert [(r[2]["at"], r[1].split(":")[0]) for r in out.rejected] == [((5, 0), "late")]
+
+
 # -- followed runs ------------------------------------------------------------------------
 def follow_reference(records, size, slide, lateness):
     """The followed answer, the plain way: record by record in file order, a record
