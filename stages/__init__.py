@@ -25,9 +25,10 @@ def builtin_stages() -> list[type[Stage]]:
     from .parquet_output import ParquetOutput
     from .site_state_reducer import SiteStateReducer
     from .sorted_stdout_output import SortedStdoutOutput
+    from .sqlite_output import SqliteOutput
     from .summary_json_output import SummaryJsonOutput
     from .where import Where
 
     return [FileInput, JsonDecode, Grok, Dissect, Date, Kv, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
             SortedStdoutOutput, SummaryJsonOutput, JsonlOutput, CsvOutput,
-            ParquetOutput, Route, RouteBranch]
+            ParquetOutput, SqliteOutput, Route, RouteBranch]

@@ -34,6 +34,7 @@ VARIANTS = {  # the options each built-in is tried with
     "csv-output": [{"path": "out.csv", "columns": ["type", "site_id", "n"]}],
     "parquet-output": [{"path": "out.parquet", "columns": {"type": "json", "site_id": "json",
                                                            "n": "auto"}}],
+    "sqlite-output": [{"path": "out.db", "table": "t", "columns": ["type", "site_id", "n"]}],
 }
 MAKES = {  # how to get records of each kind before the stage under test
     "lines": [],

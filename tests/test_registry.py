@@ -29,7 +29,8 @@ def test_builtins_are_registered_by_name():
         "json-decode": "processor",
         "jsonl-output": "output", "kv": "processor", "mutate": "processor", "parquet-output": "output",
         "route": "processor", "routed": "processor", "site-state-reducer": "reducer",
-        "sorted-stdout-output": "output", "summary-json-output": "output",
+        "sorted-stdout-output": "output", "sqlite-output": "output",
+        "summary-json-output": "output",
         "where": "processor"}
 
 

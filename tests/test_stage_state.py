@@ -115,6 +115,9 @@ SAMPLES = {
     # run once at the end and hold no state between batches:
     "sorted-stdout-output": None,
     "summary-json-output": None,
+    # its state is in its database (rows committed, by job): tests/test_sqlite_output.py
+    # kills runs at random and checks the tables row for row
+    "sqlite-output": None,
 }
 
 

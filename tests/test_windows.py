@@ -161,8 +161,7 @@ def test_window_fields_may_not_collide_with_the_groups(tmp_path):
 
 
 # -- batch runs ----------------------------------------------------------------------------
-@pytest.mark.parametrize("seed", [1, 2, 3])
-@pytest.mark.parametrize("size, slide", [(60, 60), (180, 60), (90, 30)])
+@pytest.mark.parametrize("seed, size, slide", [(1, 60, 60), (2, 180, 60), (3, 90, 30)])
 def test_batch_windows_match_the_reference_with_one_and_two_workers(tmp_path, seed, size,
                                                                      slide):
     records = events(3000, seed)

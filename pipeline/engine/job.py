@@ -28,6 +28,7 @@ from pipeline.engine.progress import Progress
 from pipeline.engine.report import (Notices, RunReport, add_counters, append_rejects,
                                     collect_counters, copy_rejects, resume_notice, stage_metrics)
 from pipeline.engine.results import Capture, Results, captured
+from pipeline.engine.resume import job_key
 from pipeline.engine.runner import Context, flow_results
 from pipeline.engine.signals import NeverSet, StopRequest, stop_on_signals
 from pipeline.engine.streaming import stream
@@ -420,6 +421,7 @@ class Job:
         stages = [self.cfg.stages[i].build() for i in tail.stages]
         ctx = Context(dead)
         ctx.emitting = self.following if emitting is None else emitting
+        ctx.job = job_key(self.cfg, self.source)
         name = self.cfg.stages[leaf.stage].label if leaf.stage is not None else "capture"
         flow_results(source(), name, stages, ctx)
         if emitting:

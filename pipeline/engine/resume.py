@@ -8,6 +8,8 @@ the next one, and the last good checkpoint still stands.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
@@ -22,6 +24,13 @@ from pipeline.state.slot import clear_slot
 
 def _warn(text: str) -> None:
     print(f"sluice: warning: {text}", file=sys.stderr)
+
+
+def job_key(cfg: Any, source: Any) -> str:
+    """Which job a run is: its config and its input, as a short hash. An output that
+    remembers what it committed outside the state directory (a database) keys it so."""
+    body = json.dumps([cfg.identity(), source.identity()], sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:24]
 
 
 class Checkpointer:

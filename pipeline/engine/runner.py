@@ -79,6 +79,7 @@ class Context:
         # the map side of a followed run: windowed reducers emit a window once complete
         self.following: bool = parent.following if parent is not None else False
         self.records_base = 0  # records() before this run (from the checkpoint resumed)
+        self.job: str = parent.job if parent is not None else ""  # resume.job_key()
 
     def records(self) -> int:
         """Records the pipeline handled, over every run of this task: what the first

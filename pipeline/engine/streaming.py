@@ -8,7 +8,7 @@ from pipeline.config import PipelineConfig
 from pipeline.engine.options import JobOptions, every
 from pipeline.engine.progress import Progress, chain_hooks
 from pipeline.engine.report import Notices, RunReport, collect_counters, stage_metrics
-from pipeline.engine.resume import Checkpointer, open_slot, resumed_records
+from pipeline.engine.resume import Checkpointer, job_key, open_slot, resumed_records
 from pipeline.engine.runner import Context, flow
 from pipeline.engine.signals import StopRequest
 from pipeline.engine.tasks import STATE_VERSION
@@ -39,6 +39,7 @@ def stream(cfg: PipelineConfig, opts: JobOptions, notices: Notices, enabled: boo
             raise Stopped(src.counters().get("lines", 0))
     ctx = Context(dead)
     ctx.stop = request
+    ctx.job = job_key(cfg, source)
 
     def run(on_barrier: Any) -> None:
         request.arm()

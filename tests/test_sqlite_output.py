@@ -1,0 +1,185 @@
+"""sqlite-output: rows, types, upsert, errors that say what to do, and exactly once:
+killed (SIGKILL) at random moments and rerun, the tables equal an uninterrupted run's
+row for row, for a plain chain, a fork with an aggregate branch, and 2 workers."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, cli
+
+MAIN = str(ROOT / "main.py")
+
+
+def records(n, seed):
+    rng = random.Random(seed)
+    return [{"id": i, "site": f"s{rng.randint(0, 30)}", "n": rng.randint(0, 10**6),
+             "ok": rng.random() < 0.5, "tags": [rng.randint(0, 3)]} for i in range(n)]
+
+
+def write_log(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def table(db, name):
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(f"SELECT * FROM {name} ORDER BY rowid").fetchall()
+    finally:
+        conn.close()
+
+
+PLAIN = """pipeline:
+  - file-input: {path: in.jsonl, block_size: 65536}
+  - json-decode: {schema: object}
+  - where: {if: "n % 3 <> 0"}
+  - sqlite-output: {path: out.db, table: rows, columns: [id, site, n, ok, tags],
+                    batch_rows: 700}
+"""
+FORK = """pipeline:
+  - file-input: {path: in.jsonl, block_size: 65536}
+  - json-decode: {schema: object}
+  - fork:
+      raw:
+        - sqlite-output: {path: out.db, table: rows, columns: [id, site, n]}
+      sites:
+        - aggregate: {by: [site], metrics: {records: count, total: sum(n)}}
+        - sqlite-output:
+            path: out.db
+            table: sites
+            columns: {site: TEXT, records: INTEGER, total: INTEGER}
+            mode: upsert
+            key: [site]
+"""
+
+
+def run(tmp_path, cfg_text, *extra, env=None):
+    (tmp_path / "p.yaml").write_text(cfg_text)
+    return cli("-c", "p.yaml", "--state-dir", "s", *extra, cwd=tmp_path, env=env)
+
+
+def test_rows_and_values_as_sqlite_stores_them(tmp_path):
+    write_log(tmp_path / "in.jsonl", [
+        {"id": 1, "site": "a", "n": 2**70, "ok": True, "tags": [1, {"x": "é"}]},
+        {"id": 2, "n": 1.5, "ok": False, "tags": None}])
+    p = run(tmp_path, PLAIN.replace('if: "n % 3 <> 0"', "if: 'true'"))
+    assert p.returncode == 0, p.stderr
+    assert table(tmp_path / "out.db", "rows") == [
+        (1, "a", str(2**70), 1, '[1,{"x":"é"}]'), (2, None, 1.5, 0, None)]
+
+
+def test_a_finished_job_rerun_adds_nothing_and_upsert_replaces(tmp_path):
+    write_log(tmp_path / "in.jsonl", records(3000, 1))
+    p = run(tmp_path, FORK, "-w", "1")
+    assert p.returncode == 0, p.stderr
+    db = tmp_path / "out.db"
+    first = (table(db, "rows"), table(db, "sites"))
+    assert len(first[0]) == 3000 and len(first[1]) == 31
+    for extra in ((), ("--fresh",)):  # resumed as finished, and started over
+        assert run(tmp_path, FORK, *extra).returncode == 0
+        assert (table(db, "rows"), table(db, "sites")) == first
+    offsets = sqlite3.connect(db).execute("SELECT tbl, rows FROM sluice_offsets "
+                                          "ORDER BY tbl").fetchall()
+    assert offsets == [("rows", 3000), ("sites", 31)]
+    # the input grew: the same job goes on (its 10 new rows); upsert replaces the sums
+    grown = records(3000, 1) + records(10, 2)
+    write_log(tmp_path / "in.jsonl", grown)
+    assert run(tmp_path, FORK).returncode == 0
+    assert table(db, "rows") == first[0] + [(r["id"], r["site"], r["n"]) for r in grown[3000:]]
+    sites = {s: sum(r["n"] for r in grown if r["site"] == s) for _, s, _ in first[0]}
+    assert sorted((s, t) for s, _, t in table(db, "sites")) == sorted(sites.items())
+    # another job (the config changed) writes its rows again: insert adds, upsert replaces
+    assert run(tmp_path, FORK.replace("total: sum(n)}", "total: sum(n), x: count}")
+               ).returncode == 0
+    assert len(table(db, "rows")) == 2 * 3010 and len(table(db, "sites")) == 31
+
+
+@pytest.mark.parametrize("cfg_text, workers", [(PLAIN, "1"), (FORK, "1"), (FORK, "2")])
+def test_killed_at_random_the_tables_hold_each_row_once(tmp_path, cfg_text, workers):
+    write_log(tmp_path / "in.jsonl", records(100_000, 3))
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "in.jsonl").write_bytes((tmp_path / "in.jsonl").read_bytes())
+    began = time.monotonic()
+    assert run(ref, cfg_text, "-w", workers).returncode == 0
+    wall = time.monotonic() - began
+    names = ["rows"] + (["sites"] if cfg_text is FORK else [])
+    want = {name: table(ref / "out.db", name) for name in names}
+    (tmp_path / "p.yaml").write_text(cfg_text)
+    rng = random.Random(workers + str(len(cfg_text)))
+    kills = 0
+    for attempt in range(40):
+        proc = subprocess.Popen([sys.executable, MAIN, "-c", "p.yaml", "--state-dir", "s",
+                                 "-w", workers, "--checkpoint-every", "5000", "-q"],
+                                cwd=tmp_path, stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=rng.uniform(0.3, 0.9) * wall if kills < 6 else 120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0, proc.stderr.read().decode()
+        break
+    assert kills >= 2
+    for name in names:
+        assert table(tmp_path / "out.db", name) == want[name], name
+
+
+@pytest.mark.parametrize("setup, cfg_change, message", [
+    ("CREATE TABLE rows (id INTEGER, site TEXT)", None,
+     "sluice: error: sqlite-output: table 'rows' in out.db has columns (id, site), not 'n', "
+     "'ok', 'tags': drop the table, add the column, or name another `table`"),
+    ("CREATE TABLE sites (site TEXT, records INTEGER, total INTEGER)", "upsert",
+     "sluice: error: sqlite-output: table 'sites' in out.db has no unique index on (site), "
+     "which mode: upsert needs: CREATE UNIQUE INDEX ... ON sites (site), or name another "
+     "`table`"),
+])
+def test_a_table_that_does_not_fit_is_one_line_and_exit_2(tmp_path, setup, cfg_change,
+                                                          message):
+    write_log(tmp_path / "in.jsonl", records(10, 1))
+    conn = sqlite3.connect(tmp_path / "out.db")
+    conn.execute(setup)
+    conn.commit()
+    conn.close()
+    text = PLAIN if cfg_change is None else FORK.replace("table: rows", "table: other")
+    p = run(tmp_path, text)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == message
+
+
+@pytest.mark.parametrize("options, problem", [
+    ("{path: o.db, table: t, columns: [a], mode: upsert}",
+     "`mode: upsert` needs `key`: the columns that identify a row"),
+    ("{path: o.db, table: 'drop table', columns: [a]}",
+     "`table` must be a plain SQL name (letters, digits, _); got 'drop table'"),
+    ("{path: o.db, table: t, columns: {a: VARCHAR}}",
+     "column 'a': the type must be one of INTEGER, REAL, TEXT, BLOB, NUMERIC, ANY; got "
+     "'VARCHAR'"),
+    ("{path: o.db, table: t, columns: [a], mode: upsert, key: [b]}",
+     "`key` column 'b' is not among `columns`"),
+])
+def test_config_mistakes_name_the_option(tmp_path, options, problem):
+    p = run(tmp_path, "pipeline:\n  - file-input: {path: in.jsonl}\n"
+                      "  - json-decode: {schema: object}\n"
+                      f"  - sqlite-output: {options}\n")
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"sluice: error: p.yaml:4: stage 'sqlite-output': {problem}"
+
+
+def test_a_folder_that_does_not_exist_is_one_line(tmp_path):
+    write_log(tmp_path / "in.jsonl", records(3, 1))
+    p = run(tmp_path, PLAIN.replace("path: out.db", "path: nowhere/out.db"))
+    assert p.returncode == 2
+    assert p.stderr.strip() == (f"sluice: error: sqlite-output: table 'rows' in "
+                                f"nowhere/out.db: the folder {tmp_path / 'nowhere'} does "
+                                f"not exist")
