@@ -4,7 +4,6 @@ row for row, for a plain chain, a fork with an aggregate branch, and 2 workers."
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sqlite3
