@@ -23,6 +23,7 @@ def builtin_stages() -> list[type[Stage]]:
     from .mutate import Mutate
     from .route import Route, RouteBranch
     from .parquet_output import ParquetOutput
+    from .postgres_output import PostgresOutput
     from .site_state_reducer import SiteStateReducer
     from .sorted_stdout_output import SortedStdoutOutput
     from .sqlite_output import SqliteOutput
@@ -31,4 +32,4 @@ def builtin_stages() -> list[type[Stage]]:
 
     return [FileInput, JsonDecode, Grok, Dissect, Date, Kv, Where, Mutate, Dedupe, SiteStateReducer, Count, Aggregate,
             SortedStdoutOutput, SummaryJsonOutput, JsonlOutput, CsvOutput,
-            ParquetOutput, SqliteOutput, Route, RouteBranch]
+            ParquetOutput, SqliteOutput, PostgresOutput, Route, RouteBranch]

@@ -35,6 +35,7 @@ VARIANTS = {  # the options each built-in is tried with
     "parquet-output": [{"path": "out.parquet", "columns": {"type": "json", "site_id": "json",
                                                            "n": "auto"}}],
     "sqlite-output": [{"path": "out.db", "table": "t", "columns": ["type", "site_id", "n"]}],
+    "postgres-output": [{"dsn": "DSN", "table": "t", "columns": ["type", "site_id", "n"]}],
 }
 MAKES = {  # how to get records of each kind before the stage under test
     "lines": [],
@@ -75,8 +76,19 @@ def config(a, oa, b, ob, kind):
     return text, b_line
 
 
+@pytest.fixture(scope="module")
+def pg():
+    from pgserver import Server
+    server = Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("a,oa,b,ob,kind", pairs())
-def test_every_pair_of_neighbours_runs_or_is_refused_at_load(tmp_path, a, oa, b, ob, kind):
+def test_every_pair_of_neighbours_runs_or_is_refused_at_load(tmp_path, request, a, oa, b, ob,
+                                                             kind):
     """Allowed: it runs on a small input, exit 0. Refused: at load, naming both stages
     (by kind, or by a field the first one's records lack)."""
     text, b_line = config(a, oa, b, ob, kind)
@@ -91,6 +103,8 @@ def test_every_pair_of_neighbours_runs_or_is_refused_at_load(tmp_path, a, oa, b,
         assert str(exc).startswith(f"p.yaml:{b_line}: "), text
         return
     (tmp_path / "in.jsonl").write_bytes(SMALL)
+    if '"DSN"' in text:  # a real server, started for the first pair that needs one
+        text = text.replace('"DSN"', json.dumps(request.getfixturevalue("pg").dsn()))
     (tmp_path / "p.yaml").write_text(text)
     p = cli("-c", "p.yaml", "--state-dir", "s", "-q", cwd=tmp_path)
     assert p.returncode == 0, text + p.stderr

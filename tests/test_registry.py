@@ -28,6 +28,7 @@ def test_builtins_are_registered_by_name():
         "date": "processor", "dedupe": "reducer", "dissect": "processor", "file-input": "input", "grok": "processor",
         "json-decode": "processor",
         "jsonl-output": "output", "kv": "processor", "mutate": "processor", "parquet-output": "output",
+        "postgres-output": "output",
         "route": "processor", "routed": "processor", "site-state-reducer": "reducer",
         "sorted-stdout-output": "output", "sqlite-output": "output",
         "summary-json-output": "output",

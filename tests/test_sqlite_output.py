@@ -102,34 +102,53 @@ def test_a_finished_job_rerun_adds_nothing_and_upsert_replaces(tmp_path):
     assert len(table(db, "rows")) == 2 * 3010 and len(table(db, "sites")) == 31
 
 
-@pytest.mark.parametrize("cfg_text, workers", [(PLAIN, "1"), (FORK, "1"), (FORK, "2")])
-def test_killed_at_random_the_tables_hold_each_row_once(tmp_path, cfg_text, workers):
+def kill_as_rows_arrive(cwd, workers, count, total, fractions=(0.15, 0.4, 0.65, 0.85)):
+    """Run the job again and again, SIGKILLing it once `count()` rows reach each of the
+    `fractions` of `total` (mid-write, however fast the machine), then to its end.
+    Returns the number of kills."""
+    kills = 0
+    for fraction in (*fractions, None):
+        proc = subprocess.Popen([sys.executable, MAIN, "-c", "p.yaml", "--state-dir", "s",
+                                 "-w", workers, "--checkpoint-every", "5000", "-q"],
+                                cwd=cwd, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while fraction is not None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if count() >= fraction * total:
+                    proc.send_signal(signal.SIGKILL)
+                    kills += 1
+                    break
+            except Exception:  # noqa: BLE001 (the table is not there yet)
+                pass
+            time.sleep(0.01)
+        _, err = proc.communicate(timeout=120)
+        if fraction is None:
+            assert proc.returncode == 0, err.decode()
+    return kills
+
+
+def row_count(db, name):
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("cfg_text, workers", [(PLAIN, "1"), (FORK, "2")])
+def test_killed_as_rows_arrive_the_tables_hold_each_row_once(tmp_path, cfg_text, workers):
     write_log(tmp_path / "in.jsonl", records(100_000, 3))
     ref = tmp_path / "ref"
     ref.mkdir()
     (ref / "in.jsonl").write_bytes((tmp_path / "in.jsonl").read_bytes())
-    began = time.monotonic()
     assert run(ref, cfg_text, "-w", workers).returncode == 0
-    wall = time.monotonic() - began
     names = ["rows"] + (["sites"] if cfg_text is FORK else [])
     want = {name: table(ref / "out.db", name) for name in names}
     (tmp_path / "p.yaml").write_text(cfg_text)
-    rng = random.Random(workers + str(len(cfg_text)))
-    kills = 0
-    for attempt in range(40):
-        proc = subprocess.Popen([sys.executable, MAIN, "-c", "p.yaml", "--state-dir", "s",
-                                 "-w", workers, "--checkpoint-every", "5000", "-q"],
-                                cwd=tmp_path, stderr=subprocess.PIPE)
-        try:
-            proc.wait(timeout=rng.uniform(0.3, 0.9) * wall if kills < 6 else 120)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            continue
-        assert proc.returncode == 0, proc.stderr.read().decode()
-        break
-    assert kills >= 2
+    kills = kill_as_rows_arrive(tmp_path, workers, lambda: row_count(tmp_path / "out.db",
+                                                                     "rows"),
+                                len(want["rows"]))
+    assert kills >= 3
     for name in names:
         assert table(tmp_path / "out.db", name) == want[name], name
 

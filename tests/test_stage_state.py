@@ -118,6 +118,7 @@ SAMPLES = {
     # its state is in its database (rows committed, by job): tests/test_sqlite_output.py
     # kills runs at random and checks the tables row for row
     "sqlite-output": None,
+    "postgres-output": None,  # the same, tests/test_postgres_output.py
 }
 
 

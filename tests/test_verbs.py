@@ -12,7 +12,8 @@ def test_stages_lists_every_stage_with_kind_and_doc():
     lines = p.stdout.splitlines()
     assert [x.split()[0] for x in lines] == [
         "aggregate", "count", "csv-output", "date", "dedupe", "dissect", "file-input", "grok", "json-decode",
-        "jsonl-output", "kv", "mutate", "parquet-output", "route", "routed", "site-state-reducer",
+        "jsonl-output", "kv", "mutate", "parquet-output", "postgres-output", "route", "routed",
+        "site-state-reducer",
         "sorted-stdout-output", "sqlite-output", "summary-json-output", "where"]
     assert lines[6] == ("file-input            input      Read lines from files; each batch is "
                         "one block of whole lines (bytes).  [sluice (built-in)]")
