@@ -85,6 +85,7 @@ class TableOutput(Output):
 
     accepts = ("object", "site-event", "summary-row", "count-row")
     TYPES: tuple[str, ...] = ()
+    appends = True  # in insert mode, rows are added, never replaced (see check_follow)
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> str | None:

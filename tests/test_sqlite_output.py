@@ -201,3 +201,72 @@ def test_a_folder_that_does_not_exist_is_one_line(tmp_path):
     assert p.stderr.strip() == (f"sluice: error: sqlite-output: table 'rows' in "
                                 f"nowhere/out.db: the folder {tmp_path / 'nowhere'} does "
                                 f"not exist")
+
+
+FOLLOW = """pipeline:
+  - file-input: {path: in.jsonl}
+  - json-decode: {schema: object}
+  - fork:
+      windows:
+        - count: {field: site, window: {field: t, size: 10, allowed_lateness: 5}}
+        - sqlite-output: {path: out.db, table: windows, columns: [ws, we, site, n]}
+      totals:
+        - aggregate: {by: [site], metrics: {n: count}}
+        - sqlite-output: {path: out.db, table: totals, columns: [site, n], mode: upsert,
+                          key: [site]}
+"""
+
+
+def test_a_followed_run_inserts_each_window_once_and_upserts_totals_across_kills(tmp_path):
+    """Emissions every 0.2 s, SIGKILL and SIGTERM mid-stream: each window is a row once
+    (insert), the totals are the whole log's (upsert)."""
+    rng = random.Random(8)
+    recs = [{"t": i // 20 + rng.choice([0, 0, -3]), "site": f"s{rng.randint(0, 4)}"}
+            for i in range(3000)]
+    log = tmp_path / "in.jsonl"
+    log.write_text("")
+    (tmp_path / "p.yaml").write_text(FOLLOW)
+
+    def start():
+        return subprocess.Popen([sys.executable, MAIN, "-c", "p.yaml", "--state-dir", "s",
+                                 "--follow", "--emit-every", "0.2", "--checkpoint-every",
+                                 "400"], cwd=tmp_path, stderr=subprocess.PIPE)
+    proc = start()
+    for k in range(0, 3000, 250):
+        with open(log, "a") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in recs[k:k + 250]))
+        time.sleep(0.3)
+        if k in (750, 1750):
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGKILL if k == 750 else signal.SIGTERM)
+            proc.communicate(timeout=30)
+            proc = start()
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    latest, counts = -1, {}
+    for r in recs:  # the followed answer, the plain way (none is late: 3 s < 5 s)
+        counts[(r["t"] // 10 * 10, r["site"])] = counts.get((r["t"] // 10 * 10, r["site"]), 0) + 1
+        latest = max(latest, r["t"])
+    closed = sorted((s, s + 10, site, n) for (s, site), n in counts.items()
+                    if s + 10 <= latest - 5)
+    assert sorted(table(tmp_path / "out.db", "windows")) == closed
+    totals = {}
+    for r in recs:
+        totals[r["site"]] = totals.get(r["site"], 0) + 1
+    assert dict(table(tmp_path / "out.db", "totals")) == totals
+
+
+def test_follow_refuses_inserting_a_result_that_changes(tmp_path):
+    (tmp_path / "in.jsonl").write_text("")
+    (tmp_path / "p.yaml").write_text(FOLLOW.replace(", mode: upsert,\n"
+                                                    "                          key: [site]",
+                                                    ""))
+    p = cli("-c", "p.yaml", "--follow", cwd=tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.strip() == (
+        "sluice: error: --follow: sqlite-output (line 10) inserts rows, and aggregate (line 9) "
+        "shows a result that changes while the log grows: each emission would insert it "
+        "again; give sqlite-output `mode: upsert` and `key`, or aggregate a `window` (a "
+        "window's rows never change)")

@@ -16,7 +16,7 @@ from pipeline.engine.results import captured
 from pipeline.engine.tasks import leaf_position
 from pipeline.errors import SluiceError
 from pipeline.executors import resolve
-from pipeline.stage import Batch, Stage
+from pipeline.stage import Batch, Role, Stage
 from pipeline.state.deadletter import DeadLetter
 
 
@@ -49,3 +49,15 @@ def check_follow(cfg: PipelineConfig, opts: JobOptions, segments: list[Any]) -> 
     if any(seg.source is not None for seg in segments):
         raise SluiceError("--follow takes at most one reducer on each path from the input "
                           "to an output; this config has a reducer after another")
+    for path in [cfg.trunk] + [cfg.trunk + idx for idx in cfg.branches.values()]:
+        specs = [cfg.stages[i] for i in path]
+        reducers = [s for s in specs if s.cls.role is Role.REDUCER]
+        out = specs[-1]
+        if reducers and out.cls.role is Role.OUTPUT and getattr(out.cls, "appends", False) \
+                and out.options.get("mode", "insert") == "insert" \
+                and reducers[-1].options.get("window") is None:
+            raise SluiceError(
+                f"--follow: {out.name} (line {out.line}) inserts rows, and {reducers[-1].name} "
+                f"(line {reducers[-1].line}) shows a result that changes while the log grows: "
+                f"each emission would insert it again; give {out.name} `mode: upsert` and "
+                f"`key`, or {reducers[-1].name} a `window` (a window's rows never change)")
