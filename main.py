@@ -40,7 +40,7 @@ EPILOG = ("exit codes: 0 ok, 1 rejected line under --strict (or a failed test ca
           "be written (rerun to resume), or a failed checkpoint under --strict-checkpoints, "
           "130 interrupted (SIGINT), 141 standard output closed by its reader (e.g. `| "
           "head`; quiet, checkpointed), 143 stopped by SIGTERM")
-VERBS = ("run", "stages", "validate", "graph", "test")
+VERBS = ("run", "stages", "validate", "graph", "test", "replay")
 
 
 def build_registry(warn: bool = False) -> Registry:
@@ -91,7 +91,7 @@ def positive_float(text: str) -> float:
 def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="main.py", description="Run a Sluice YAML pipeline. Other verbs: "
-        "stages, validate, graph, test (see `main.py VERB -h`).", epilog=EPILOG)
+        "stages, validate, graph, test, replay (see `main.py VERB -h`).", epilog=EPILOG)
     p.add_argument("-c", "--config", required=True, help="pipeline YAML file")
     p.add_argument("-f", "--file", help="input path (overrides the input stage's `path`)")
     p.add_argument("-w", "--workers", type=worker_count, metavar="N",
@@ -241,13 +241,43 @@ def cmd_test(argv: list[str]) -> int:
     return check_paths(args.paths, build_registry(warn=True))
 
 
+def cmd_replay(argv: list[str]) -> int:
+    from pipeline.engine.replay import replay
+    p = Parser(prog="main.py replay", epilog=EPILOG,
+               description="Feed a dead-letter file's raw lines back through a (fixed) "
+                           "pipeline, into its database outputs, each line once.")
+    p.add_argument("-c", "--config", required=True, help="pipeline YAML file")
+    p.add_argument("--dead-letter", metavar="PATH",
+                   help="the dead-letter file to replay (default STATE_DIR/dead_letter.jsonl)")
+    p.add_argument("--since", type=positive_int, metavar="LINE",
+                   help="only lines rejected at this input line or later")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help=f"where the replay keeps its state and ledger (default "
+                        f"{DEFAULT_STATE_DIR}/)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, build_registry(warn=True))
+    opts = JobOptions(state_dir=args.state_dir, dead_letter=args.dead_letter,
+                      progress=progress.wanted(args.quiet))
+    done = replay(cfg, opts, args.since, run_job)
+    if done.resumed:
+        print("sluice: resumed the replay that did not finish", file=sys.stderr)
+    if not done.lines:
+        print(f"sluice: nothing to replay in {opts.dead_letter_path}"
+              + (f" ({done.skipped:,} lines replayed before, or before --since)"
+                 if done.skipped else ""), file=sys.stderr)
+        return EXIT_OK
+    print(f"sluice: {done.summary_line()}", file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = "run"
     if argv and argv[0] in VERBS:
         verb = argv.pop(0)
     command = {"run": cmd_run, "stages": cmd_stages, "validate": cmd_validate,
-               "graph": cmd_graph, "test": cmd_test}[verb]
+               "graph": cmd_graph, "test": cmd_test, "replay": cmd_replay}[verb]
     try:
         code = command(argv)
         sys.stdout.flush()  # a reader gone away shows here, not as a warning at exit

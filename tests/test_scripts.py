@@ -47,3 +47,14 @@ def test_validate_identical_and_different(tmp_path):
     assert diff.stdout.splitlines() == [
         "site '1': emails 0 != 3", "site '1': visitors 2 != 1",
         f"site '2': only in {a}", f"site '3': only in {b}"]
+
+
+def test_the_database_benchmark_runs_small(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "test_scripts" / "db_benchmark.py"),
+                        "--rows", "3000", "--runs", "1", "--workdir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout.splitlines()
+    assert [line.split()[0] for line in out[2:7]] == [
+        "sqlite-insert", "sqlite-upsert", "postgres-insert", "postgres-upsert", "jsonl"]
+    assert out[-1] == "every table holds every row once: yes"
