@@ -25,6 +25,7 @@ from pipeline import SluiceError
 from pipeline.config import load_config, max_workers, override_option
 from pipeline.engine import progress
 from pipeline.engine.job import run_job
+from pipeline.engine.metrics import Endpoint
 from pipeline.engine.options import (DEFAULT_EVERY_RECORDS, DEFAULT_EVERY_SECONDS,
                                      DEFAULT_MEMORY_MB, DEFAULT_STATE_DIR, JobOptions)
 from pipeline.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, OutputClosed,
@@ -88,6 +89,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def port_number(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="main.py", description="Run a Sluice YAML pipeline. Other verbs: "
@@ -111,6 +119,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-mb", type=positive_int, metavar="N",
                    help=f"memory budget of the whole run, all processes together "
                         f"(default: the config's `memory_mb`, else {DEFAULT_MEMORY_MB})")
+    p.add_argument("--metrics-port", type=port_number, metavar="N",
+                   help="serve Prometheus metrics on http://HOST:N/metrics while the run "
+                        "lasts (HOST: the config's `metrics.host`, else 127.0.0.1)")
     fo = p.add_argument_group("following a growing log")
     fo.add_argument("--follow", action="store_true",
                     help="after the end of the input, keep reading lines appended to it, "
@@ -165,7 +176,9 @@ def cmd_run(argv: list[str]) -> int:
                       executor_options={k[2:]: v for k, v in vars(args).items()
                                         if k.startswith("x_") and v is not None})
     resolve(cfg, opts.executor, opts.executor_options)  # its options checked before work
-    report = run_job(cfg, opts)
+    with Endpoint(args.metrics_port or cfg.metrics.get("port"),
+                  cfg.metrics.get("host", "127.0.0.1")):
+        report = run_job(cfg, opts)
     if args.stats:
         print(report.stats_table(), file=sys.stderr)
     if args.stats_json:

@@ -36,6 +36,7 @@ TOP_LEVEL = {
     "executor": "{type: local | dask | package.module:Class, and the executor's options}",
     "memory_mb": "memory budget of the whole run, all processes together (default 512)",
     "emit": "{every_seconds: S}: how often a followed run shows its current result",
+    "metrics": "{port: N, host: 127.0.0.1}: serve Prometheus metrics while the run lasts",
 }  # and keys starting with `x-`, ignored: a place for YAML anchors used below
 CHECKPOINT_KEYS = {"every_records": int, "every_seconds": (int, float), "enabled": bool,
                    "strict": bool}
@@ -92,6 +93,7 @@ class PipelineConfig:
     executor: dict[str, Any] = field(default_factory=dict)  # checked by pipeline.executors
     executor_lines: dict[str, int] = field(default_factory=dict)
     emit: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # {port, host}: the endpoint
     text: str = ""
     trunk: list[int] = field(default_factory=list)
     branches: dict[str, list[int]] = field(default_factory=dict)
@@ -217,6 +219,9 @@ def _parse(ld: YamlDoc, registry: Registry) -> PipelineConfig:
             _executor(ld, cfg, value_node)
         elif key.startswith("x-"):
             pass  # a place for YAML anchors (`x-defaults: &d {...}`), as in docker compose
+        elif key == "metrics":
+            cfg.metrics = _section(ld, value_node, "metrics", {"port": int, "host": str},
+                                   _metrics_problem)
         elif key == "emit":
             cfg.emit = _section(ld, value_node, "emit", {"every_seconds": (int, float)},
                                 lambda k, v: number_problem(k, v, (int, float),
@@ -383,6 +388,14 @@ def _section(ld: YamlDoc, node: yaml.Node, name: str, keys: dict[str, Any],
             raise ld.fail(f"{name}: {bad}", v_node)
         out[key] = value
     return out
+
+
+def _metrics_problem(key: str, value: Any) -> str | None:
+    if key == "port":
+        ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+        return None if ok else f"'port' must be a TCP port, 1 to 65535; got {value!r}"
+    return None if isinstance(value, str) and value else \
+        f"'host' must be an address to listen on, as 127.0.0.1; got {value!r}"
 
 
 def _checkpoint(ld: YamlDoc, node: yaml.Node) -> dict[str, Any]:

@@ -308,6 +308,7 @@ class OpenWindows:
         self.gone: list[str] = []     # directories of windows closed since the snapshot
         self.unneeded: list[str] = []  # ... closed before it: deleted once it is durable
         self.late = 0
+        self.emitted = 0  # windows closed by this process (the metrics endpoint's count)
 
     @property
     def root(self) -> str:
@@ -369,6 +370,7 @@ class OpenWindows:
             owner.reduced[key] = owner.reduced.get(key, 0) + n
         sub.spill.close()
         self.gone.append(name)
+        self.emitted += 1
 
     # -- state -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def test_shipped_summary_config_loads():
      "configs/x.yaml:4: unknown stage 'json-decoder' (did you mean 'json-decode'?)"),
     (GOOD.replace("pipeline:", "pipline:"),
      "configs/x.yaml:1: unknown top-level key 'pipline' (did you mean 'pipeline'?); "
-     "expected pipeline, workers, checkpoint, executor, memory_mb, emit"),
+     "expected pipeline, workers, checkpoint, executor, memory_mb, emit, metrics"),
     ("workers: 2\n", "configs/x.yaml:1: missing `pipeline:` (a list of stages)"),
     ("pipeline: []\n", "configs/x.yaml:1: `pipeline` must be a non-empty list of stages"),
     ("- a\n", "configs/x.yaml:1: a config must be a mapping with a `pipeline:` list"),

@@ -24,6 +24,7 @@ from pipeline.engine.emit import check_follow, emit
 from pipeline.engine.options import (DEFAULT_EMIT_SECONDS, DEFAULT_MEMORY_MB, JobOptions,
                                      checkpoint_enabled, every)
 from pipeline.engine.plan import PLAN, layout, open_plan
+from pipeline.engine.metrics import LIVE
 from pipeline.engine.progress import Progress
 from pipeline.engine.report import (Notices, RunReport, add_counters, append_rejects,
                                     collect_counters, copy_rejects, resume_notice, stage_metrics)
@@ -44,6 +45,7 @@ from pipeline.state.slot import SlotLock, clear_slot, slot_dir
 def run_job(cfg: PipelineConfig, opts: JobOptions) -> RunReport:
     """Run the pipeline; SIGINT/SIGTERM stop it at a batch boundary, checkpointed."""
     request = StopRequest()
+    LIVE.budget_bytes = (opts.memory_mb or cfg.memory_mb or DEFAULT_MEMORY_MB) << 20
     with stop_on_signals(request), fewer_collections():
         try:
             report = _start(cfg, opts, request)
@@ -201,6 +203,7 @@ class Job:
             # a followed run ends on a stop request with its final result: nothing stops that
             executor = kind.create(workers, work, NeverSet() if self.following else self.request,
                                    **options)
+            LIVE.watch(state_dir=work)
             try:
                 executor.start(settings)
                 self.settings, self.executor, self.plan = settings, executor, plan
@@ -217,6 +220,7 @@ class Job:
         plan, opts = self.plan, self.opts
         dead = DeadLetter(opts.dead_letter_path, strict=opts.strict)
         dead.start(0)
+        LIVE.watch(dead=dead)
         clock = time.monotonic()
         phases: dict[str, float] = {}
 
@@ -267,6 +271,7 @@ class Job:
                                          "records_in": 0, "records_out": 0, "seconds": 0.0}
         for k in ("records_in", "records_out", "seconds"):
             have[k] += m[k]
+        LIVE.finished[have["stage"]] = [have["records_in"], have["records_out"]]
 
     def _task_meters(self, task: MapTask, result: dict[str, Any], with_source: bool) -> None:
         trunk = result["meters"]
@@ -301,8 +306,12 @@ class Job:
         pending = [t for t, r in zip(tasks, results) if r is None]
         total = sum(t.nbytes for t in pending)
         bar = Progress(total or None, self.opts.progress)
+
+        def progress(b: int, n: int) -> None:
+            bar.update(b, n)
+            LIVE.progress = (b, n)
         try:
-            fresh = self.executor.run(pending, progress=lambda b, n: bar.update(b, n))
+            fresh = self.executor.run(pending, progress=progress)
         except Stopped as exc:
             raise Stopped(exc.lines + sum(r["lines"] for r in results if r is not None)) from None
         finally:

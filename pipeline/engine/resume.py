@@ -57,6 +57,8 @@ class Checkpointer:
         self.failures = 0
         self.failing = False
         self.good: str | None = None  # where the last good checkpoint is
+        self.last_at: float | None = None  # when the last good one was written (monotonic)
+        self.last_seconds = 0.0            # and how long it took
         if store.seq:  # resumed: that checkpoint, until a newer one is written
             self.good = stages[0].location() or f"checkpoint {store.seq}"
 
@@ -69,6 +71,7 @@ class Checkpointer:
     def save(self, complete: bool) -> bool:
         """Write a checkpoint now; False (after a warning) if it could not be written."""
         where = self.stages[0].location()
+        began = time.monotonic()
         try:
             body = dict(self.header)
             body["complete"] = complete
@@ -85,6 +88,8 @@ class Checkpointer:
         for stage in self.stages:  # what that checkpoint no longer needs may go now
             stage.committed()
         self.count += 1
+        self.last_at = time.monotonic()
+        self.last_seconds = self.last_at - began
         self.good, self.failing = where or f"checkpoint {self.store.seq}", False
         return True
 

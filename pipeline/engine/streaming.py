@@ -9,6 +9,7 @@ from pipeline.engine.options import JobOptions, every
 from pipeline.engine.progress import Progress, chain_hooks
 from pipeline.engine.report import Notices, RunReport, collect_counters, stage_metrics
 from pipeline.engine.resume import Checkpointer, job_key, open_slot, resumed_records
+from pipeline.engine.metrics import LIVE
 from pipeline.engine.runner import Context, flow
 from pipeline.engine.signals import StopRequest
 from pipeline.engine.tasks import STATE_VERSION
@@ -43,6 +44,7 @@ def stream(cfg: PipelineConfig, opts: JobOptions, notices: Notices, enabled: boo
 
     def run(on_barrier: Any) -> None:
         request.arm()
+        LIVE.watch(source=stages[0], context=ctx, dead=dead)
         trunk = [stages[i] for i in cfg.trunk]
         branches = {name: [stages[i] for i in idx] for name, idx in cfg.branches.items()}
         flow(trunk, branches, ctx, on_barrier=on_barrier)
@@ -59,6 +61,7 @@ def stream(cfg: PipelineConfig, opts: JobOptions, notices: Notices, enabled: boo
                 checkpointer = Checkpointer(store, stages, dead, header, *every(cfg, opts),
                                             warn=lambda text: notices.append(f"warning: {text}"),
                                             records=ctx.records)
+                LIVE.watch(checkpointer=checkpointer, state_dir=slot)
                 ctx.checkpoint = lambda: checkpointer.save(complete=False)  # on EPIPE
                 run(chain_hooks(checkpointer, show))
         else:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from pipeline.config import PipelineConfig
 from pipeline.engine.budget import fewer_collections, give_back
+from pipeline.engine.metrics import LIVE
 from pipeline.engine.report import collect_counters
 from pipeline.engine.results import Capture
 from pipeline.engine.resume import Checkpointer, open_slot, resumed_records
@@ -217,6 +218,9 @@ def _do_map(settings: RunSettings, task: MapTask, env: Env) -> dict[str, Any]:
 
     following = source.unbounded()  # it ends when stopped
     ctx.stop, ctx.following = env.stop, following
+    if following:  # run here, in the process that serves the metrics (if any)
+        LIVE.watch(source=source, context=ctx, dead=dead, checkpointer=checkpointer,
+                   stages=stages)
     if settings.checkpoint:  # an input that breaks off keeps what was read before it
         ctx.checkpoint = lambda: checkpointer.save(complete=False)
     try:
@@ -231,6 +235,8 @@ def _do_map(settings: RunSettings, task: MapTask, env: Env) -> dict[str, Any]:
         for stage in stages:
             if isinstance(stage, KeyedReducer) and stage.spill is not None:
                 stage.spill.close()
+        if following:
+            LIVE.unwatch_task(source, ctx, dead, checkpointer, stages)
     # a mergeable reducer's counts are taken once, after its states are merged
     counted = [s for s in stages if s.role is not Role.REDUCER or isinstance(s, KeyedReducer)]
     result = {"counters": collect_counters(counted),

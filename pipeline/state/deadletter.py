@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zlib
 from typing import Any, BinaryIO
 
@@ -17,6 +18,13 @@ from pipeline.errors import (CheckpointFailed, DamagedState, PathError, Rejected
 from pipeline.state.trust import make_private_dirs, open_private
 
 WHAT = "dead-letter file"
+_VALUES = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|-?\d+(?:\.\d+)?")
+
+
+def reason_class(reason: str) -> str:
+    """`field 'bytes': sum(bytes) needs a number, got 'x'` -> `field _: sum(bytes) needs
+    a number, got _`: one class for every value (the metrics' label)."""
+    return _VALUES.sub("_", reason)[:60]
 
 
 class DeadLetter:
@@ -38,6 +46,7 @@ class DeadLetter:
         self.strict = strict
         self.count = 0
         self.by_stage: dict[str, int] = {}
+        self.by_class: dict[tuple[str, str], int] = {}  # (stage, reason_class): count
         self._fh: BinaryIO | None = None
         self._crc = 0  # CRC-32 of everything in the file
         self._held: list[dict[str, Any]] = []  # rejects since the last flush()
@@ -77,10 +86,15 @@ class DeadLetter:
                  "raw": text}
         if file is not None:
             entry = {"file": file, **entry}
-        self.by_stage[stage] = self.by_stage.get(stage, 0) + 1
-        self.count += 1
+        self._counted(stage, reason)
         self._files.setdefault(file, len(self._files))
         self._held.append(entry)
+
+    def _counted(self, stage: str, reason: str) -> None:
+        self.by_stage[stage] = self.by_stage.get(stage, 0) + 1
+        key = (stage, reason_class(reason))
+        self.by_class[key] = self.by_class.get(key, 0) + 1
+        self.count += 1
 
     def flush(self) -> None:
         """Write the held rejects, in order of file, then line (those without a line
@@ -115,9 +129,7 @@ class DeadLetter:
     def append_entry(self, entry: dict[str, Any]) -> None:
         """Append an entry as it is (one copied from a task's dead-letter file)."""
         self.flush()
-        stage = entry.get("stage") or ""
-        self.by_stage[stage] = self.by_stage.get(stage, 0) + 1
-        self.count += 1
+        self._counted(entry.get("stage") or "", entry.get("reason") or "")
         self._write(entry)
 
     def _write(self, entry: dict[str, Any]) -> None:
