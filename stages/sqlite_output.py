@@ -11,6 +11,11 @@ from pipeline.errors import PathError, SluiceError
 from .table_output import BATCH_ROWS, KEY, MODE, OFFSETS, TableOutput
 
 
+def _q(name: str) -> str:
+    """A name quoted for SQL: a column may be called `from` or `order`."""
+    return '"' + name + '"'
+
+
 class SqliteOutput(TableOutput):
     """Write records as rows of a SQLite table (the standard library's sqlite3).
 
@@ -78,11 +83,13 @@ class SqliteOutput(TableOutput):
         try:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {OFFSETS} (job TEXT NOT NULL, "
                          f"tbl TEXT NOT NULL, rows INTEGER NOT NULL, PRIMARY KEY (job, tbl))")
-            have = [r[1] for r in conn.execute(f"PRAGMA table_info({self.table})")]
+            have = [r[1] for r in conn.execute(f"PRAGMA table_info({_q(self.table)})")]
             if not have:
-                cols = ", ".join(f"{n} {self.types.get(n, '')}".rstrip() for n in self.names)
-                key = f", PRIMARY KEY ({', '.join(self.key)})" if self.mode == "upsert" else ""
-                conn.execute(f"CREATE TABLE {self.table} ({cols}{key})")
+                cols = ", ".join(f"{_q(n)} {self.types.get(n, '')}".rstrip()
+                                 for n in self.names)
+                key = (f", PRIMARY KEY ({', '.join(map(_q, self.key))})"
+                       if self.mode == "upsert" else "")
+                conn.execute(f"CREATE TABLE {_q(self.table)} ({cols}{key})")
                 return
             problem = self.not_fitting(have, self.mode != "upsert" or self._unique(conn))
         except sqlite3.Error as exc:
@@ -91,9 +98,9 @@ class SqliteOutput(TableOutput):
             raise SluiceError(problem)
 
     def _unique(self, conn: sqlite3.Connection) -> bool:
-        for row in conn.execute(f"PRAGMA index_list({self.table})"):
+        for row in conn.execute(f"PRAGMA index_list({_q(self.table)})"):
             if row[2]:  # unique
-                cols = {r[2] for r in conn.execute(f"PRAGMA index_info({row[1]})")}
+                cols = {r[2] for r in conn.execute(f"PRAGMA index_info({_q(row[1])})")}
                 if cols == set(self.key):
                     return True
         return False
@@ -105,10 +112,11 @@ class SqliteOutput(TableOutput):
 
     def commit_rows(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
                     position: int) -> None:
-        cols = ", ".join(self.names)
-        sql = f"INSERT INTO {self.table} ({cols}) VALUES ({', '.join('?' * len(self.names))})"
+        cols = ", ".join(map(_q, self.names))
+        sql = (f"INSERT INTO {_q(self.table)} ({cols}) "
+               f"VALUES ({', '.join('?' * len(self.names))})")
         if self.mode == "upsert":
-            sql += self.upsert_clause()
+            sql += self.upsert_clause(_q)
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(sql, rows)

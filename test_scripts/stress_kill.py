@@ -17,12 +17,19 @@ on. Outputs go to files, not pipes, so nothing a stray process holds can hang th
 script, and every wait has a timeout: the whole run ends within --max-seconds (plus one
 attempt's timeout).
 
+With --table T (repeatable), the pipeline writes a database and table T of the killed
+runs must equal the uninterrupted run's, row for row, with no duplicates. The database
+is --database sqlite:PATH (relative to the job's working directory, each run its own),
+or --database postgres: a throwaway server (tests/pgserver.py) with one database for
+the uninterrupted run and one for the killed ones, put in the config where it says DSN.
+
 Exit 0 when every comparison matched and nothing survived, 1 otherwise, 2 on a setup
 error.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shlex
@@ -30,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from typing import Any
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -95,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", nargs="*", default=[], metavar="FILE",
                    help="files the pipeline writes (relative to its working directory) "
                         "that must also match the uninterrupted run's")
+    p.add_argument("--table", action="append", default=[], metavar="T",
+                   help="a database table the pipeline writes, compared row for row")
+    p.add_argument("--database", default=None, metavar="sqlite:PATH|postgres",
+                   help="where --table is (see above)")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     deadline = time.monotonic() + args.max_seconds
@@ -113,11 +125,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_mb:
         extra += ["--memory-mb", str(args.memory_mb)]
 
-    config = os.path.abspath(args.config)
+    config = ref_config = os.path.abspath(args.config)
+    server = None
+    dsns: dict[str, str] = {}
+    if args.database == "postgres":
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from pgserver import Server
+        server = Server().start()
+        text = open(config, encoding="utf-8").read()
+        for name in ("ref", "run"):
+            dsns[name] = server.create_database(f"stress_{name}")
+            with open(os.path.join(work, f"{name}.yaml"), "w", encoding="utf-8") as fh:
+                fh.write(text.replace("DSN", json.dumps(dsns[name])))
+        ref_config, config = (os.path.join(work, f"{n}.yaml") for n in ("ref", "run"))
 
-    def job(state: str, *more: str) -> list[str]:
-        return [*shlex.split(args.command), "-c", config, "-f", path, "--state-dir", state,
-                *extra, *more]
+    def tables(which: str, cwd: str) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        for t in args.table:
+            if server is not None:
+                import psycopg
+                with psycopg.connect(dsns[which]) as conn:
+                    out[t] = sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
+            else:
+                import sqlite3
+                db = os.path.join(cwd, (args.database or "sqlite:out.db").split(":", 1)[1])
+                try:
+                    with sqlite3.connect(db) as conn:
+                        out[t] = sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
+                except sqlite3.Error as exc:
+                    out[t] = [f"cannot read: {exc}"]
+        return out
+
+    def job(state: str, *more: str, cfg: str | None = None) -> list[str]:
+        return [*shlex.split(args.command), "-c", cfg or config, "-f", path, "--state-dir",
+                state, *extra, *more]
 
     failures = 0
 
@@ -144,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ref_state = os.path.join(work, "reference")
     t0 = time.monotonic()
     ref_cwd, run_cwd = os.path.join(work, "ref-cwd"), os.path.join(work, "run-cwd")
-    ref = Attempt(job(ref_state, "--no-checkpoint"), work, ref_cwd)
+    ref = Attempt(job(ref_state, "--no-checkpoint", cfg=ref_config), work, ref_cwd)
     if finish(ref, "the uninterrupted run", args.attempt_timeout) != 0:
         print(f"stress: the uninterrupted run failed: {read(ref.err).decode()}", file=sys.stderr)
         return 2
@@ -152,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     expected = read(ref.out)
     expected_dead = read(os.path.join(ref_state, "dead_letter.jsonl"))
     expected_files = {f: read(os.path.join(ref_cwd, f)) for f in args.compare}
+    expected_tables = tables("ref", ref_cwd)
     state = os.path.join(work, "state")
     dead = os.path.join(state, "dead_letter.jsonl")
     lines_total = expected_lines = sum(1 for _ in open(path, "rb"))
@@ -168,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         for f, want in expected_files.items():
             if read(os.path.join(run_cwd, f)) != want:
                 problems.append(f"{f} differs")
+        for t, rows in tables("run", run_cwd).items():
+            if rows != expected_tables[t]:
+                problems.append(f"table {t} differs ({len(rows):,} rows, "
+                                f"{len(expected_tables[t]):,} expected)")
         if problems:
             keep = os.path.join(work, f"failure-{failures + 1}.txt")
             with open(keep, "wb") as fh:
@@ -204,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         completed += 1
         check(final, "final run")
     print(f"stress: {kills} kills, {completed} completed runs compared, {failures} failures "
-          f"({lines_total:,} lines, uninterrupted run {full_time:.1f} s)")
+          f"({lines_total:,} lines, uninterrupted run {full_time:.1f} s)"
+          + "".join(f"; table {t}: {len(r):,} rows" for t, r in expected_tables.items()))
+    if server is not None:
+        server.stop()
     return 1 if failures else 0
 
 
