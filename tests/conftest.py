@@ -72,3 +72,15 @@ def generate(path: Path, lines: int, seed: int, *extra: str) -> Path:
                     "--lines", str(lines), "--seed", str(seed), "-o", str(path), *extra],
                    check=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A throwaway PostgreSQL server (tests/pgserver.py), started once, for the tests
+    that need one; it stops at the end of the session, or with the tests if they die."""
+    from pgserver import Server
+    server = Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -76,16 +76,6 @@ def config(a, oa, b, ob, kind):
     return text, b_line
 
 
-@pytest.fixture(scope="module")
-def pg():
-    from pgserver import Server
-    server = Server().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.mark.parametrize("a,oa,b,ob,kind", pairs())
 def test_every_pair_of_neighbours_runs_or_is_refused_at_load(tmp_path, request, a, oa, b, ob,
                                                              kind):

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from conftest import ROOT, cli
-from pgserver import Server, wait_gone
+from pgserver import wait_gone
 from pipeline import Batch
 from pipeline.testing import Context
 from stages.postgres_output import PostgresOutput, masked
@@ -22,13 +22,9 @@ from test_sqlite_output import FORK, PLAIN, kill_as_rows_arrive, records, write_
 MAIN = str(ROOT / "main.py")
 
 
-@pytest.fixture(scope="module")
-def server():
-    pg = Server().start()
-    try:
-        yield pg
-    finally:
-        pg.stop()
+@pytest.fixture
+def server(pg):
+    return pg
 
 
 @pytest.fixture

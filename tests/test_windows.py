@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, cli
+from test_follow import wait_for
 from pipeline import Batch
 from pipeline.testing import check_resume
 from stages.windows import Window, assign, parse_window
@@ -323,15 +324,6 @@ def read_rows(path):
         return [json.loads(line) for line in path.read_text().splitlines()]
     except FileNotFoundError:
         return []
-
-
-def wait_for(predicate, seconds=30.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def follow_records(seed):
