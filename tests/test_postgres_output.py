@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, cli
 from pgserver import wait_gone
 from pipeline import Batch
+from pipeline.errors import SluiceError
 from pipeline.testing import Context
 from stages.postgres_output import PostgresOutput, masked
 from test_sqlite_output import FORK, PLAIN, kill_as_rows_arrive, records, write_log
@@ -169,3 +170,26 @@ def test_the_server_stops_when_the_test_process_dies(tmp_path):
     while time.monotonic() < deadline and __import__("os").path.exists(root):
         time.sleep(0.1)
     assert not __import__("os").path.exists(root)
+
+
+def test_a_connection_that_cannot_be_opened_again_stops_with_nothing_lost(dsn):
+    out = PostgresOutput(dsn=dsn, table="t", columns={"i": "BIGINT"}, batch_rows=100,
+                         retry={"attempts": 2, "max_seconds": 1})
+    out.open(Context())
+
+    def batches():
+        yield Batch([{"i": i} for i in range(250)])
+        out.dsn = dsn.replace("port=", "port=1")  # the server moved away
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (out.conn.info.backend_pid,))
+        yield Batch([{"i": i} for i in range(250, 500)])
+    with pytest.raises(SluiceError) as caught:
+        out.write(batches())
+    assert str(caught.value).startswith(
+        f"postgres-output: table 't' at {masked(out.dsn)}: lost the connection (")
+    assert str(caught.value).endswith(") and could not open it again (2 attempts, 1 s); "
+                                      "nothing was lost: rerun to resume")
+    committed = [i for (i,) in table(dsn, "t", "i")]
+    with psycopg.connect(dsn) as conn:
+        position = conn.execute("SELECT \"rows\" FROM sluice_offsets").fetchone()[0]
+    assert committed == list(range(position)) and position == 250  # the first batch
