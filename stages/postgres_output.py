@@ -2,6 +2,7 @@
 resumes and lost connections."""
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -57,8 +58,9 @@ class PostgresOutput(TableOutput):
     As sqlite-output (see stages/table_output.py): columns by name or position, insert
     or upsert, and exactly once through the table `sluice_offsets`, written in the same
     transaction as the rows. A list of `columns` creates a missing table with types from
-    the first rows (BIGINT, DOUBLE PRECISION, BOOLEAN, TEXT; arrays and objects as their
-    JSON text). Rows go in by COPY; upsert copies them to a temporary table and inserts
+    the first batch's values: BOOLEAN if all are bools, NUMERIC if all are numbers, else
+    TEXT. A value for a text column that is not text goes in as its JSON text (true,
+    1.5, [1,2]), as csv-output writes it. Rows go in by COPY; upsert copies them to a temporary table and inserts
     from it with ON CONFLICT, the last row of a key in a batch winning.
 
     A connection lost while writing is opened again, up to `retry.attempts` times,
@@ -80,6 +82,7 @@ class PostgresOutput(TableOutput):
                check=_retry_problem),
     )
     loads = ("psycopg",)
+    text_at: list[int] = []  # the text columns' positions (see prepare)
 
     @classmethod
     def destinations(cls, options: dict[str, Any]) -> list[str]:
@@ -143,10 +146,12 @@ class PostgresOutput(TableOutput):
         try:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {OFFSETS} (job TEXT NOT NULL, "
                          f"tbl TEXT NOT NULL, \"rows\" BIGINT NOT NULL, PRIMARY KEY (job, tbl))")
-            have = [r[0] for r in conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-                "current_schema() AND table_name = %s ORDER BY ordinal_position",
-                (self.table,))]
+            found = conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE "
+                "table_schema = current_schema() AND table_name = %s ORDER BY "
+                "ordinal_position", (self.table,)).fetchall()
+            have = [name for name, _ in found]
+            kinds = dict(found)
             if not have:
                 types = [self.types.get(n) or _inferred(rows, i)
                          for i, n in enumerate(self.names)]
@@ -158,7 +163,10 @@ class PostgresOutput(TableOutput):
                 conn.execute(sql.SQL("CREATE TABLE {} ({}{})").format(
                     self._id(self.table), cols, key))
                 conn.commit()
+                self.text_at = [i for i, t in enumerate(types) if t.upper() == "TEXT"]
                 return
+            self.text_at = [i for i, n in enumerate(self.names)
+                            if kinds.get(n) in ("text", "character varying", "character")]
             unique = self.mode != "upsert" or self._unique(conn)
             conn.commit()
         except psycopg.Error as exc:
@@ -214,6 +222,8 @@ class PostgresOutput(TableOutput):
                                     ).format(self._id(self.table)))
                 target = sql.Identifier("sluice_staging")
                 rows = _last_per_key(rows, [self.names.index(k) for k in self.key])
+            if self.text_at:
+                rows = _texts(rows, self.text_at)
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, cols)) as copy:
                 for row in rows:
                     copy.write_row(row)
@@ -228,13 +238,29 @@ class PostgresOutput(TableOutput):
 
 
 def _inferred(rows: list[tuple[Any, ...]], i: int) -> str:
-    """A column's type from its first value that is not null."""
-    for row in rows:
-        value = row[i]
-        if value is not None:
-            return {bool: "BOOLEAN", int: "BIGINT", float: "DOUBLE PRECISION"}.get(
-                type(value), "TEXT")
+    """A column's type from its values in the first batch: BOOLEAN if all are bools,
+    NUMERIC if all are numbers (exact for ints and floats alike: a float after a run of
+    ints still fits), else TEXT (a value of another type as its JSON text)."""
+    kinds = {type(row[i]) for row in rows if row[i] is not None}
+    if kinds == {bool}:
+        return "BOOLEAN"
+    if kinds and kinds <= {int, float}:
+        return "NUMERIC"
     return "TEXT"
+
+
+def _texts(rows: list[tuple[Any, ...]], at: list[int]) -> list[tuple[Any, ...]]:
+    """Rows with the values of text columns `at` that are not text as their JSON text
+    (true, 1.5), as the file outputs write them."""
+    out = []
+    for row in rows:
+        row = list(row)
+        for i in at:
+            v = row[i]
+            if v is not None and v.__class__ is not str:
+                row[i] = json.dumps(v)
+        out.append(tuple(row))
+    return out
 
 
 def _last_per_key(rows: list[tuple[Any, ...]], at: list[int]) -> list[tuple[Any, ...]]:

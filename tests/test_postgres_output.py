@@ -63,7 +63,7 @@ def test_rows_with_types_inferred_and_a_rerun_adds_nothing(tmp_path, dsn):
     with psycopg.connect(dsn) as conn:
         types = conn.execute("SELECT data_type FROM information_schema.columns WHERE "
                              "table_name = 'rows' ORDER BY ordinal_position").fetchall()
-    assert [t for (t,) in types] == ["bigint", "text", "text", "boolean", "text"]
+    assert [t for (t,) in types] == ["numeric", "text", "text", "boolean", "text"]
     assert run(tmp_path, text, "--fresh").returncode == 0
     assert len(table(dsn, "rows")) == 2
 
