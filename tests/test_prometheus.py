@@ -63,7 +63,9 @@ def test_a_followed_run_serves_counters_that_move(tmp_path):
     try:
         first = wait_for_endpoint(port, proc)
         deadline = time.monotonic() + 20
-        while first.get(("sluice_lines_read_total", ""), 0) < 300 and time.monotonic() < deadline:
+        while (first.get(("sluice_lines_read_total", ""), 0) < 300
+               or first.get(("sluice_windows_emitted_total", ""), 0) < 2) \
+                and time.monotonic() < deadline:  # read, then counted: a moment apart
             time.sleep(0.1)
             first = scrape(port)
         with open(log, "a") as fh:
@@ -72,7 +74,8 @@ def test_a_followed_run_serves_counters_that_move(tmp_path):
         second = first
         ckpt = ("sluice_checkpoints_total", "")
         while (second[("sluice_lines_read_total", "")] < 700 or second[ckpt] <= first[ckpt]
-               or second[("sluice_windows_emitted_total", "")] < 6) \
+               or second[("sluice_windows_emitted_total", "")] < 6
+               or second.get(("sluice_stage_records_in_total", '{stage="count"}')) != 600) \
                 and time.monotonic() < deadline:
             time.sleep(0.1)
             second = scrape(port)
