@@ -12,7 +12,7 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, generate
 from pgserver import wait_gone
 from pipeline import Batch
 from pipeline.errors import SluiceError
@@ -86,7 +86,7 @@ def test_a_fork_with_upsert_and_a_grown_input(tmp_path, dsn):
 @pytest.mark.parametrize("cfg_text, workers", [(PLAIN, "1"), (FORK, "2")])
 def test_killed_as_rows_arrive_the_tables_hold_each_row_once(tmp_path, dsn, server,
                                                              cfg_text, workers):
-    write_log(tmp_path / "in.jsonl", records(100_000, 5))
+    write_log(tmp_path / "in.jsonl", records(50_000, 5))
     ref_dsn = server.create_database(f"r{uuid.uuid4().hex[:12]}")
     ref = tmp_path / "ref"
     ref.mkdir()
@@ -193,3 +193,20 @@ def test_a_connection_that_cannot_be_opened_again_stops_with_nothing_lost(dsn):
     with psycopg.connect(dsn) as conn:
         position = conn.execute("SELECT \"rows\" FROM sluice_offsets").fetchone()[0]
     assert committed == list(range(position)) and position == 250  # the first batch
+
+
+@pytest.mark.parametrize("before, columns", [
+    ("  - json-decode: {}\n", "[id, type, site_id]"),
+    ("  - json-decode: {schema: object}\n", "[id, timestamp]"),
+    ("  - json-decode: {}\n  - count: {field: type}\n", "[value, n]"),
+    ("  - json-decode: {}\n  - site-state-reducer: {}\n", "[site, m, e, o, v]"),
+])
+def test_it_takes_every_kind_of_record(tmp_path, dsn, before, columns):
+    """site-event and object records by field name, count and summary rows by position
+    (test_contracts runs sqlite-output, which shares this, with every neighbour)."""
+    generate(tmp_path / "in.jsonl", 300, 3)
+    p = run(tmp_path, "pipeline:\n  - file-input: {path: in.jsonl}\n" + before +
+            f"  - postgres-output: {{dsn: '{dsn}', table: t, columns: {columns}}}\n")
+    assert p.returncode == 0, p.stderr
+    got = table(dsn, "t")
+    assert got and all(len(row) == columns.count(",") + 1 for row in got)
