@@ -12,7 +12,6 @@ import msgspec
 import numpy as np
 
 from pipeline import Batch, Option, keys
-from pipeline.columns import Columns
 from pipeline.contracts import missing_fields
 from pipeline.keyed import ArrowTables, KeyedReducer, ReduceIO
 
@@ -21,7 +20,7 @@ from .aggregate_values import (_distincts, _extremes, _firsts, _quantiles, _sum_
                                order_key)
 from .aggregate_values import identity_key as _key
 from .failures import DROPPED, KEPT, ON_FAILURE
-from .fields import MISSING, column, path_of, set_in, show
+from .fields import MISSING, column, path_of, reject_records, set_in, show
 from .windows import CLOSED, WINDOW, WINDOW_FIELDS, Windowed, names_problem, window_of, with_closed
 
 FUNCTIONS = ("count", "count_distinct", "approx_count_distinct", "min", "max", "sum", "avg",
@@ -284,8 +283,7 @@ class Aggregate(Windowed, KeyedReducer):
             return
         records: Any = batch  # a Batch, or Columns: the getters read either
         cols = [c(records) for c in self.field_cols]
-        bad = (self._reject_not_numbers(records, cols, batch.locate, batch.source)
-               if self.numeric else set())
+        bad = self._reject_not_numbers(records, cols) if self.numeric else set()
         bys = [c(records) for c in self.by_cols]
         orders = self.orders(n) if self.ordered else None
 
@@ -293,12 +291,11 @@ class Aggregate(Windowed, KeyedReducer):
             pick = at.tolist()
             keys_at = [[c[j] for j in pick] for c in bys]
             if starts is not None:  # a batch run: the window is the group's first part
-                bound = self.win.bound  # type: ignore[union-attr]
-                keys_at.insert(0, [bound(s) for s in starts.tolist()])
+                keys_at.insert(0, self.win.bounds(starts))  # type: ignore[union-attr]
             target._take(keys_at, [[c[j] for j in pick] for c in cols], len(pick),
                          None if orders is None else orders[at])
         if self.win is not None:
-            self._windowed(records, batch.locate, batch.source, bad, take)
+            self._windowed(records, bad, take)
         elif bad:
             take(self, np.array([j for j in range(n) if j not in bad], np.int64), None)
         else:
@@ -410,8 +407,7 @@ class Aggregate(Windowed, KeyedReducer):
             spill.add_objects("distinct", int(buckets[lo]), [table.slice(lo, hi - lo)])
         pa.default_memory_pool().release_unused()  # what group_by freed (see below)
 
-    def _reject_not_numbers(self, records: Any, cols: list[list[Any]], locate: Any,
-                            source: str | None) -> set[int]:
+    def _reject_not_numbers(self, records: Any, cols: list[list[Any]]) -> set[int]:
         """The records whose field for sum, avg or percentile is not a number: sent to
         the dead-letter file or dropped (their positions returned), or with on_failure:
         keep, counted with that value made missing (in `cols`)."""
@@ -433,13 +429,7 @@ class Aggregate(Windowed, KeyedReducer):
         if self.on_failure == "drop":
             self.failures_dropped += len(bad)
             return set(bad)
-        for j in sorted(bad):
-            record = records.record(j) if isinstance(records, Columns) else records[j]
-            try:
-                raw: Any = msgspec.json.encode(record)
-            except (TypeError, ValueError, OverflowError):
-                raw = repr(record)
-            self.ctx.reject(raw, bad[j], stage=self.name, at=locate(j), file=source)
+        reject_records(self.ctx, self.name, records, bad)
         return set(bad)
 
     def snapshot(self) -> dict[str, Any]:

@@ -96,7 +96,7 @@ class Count(Windowed, KeyedReducer):
 
         def take(target: "Count", at: Any, starts: Any) -> None:
             target._count([values[j] for j in at.tolist()], starts)
-        self._windowed(batch, batch.locate, batch.source, set(), take)
+        self._windowed(batch, set(), take)
 
     def _count(self, values: list[Any], wins: np.ndarray | None) -> None:
         """Count values (each in its window's start, `wins`, in a batch run's window)."""
@@ -144,9 +144,9 @@ class Count(Windowed, KeyedReducer):
             out = [((value is not None, value or ""), (value, int(n)))
                    for value, n in zip(values, totals.tolist())]
         else:
-            bound, end = self.win.bound, self.win.end
+            end = self.win.end
             out = [((start, value is not None, value or ""), (start, end(start), value, int(n)))
-                   for start, value, n in zip(map(bound, rows["win"][firsts].tolist()),
+                   for start, value, n in zip(self.win.bounds(rows["win"][firsts]),
                                               values, totals.tolist())]
         out.sort(key=lambda pair: pair[0])
         return out

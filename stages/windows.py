@@ -33,9 +33,9 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from pipeline import Option
-from pipeline.columns import Columns
+from pipeline.keyed import ORDER_BITS
 
-from .fields import MISSING, show
+from .fields import MISSING, reject_records, show
 
 CLOSED = "closed"  # the spill set of a followed run's emitted windows: (key, record) frames
 WINDOW_FIELDS = ("window_start", "window_end")
@@ -60,6 +60,10 @@ class Window(NamedTuple):
 
     def bound(self, start: float) -> Any:
         return int(start) if self.whole else float(start)
+
+    def bounds(self, starts: np.ndarray) -> list[Any]:
+        """bound() of each start, a column at a time."""
+        return (starts.astype(np.int64) if self.whole else starts).tolist()
 
     def end(self, start: Any) -> Any:
         return start + (int(self.size) if self.whole else float(self.size))
@@ -194,8 +198,8 @@ class Windowed:
         """A followed run: each window is emitted once complete (see OpenWindows)."""
         return getattr(self.ctx, "following", False)  # type: ignore[attr-defined]
 
-    def _windowed(self, records: Any, locate: Callable[[int], Any], source: str | None,
-                  skip: set[int], take: Callable[[Any, np.ndarray, Any], None]) -> None:
+    def _windowed(self, records: Any, skip: set[int],
+                  take: Callable[[Any, np.ndarray, Any], None]) -> None:
         """Hand a batch's records to their windows: take(reducer, positions, starts),
         a position once per window holding it. In a batch run the reducer is this one
         and `starts` are the windows' starts (the first part of each group); in a
@@ -207,7 +211,7 @@ class Windowed:
         times, bad = event_times(self.time_col(records), win.field)
         for j in sorted(bad):
             if j not in skip:
-                self.time_failed(records, j, bad[j], locate, source)
+                self.time_failed(records, j, bad[j])
         good = np.array([j for j in range(len(times)) if j not in skip and j not in bad],
                         np.int64) if (bad or skip) else np.arange(len(times))
         times = times[good]
@@ -229,21 +233,18 @@ class Windowed:
                 self.time_failed(records, int(good[r]), (
                     f"late: event time {_number(times[r])} is more than "
                     f"{_number(win.lateness)}s (allowed_lateness) before the latest one "
-                    f"seen, {_number(latest[r])}: its window was already emitted"),
-                    locate, source, late=True)
-                live.late += 1
+                    f"seen, {_number(latest[r])}: its window was already emitted"), late=True)
             rows, starts = rows[~late], starts[~late]
         live.add(starts, lambda sub, at: take(sub, good[rows[at]], None))
         live.advance(times)
 
-    def time_failed(self, records: Any, j: int, reason: str, locate: Callable[[int], Any],
-                    source: str | None, late: bool = False) -> None:
+    def time_failed(self, records: Any, j: int, reason: str, late: bool = False) -> None:
         """Record j has no usable event time (or is late): to the dead-letter file, or
         dropped with `on_failure: drop` (late records always go to the dead letters)."""
         if getattr(self, "on_failure", "dead-letter") == "drop" and not late:
             self.failures_dropped += 1  # type: ignore[attr-defined]
             return
-        reject(self.ctx, self.name, records, j, reason, locate, source)  # type: ignore
+        reject_records(self.ctx, self.name, records, {j: reason})  # type: ignore
 
     def closed_pair(self, start: Any, end: Any, key: Any, record: Any) -> tuple[Any, Any]:
         """A closed window's result pair, as the reducer's own results are keyed."""
@@ -267,18 +268,6 @@ def _number(x: Any) -> str:
     return str(int(x)) if x.is_integer() else repr(x)
 
 
-def reject(ctx: Any, stage: str, records: Any, j: int, reason: str,
-           locate: Callable[[int], Any], source: str | None) -> None:
-    """Send record j of a batch (a list of records, or Columns) to the dead letters."""
-    import msgspec
-    record = records.record(j) if isinstance(records, Columns) else records[j]
-    try:
-        raw: Any = msgspec.json.encode(record)
-    except (TypeError, ValueError, OverflowError):
-        raw = repr(record)
-    ctx.reject(raw, reason, stage=stage, at=locate(j), file=source)
-
-
 def with_closed(result: Iterable[tuple[Any, Any]], io: Any, bucket: int
                 ) -> Iterator[tuple[Any, Any]]:
     """A bucket's (key, record) result pairs merged with the windows a followed run
@@ -292,8 +281,8 @@ class OpenWindows:
     """The open windows of a windowed reducer in a followed run: one reducer each (the
     same stage without `window`), spilling under `<reducer's spill>/windows/`.
 
-    The reducer hands each batch's windowed rows to `add()` and asks `close()` which
-    windows the watermark has passed; a closed window's reducer is reduced in this
+    The reducer hands each batch's windowed rows to `add()`, then `advance()` closes the
+    windows the watermark has passed: a closed window's reducer is reduced in this
     process, its result rows go to the reducer's CLOSED set with the window's bounds,
     and its directory is deleted once a checkpoint that no longer names it is durable
     (`committed()`), so a kill between the two never loses it."""
@@ -304,10 +293,8 @@ class OpenWindows:
         self.open: dict[float, tuple[str, Any]] = {}  # start -> (directory name, reducer)
         self.made = 0               # windows opened so far: names their directories
         self.max_time = -math.inf   # the largest event time seen
-        self.closed_upto = -math.inf  # every window ending at or before it was emitted
         self.gone: list[str] = []     # directories of windows closed since the snapshot
         self.unneeded: list[str] = []  # ... closed before it: deleted once it is durable
-        self.late = 0
         self.emitted = 0  # windows closed by this process (the metrics endpoint's count)
 
     @property
@@ -330,21 +317,18 @@ class OpenWindows:
         sub = owner.__class__(**options)
         sub.ctx = owner.ctx
         sub.configure(os.path.join(self.root, name), owner.nbuckets,
-                      owner.order_base >> 40, SUB_BUFFER)
+                      owner.order_base >> ORDER_BITS, SUB_BUFFER)
         return sub
-
-    def late_rows(self, starts: np.ndarray) -> np.ndarray:
-        """Which rows are for windows already emitted."""
-        return starts + float(self.win.size) <= self.closed_upto
 
     def add(self, starts: np.ndarray, take: Callable[[Any, np.ndarray], None]) -> None:
         """Hand rows to their windows' reducers: take(reducer, row numbers)."""
+        if not len(starts):
+            return
         order = np.argsort(starts, kind="stable")
         sorted_starts = starts[order]
         cuts = np.flatnonzero(np.diff(sorted_starts)) + 1
         for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(order)]):
-            if hi > lo:
-                take(self._reducer(float(sorted_starts[lo])), order[lo:hi])
+            take(self._reducer(float(sorted_starts[lo])), order[lo:hi])
 
     def advance(self, times: np.ndarray) -> None:
         """Move the watermark on to the batch's latest time, and close what it passed."""
@@ -354,7 +338,6 @@ class OpenWindows:
         size = float(self.win.size)
         for start in sorted(s for s in self.open if s + size <= watermark):
             self._close(start)
-            self.closed_upto = max(self.closed_upto, start + size)
 
     def _close(self, start: float) -> None:
         name, sub = self.open.pop(start)
@@ -378,12 +361,10 @@ class OpenWindows:
         self.gone = []
         return {"open": [[start, name, sub.snapshot()]
                          for start, (name, sub) in sorted(self.open.items())],
-                "made": self.made, "max_time": self.max_time,
-                "closed_upto": self.closed_upto, "late": self.late}
+                "made": self.made, "max_time": self.max_time}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.made, self.late = state["made"], state["late"]
-        self.max_time, self.closed_upto = state["max_time"], state["closed_upto"]
+        self.made, self.max_time = state["made"], state["max_time"]
         self.open = {}
         for start, name, sub_state in state["open"]:
             sub = self._build(name)
@@ -400,8 +381,3 @@ class OpenWindows:
         for name in self.unneeded:
             shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
         self.unneeded = []
-
-    def close_files(self) -> None:
-        for _, sub in self.open.values():
-            if sub.spill is not None:
-                sub.spill.close()

@@ -46,13 +46,16 @@ class Live:
         self.state_dir: str | None = None
         self.budget_bytes = 0
 
+    LISTS = {"source": "sources", "context": "contexts", "dead": "dead",
+             "checkpointer": "checkpointers"}
+
     def watch(self, **parts: Any) -> None:
+        """Show these too: a source, context, dead (letter file) or checkpointer is
+        added to its list; of `stages`, the windowed reducers; anything else is set."""
         with self.lock:
             for key, value in parts.items():
-                if key in ("source", "context", "dead", "checkpointer"):
-                    getattr(self, {"source": "sources", "context": "contexts",
-                                   "dead": "dead", "checkpointer": "checkpointers"}[key]
-                            ).append(value)
+                if key in self.LISTS:
+                    getattr(self, self.LISTS[key]).append(value)
                 elif key == "stages":
                     self.reducers += [s for s in value if getattr(s, "win", None) is not None]
                 else:

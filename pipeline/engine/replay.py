@@ -25,7 +25,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, override_option
 from pipeline.engine.options import JobOptions
 from pipeline.errors import SluiceError
 from pipeline.stage import Role
@@ -74,8 +74,6 @@ def check_replayable(cfg: PipelineConfig) -> None:
                     f"replay: {spec.name} (line {spec.line}) writes {dests[0]}, which a "
                     f"replay would replace with the replayed records alone; replay into "
                     f"sqlite-output or postgres-output (mode: insert), or standard output")
-        if getattr(spec.cls, "appends", False) and spec.options.get("mode") == "upsert":
-            continue  # upsert replaces rows by key: a replayed row lands where it belongs
 
 
 def _key(dead_path: str, entry: dict[str, Any]) -> str:
@@ -158,7 +156,6 @@ def replay(cfg: PipelineConfig, opts: JobOptions, since: int | None,
         _write_private(manifest + ".tmp", json.dumps(chosen).encode())
         os.replace(manifest + ".tmp", manifest)
         fsync_path(pending)
-    from pipeline.config import override_option
     override_option(cfg, 0, "path", os.path.join(pending, "input.log"), "replay")
     again = os.path.join(pending, "dead_letter.jsonl")
     run(cfg, JobOptions(**{**opts.__dict__, "dead_letter": again,
